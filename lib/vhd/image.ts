@@ -1,0 +1,430 @@
+/**
+ * One opened VHD image (dynamic or differencing): its decoded metadata, a cached
+ * BAT and batmap, and the block-level primitives every algorithm builds on.
+ */
+import { decodeBatmapHeader, encodeBatmapHeader, batmapChecksum, BatmapHeader } from './format/batmap.js';
+import { allSet, setBits, testBit } from './format/bitmap.js';
+import {
+  BAT_UNUSED,
+  CREATOR_VERSION_BATMAP,
+  DiskType,
+  FOOTER_SIZE,
+  HEADER_OFFSET,
+  HEADER_SIZE,
+  roundUp,
+  SECTOR,
+} from './format/constants.js';
+import { decodeFooter, encodeFooter, Footer } from './format/footer.js';
+import { decodeHeader, DynamicHeader, encodeHeader, locatorSpaceBytes } from './format/header.js';
+import { blockPlacement } from './format/layout.js';
+import { decodeLocator } from './format/locator.js';
+import { corrupt, VhdError } from './errors.js';
+import { FileIO, PositionalIO } from './io.js';
+
+/** A block read in one I/O: its sector bitmap followed by its data. */
+export interface BlockBuffer {
+  index: number;
+  bitmap: Buffer;
+  data: Buffer;
+}
+
+export class VhdImage {
+  /** Sector bitmaps recently read (bounded; our own writes keep it current). */
+  private readonly bitmapCache = new Map<number, Buffer>();
+  private static readonly BITMAP_CACHE_LIMIT = 4096;
+
+  private constructor(
+    readonly io: PositionalIO,
+    public footer: Footer,
+    public header: DynamicHeader,
+    readonly bat: Uint32Array,
+    private batmapHeader: BatmapHeader | undefined,
+    /** The batmap bits, when the image has a trustworthy one. */
+    private batmap: Buffer | undefined,
+    /** Where the current footer sits = first byte after all data. */
+    private endOfData: number,
+  ) {}
+
+  // ---- opening -------------------------------------------------------------
+
+  static async open(path: string, writable = false): Promise<VhdImage> {
+    const io = await FileIO.open(path, writable);
+    try {
+      return await VhdImage.fromIO(io);
+    } catch (err) {
+      await io.close();
+      throw err;
+    }
+  }
+
+  /** Decodes and validates every structure; refuses anything damaged. */
+  static async fromIO(io: PositionalIO): Promise<VhdImage> {
+    const fileSize = await io.size();
+    const where = io.path;
+    if (fileSize < FOOTER_SIZE + HEADER_OFFSET + HEADER_SIZE) {
+      throw corrupt(`file too small to be a dynamic VHD (${fileSize} bytes)`, where);
+    }
+    const footerBuf = Buffer.alloc(FOOTER_SIZE);
+    await io.read(footerBuf, fileSize - FOOTER_SIZE);
+    const footer = decodeFooter(footerBuf);
+    if (typeof footer === 'string') {
+      const backup = Buffer.alloc(FOOTER_SIZE);
+      await io.read(backup, 0);
+      const hint = typeof decodeFooter(backup) === 'string' ? '' : ' (the copy at offset 0 is valid: `sm-vhd repair` restores it)';
+      throw corrupt(`primary footer invalid: ${footer}${hint}`, where);
+    }
+    if (footer.diskType === DiskType.Fixed) throw new VhdError('unsupported', 'fixed VHDs are not supported', where);
+    if (footer.diskType !== DiskType.Dynamic && footer.diskType !== DiskType.Differencing) {
+      throw corrupt(`unknown disk type ${footer.diskType}`, where);
+    }
+    if (footer.dataOffset !== BigInt(HEADER_OFFSET)) {
+      throw corrupt(`footer data offset ${footer.dataOffset} is not ${HEADER_OFFSET}`, where);
+    }
+    const headerBuf = Buffer.alloc(HEADER_SIZE);
+    await io.read(headerBuf, HEADER_OFFSET);
+    const header = decodeHeader(headerBuf);
+    if (typeof header === 'string') throw corrupt(header, where);
+    validateHeader(header, footer, fileSize, where);
+
+    const batBytes = roundUp(header.maxTableEntries * 4, SECTOR);
+    const batBuf = Buffer.alloc(batBytes);
+    await io.read(batBuf, header.tableOffset);
+    const bat = new Uint32Array(header.maxTableEntries);
+    for (let i = 0; i < bat.length; i++) bat[i] = batBuf.readUInt32BE(i * 4);
+
+    let metadataEnd = header.tableOffset + batBytes;
+    let batmapHeader: BatmapHeader | undefined;
+    let batmap: Buffer | undefined;
+    const needsBatmap = footer.creatorApp === 'tap\0' && footer.creatorVersion >= CREATOR_VERSION_BATMAP;
+    if (needsBatmap) {
+      const bh = Buffer.alloc(SECTOR);
+      await io.read(bh, metadataEnd);
+      const decoded = decodeBatmapHeader(bh);
+      if (typeof decoded === 'string') throw corrupt(decoded, where);
+      if (decoded.offset !== metadataEnd + SECTOR || decoded.sizeSectors * 8 * SECTOR < header.maxTableEntries) {
+        throw corrupt('batmap header does not match the BAT', where);
+      }
+      if (decoded.offset + decoded.sizeSectors * SECTOR > fileSize - FOOTER_SIZE) throw corrupt('batmap beyond end of file', where);
+      batmapHeader = decoded;
+      const map = Buffer.alloc(decoded.sizeSectors * SECTOR);
+      await io.read(map, decoded.offset);
+      // A torn batmap update only costs speed: readers fall back to the bitmaps.
+      if (batmapChecksum(map) === decoded.checksum) batmap = map;
+      metadataEnd = decoded.offset + map.length;
+    }
+    for (const l of header.locators) {
+      if (l.code === 0) continue;
+      const end = l.dataOffset + locatorSpaceBytes(l);
+      if (l.dataOffset < HEADER_OFFSET + HEADER_SIZE || end > fileSize - FOOTER_SIZE) {
+        throw corrupt('parent locator outside the file', where);
+      }
+      if (l.dataOffset < metadataEnd && end > header.tableOffset) {
+        throw corrupt('parent locator overlaps the BAT or batmap', where);
+      }
+      if (l.dataLength > locatorSpaceBytes(l)) throw corrupt('parent locator longer than its space', where);
+      metadataEnd = Math.max(metadataEnd, end);
+    }
+    const image = new VhdImage(io, footer, header, bat, batmapHeader, batmap, 0);
+    image.validateBlocks(metadataEnd, fileSize);
+    // The footer always sits at the very end; space an interrupted allocation
+    // left before it is unreferenced and simply stays unused.
+    image.endOfData = fileSize - FOOTER_SIZE;
+    return image;
+  }
+
+  /** Checks every BAT entry lies inside the file, past the metadata, without overlaps. */
+  private validateBlocks(metadataEnd: number, fileSize: number): void {
+    const span = this.bitmapBytes + this.blockSize;
+    const offsets: number[] = [];
+    for (let i = 0; i < this.bat.length; i++) {
+      const e = this.bat[i];
+      if (e === BAT_UNUSED) continue;
+      if (i >= this.blockCount) throw corrupt(`BAT entry ${i} is beyond the virtual size`, this.io.path);
+      const at = e * SECTOR;
+      if (at < metadataEnd) throw corrupt(`block ${i} overlaps metadata`, this.io.path);
+      if (at + span > fileSize - FOOTER_SIZE) throw corrupt(`block ${i} extends past the footer`, this.io.path);
+      offsets.push(at);
+    }
+    offsets.sort((a, b) => a - b);
+    for (let i = 1; i < offsets.length; i++) {
+      if (offsets[i] - offsets[i - 1] < span) throw corrupt(`blocks at ${offsets[i - 1]} and ${offsets[i]} overlap`, this.io.path);
+    }
+  }
+
+  // ---- geometry --------------------------------------------------------------
+
+  get path(): string {
+    return this.io.path;
+  }
+  get blockSize(): number {
+    return this.header.blockSize;
+  }
+  get sectorsPerBlock(): number {
+    return this.header.blockSize / SECTOR;
+  }
+  get bitmapBytes(): number {
+    return roundUp(this.sectorsPerBlock / 8, SECTOR);
+  }
+  get virtualSize(): number {
+    return this.footer.currentSize;
+  }
+  /** Blocks covering the virtual size. */
+  get blockCount(): number {
+    return Math.ceil(this.footer.currentSize / this.header.blockSize);
+  }
+  get isDifferencing(): boolean {
+    return this.footer.diskType === DiskType.Differencing;
+  }
+  get hidden(): boolean {
+    return this.footer.hidden !== 0;
+  }
+  get uuid(): string {
+    return formatUuid(this.footer.uuid);
+  }
+  get parentUuid(): string | undefined {
+    return this.isDifferencing ? formatUuid(this.header.parentUuid) : undefined;
+  }
+  get hasBatmap(): boolean {
+    return this.batmapHeader !== undefined;
+  }
+  get batmapTrusted(): boolean {
+    return this.batmap !== undefined;
+  }
+  /** Where the footer sits: everything before it is metadata or data. */
+  get dataEnd(): number {
+    return this.endOfData;
+  }
+  get allocatedBlocks(): number {
+    let n = 0;
+    for (let i = 0; i < this.bat.length; i++) if (this.bat[i] !== BAT_UNUSED) n++;
+    return n;
+  }
+
+  hasBlock(i: number): boolean {
+    return this.bat[i] !== BAT_UNUSED;
+  }
+  bitmapOffset(i: number): number {
+    return this.bat[i] * SECTOR;
+  }
+  dataOffset(i: number): number {
+    return this.bat[i] * SECTOR + this.bitmapBytes;
+  }
+  /** The batmap says every sector of block i is present. */
+  isBlockFull(i: number): boolean {
+    return this.batmap !== undefined && (this.batmap[i >> 3] & (0x80 >> (i & 7))) !== 0;
+  }
+
+  // ---- reading -----------------------------------------------------------------
+
+  async readBitmap(i: number): Promise<Buffer | undefined> {
+    if (!this.hasBlock(i)) return undefined;
+    const cached = this.bitmapCache.get(i);
+    if (cached) return cached;
+    const bm = Buffer.alloc(this.bitmapBytes);
+    await this.io.read(bm, this.bitmapOffset(i));
+    this.cacheBitmap(i, bm);
+    return bm;
+  }
+
+  private cacheBitmap(i: number, bm: Buffer): void {
+    if (this.bitmapCache.size >= VhdImage.BITMAP_CACHE_LIMIT) {
+      const oldest = this.bitmapCache.keys().next().value as number;
+      this.bitmapCache.delete(oldest);
+    }
+    this.bitmapCache.set(i, bm);
+  }
+
+  /** Bitmap and data of an allocated block in a single read. */
+  async readBlock(i: number, into?: Buffer): Promise<BlockBuffer> {
+    const span = this.bitmapBytes + this.blockSize;
+    const buf = into ?? Buffer.allocUnsafe(span);
+    await this.io.read(buf.subarray(0, span), this.bitmapOffset(i));
+    return { index: i, bitmap: buf.subarray(0, this.bitmapBytes), data: buf.subarray(this.bitmapBytes, span) };
+  }
+
+  /** Reads `length` bytes of block data from byte `offsetInBlock` (caller knows the sectors are present). */
+  async readData(i: number, offsetInBlock: number, into: Buffer): Promise<void> {
+    await this.io.read(into, this.dataOffset(i) + offsetInBlock);
+  }
+
+  /** The parent paths the locators name, in preference order (as stored, unresolved). */
+  async parentLocatorPaths(): Promise<string[]> {
+    const out: string[] = [];
+    for (const l of this.header.locators) {
+      if (l.code === 0 || l.dataLength === 0) continue;
+      if (l.dataLength > locatorSpaceBytes(l) || l.dataLength > 4096) throw corrupt('parent locator length exceeds its space', this.path);
+      const buf = Buffer.alloc(l.dataLength);
+      await this.io.read(buf, l.dataOffset);
+      const p = decodeLocator(l.code, buf);
+      if (p !== undefined) out.push(p);
+    }
+    return out;
+  }
+
+  // ---- writing -----------------------------------------------------------------
+
+  /**
+   * Appends new blocks after the data, crash-safely: the footer moves to the new
+   * end first (the gap reads as zeros and nothing points at it), then the blocks
+   * are written; the BAT is updated in memory only. The caller makes the data
+   * durable (when it matters) and then calls writeBatEntries().
+   */
+  async appendBlocks(blocks: BlockBuffer[]): Promise<void> {
+    if (blocks.length === 0) return;
+    const placements: number[] = [];
+    let at = this.endOfData;
+    for (let k = 0; k < blocks.length; k++) {
+      const p = blockPlacement(at, this.bitmapBytes);
+      placements.push(p);
+      at = p + this.bitmapBytes + this.blockSize;
+    }
+    const newEnd = at;
+    await this.io.write(encodeFooter(this.footer), newEnd);
+    // One vectored write per run: [bitmap][data][zero pad] ... back to back.
+    const start = placements[0];
+    const bufs: Buffer[] = [];
+    let pos = start;
+    for (let k = 0; k < blocks.length; k++) {
+      if (placements[k] > pos) bufs.push(Buffer.alloc(placements[k] - pos));
+      bufs.push(blocks[k].bitmap, blocks[k].data);
+      pos = placements[k] + this.bitmapBytes + this.blockSize;
+    }
+    await this.io.write(bufs, start);
+    for (let k = 0; k < blocks.length; k++) {
+      const i = blocks[k].index;
+      this.bat[i] = placements[k] / SECTOR;
+      this.cacheBitmap(i, Buffer.from(blocks[k].bitmap));
+    }
+    this.endOfData = newEnd;
+  }
+
+  /** Overwrites an allocated block's bitmap and data in one write. */
+  async writeBlock(block: BlockBuffer): Promise<void> {
+    await this.io.write([block.bitmap, block.data], this.bitmapOffset(block.index));
+    this.cacheBitmap(block.index, Buffer.from(block.bitmap));
+  }
+
+  async writeBitmap(i: number, bitmap: Buffer): Promise<void> {
+    await this.io.write(bitmap, this.bitmapOffset(i));
+    this.cacheBitmap(i, Buffer.from(bitmap));
+  }
+
+  async writeData(i: number, offsetInBlock: number, data: Buffer): Promise<void> {
+    await this.io.write(data, this.dataOffset(i) + offsetInBlock);
+  }
+
+  /** Persists the BAT sectors holding the given entries (coalesced into runs). */
+  async writeBatEntries(indices: Iterable<number>): Promise<void> {
+    const sectors = [...new Set([...indices].map((i) => Math.floor((i * 4) / SECTOR)))].sort((a, b) => a - b);
+    for (let k = 0; k < sectors.length; ) {
+      let end = k;
+      while (end + 1 < sectors.length && sectors[end + 1] === sectors[end] + 1) end++;
+      const first = sectors[k];
+      const count = sectors[end] - first + 1;
+      const buf = Buffer.alloc(count * SECTOR, 0);
+      for (let e = first * (SECTOR / 4); e < (first + count) * (SECTOR / 4); e++) {
+        if (e < this.bat.length) buf.writeUInt32BE(this.bat[e], (e - first * (SECTOR / 4)) * 4);
+      }
+      await this.io.write(buf, this.header.tableOffset + first * SECTOR);
+      k = end + 1;
+    }
+  }
+
+  /** Sets batmap bits for blocks that are now full and persists the map and its header. */
+  async markFull(indices: Iterable<number>): Promise<void> {
+    if (!this.batmapHeader) return;
+    if (!this.batmap) await this.rebuildBatmap();
+    let changed = false;
+    for (const i of indices) {
+      const before = this.batmap![i >> 3];
+      this.batmap![i >> 3] |= 0x80 >> (i & 7);
+      changed ||= before !== this.batmap![i >> 3];
+    }
+    if (changed) await this.writeBatmap();
+  }
+
+  /** Recomputes the batmap from the bitmaps (after a torn update). */
+  async rebuildBatmap(): Promise<void> {
+    if (!this.batmapHeader) return;
+    const map = Buffer.alloc(this.batmapHeader.sizeSectors * SECTOR);
+    for (let i = 0; i < this.blockCount; i++) {
+      const bm = await this.readBitmap(i);
+      if (bm && allSet(bm, this.sectorsPerBlock)) map[i >> 3] |= 0x80 >> (i & 7);
+    }
+    this.batmap = map;
+    await this.writeBatmap();
+  }
+
+  private async writeBatmap(): Promise<void> {
+    const h = this.batmapHeader!;
+    h.checksum = batmapChecksum(this.batmap!);
+    await this.io.write(this.batmap!, h.offset);
+    await this.io.write(encodeBatmapHeader(h), h.offset - SECTOR);
+  }
+
+  /** Writes the footer at the end of the data and its copy at offset 0. */
+  async writeFooter(): Promise<void> {
+    const buf = encodeFooter(this.footer);
+    await this.io.write(buf, this.endOfData);
+    await this.io.write(buf, 0);
+  }
+
+  async writeHeader(): Promise<void> {
+    await this.io.write(encodeHeader(this.header), HEADER_OFFSET);
+  }
+
+  async setHidden(hidden: boolean): Promise<void> {
+    this.footer.hidden = hidden ? 1 : 0;
+    await this.writeFooter();
+  }
+
+  /** Marks sectors [from, to) of block i present, persisting bitmap and batmap. */
+  async markSectors(i: number, from: number, to: number): Promise<void> {
+    const current = (await this.readBitmap(i))!;
+    let missing = false;
+    forEachClear(current, from, to, () => (missing = true));
+    if (!missing) return;
+    const bm = Buffer.from(current);
+    setBits(bm, from, to);
+    await this.writeBitmap(i, bm);
+    if (allSet(bm, this.sectorsPerBlock)) await this.markFull([i]);
+  }
+
+  async sync(): Promise<void> {
+    await this.io.sync();
+  }
+
+  async close(): Promise<void> {
+    await this.io.close();
+  }
+}
+
+function validateHeader(h: DynamicHeader, f: Footer, fileSize: number, where: string): void {
+  const bs = h.blockSize;
+  if (bs < SECTOR || bs > 256 * 1024 * 1024 || (bs & (bs - 1)) !== 0) throw corrupt(`bad block size ${bs}`, where);
+  if (h.tableOffset < HEADER_OFFSET + HEADER_SIZE || h.tableOffset % SECTOR !== 0) {
+    throw corrupt(`bad BAT offset ${h.tableOffset}`, where);
+  }
+  if (h.maxTableEntries < Math.ceil(f.currentSize / bs)) {
+    throw corrupt(`BAT has ${h.maxTableEntries} entries, the virtual size needs ${Math.ceil(f.currentSize / bs)}`, where);
+  }
+  if (h.tableOffset + h.maxTableEntries * 4 > fileSize - FOOTER_SIZE) throw corrupt('BAT extends past the end of the file', where);
+  if (f.diskType === DiskType.Differencing && h.parentUuid.every((b) => b === 0)) {
+    throw corrupt('differencing image without a parent uuid', where);
+  }
+}
+
+export function formatUuid(b: Buffer): string {
+  const h = b.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+export function parseUuid(s: string): Buffer {
+  const hex = s.replace(/-/g, '');
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new VhdError('invalid-argument', `not a uuid: ${s}`);
+  return Buffer.from(hex, 'hex');
+}
+
+function forEachClear(map: Buffer, from: number, to: number, fn: (bit: number) => void): void {
+  for (let b = from; b < to; b++) if (!testBit(map, b)) fn(b);
+}

@@ -1,0 +1,15 @@
+/** The VHD library: format codec, images, chains and the algorithms over them. */
+export { VhdError, type VhdErrorKind } from './errors.js';
+export { FileIO, type PositionalIO } from './io.js';
+export { VhdImage, formatUuid, parseUuid, type BlockBuffer } from './image.js';
+export { VhdChain, type ChainOptions } from './chain.js';
+export { createDynamic, createDifferencing, validVirtualSize, type CreateOptions } from './create.js';
+export { coalesceIntoParent, coalesceImages, type CoalesceOptions, type CoalesceProgress, type CoalesceResult } from './coalesce.js';
+export { resizeImage, setVirtualSize } from './resize.js';
+export { setParent } from './relink.js';
+export { checkChain, type CheckReport, type CheckOptions } from './check.js';
+export { imageInfo, parentPath, chainDepth, scanImages, globFiles, type ImageInfo, type ScanEntry } from './info.js';
+export { exportRaw, writeAt } from './export.js';
+export { repairFooter } from './repair.js';
+export { siblingResolver, isPlainName, type ParentResolver } from './parent.js';
+export { MAX_VIRTUAL_SIZE, BLOCK_SIZE, SECTOR } from './format/constants.js';

@@ -1,0 +1,122 @@
+/**
+ * Positional I/O: the only way the VHD library touches storage, so the same code
+ * runs over a regular file and over a block device (an LVM logical volume).
+ */
+import { open, constants, stat } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { VhdError } from './errors.js';
+
+export interface PositionalIO {
+  readonly path: string;
+  readonly writable: boolean;
+  /** Fills `buf` from `position`; throws if the storage ends first. */
+  read(buf: Buffer, position: number): Promise<void>;
+  /** Writes the buffers back to back starting at `position`. */
+  write(bufs: Buffer | Buffer[], position: number): Promise<void>;
+  size(): Promise<number>;
+  /** Shrinks or grows a file; a device keeps its size. */
+  truncate(size: number): Promise<void>;
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A regular file (or a block device node) opened through fs/promises. */
+export class FileIO implements PositionalIO {
+  private constructor(
+    readonly path: string,
+    readonly writable: boolean,
+    private readonly fh: FileHandle,
+    private readonly isDevice: boolean,
+  ) {}
+
+  static async open(path: string, writable: boolean): Promise<FileIO> {
+    let fh: FileHandle;
+    try {
+      fh = await open(path, writable ? constants.O_RDWR : constants.O_RDONLY);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new VhdError('not-found', 'no such file', path);
+      throw err;
+    }
+    const st = await fh.stat();
+    return new FileIO(path, writable, fh, st.isBlockDevice());
+  }
+
+  /** Creates a new file; fails if it exists, so nothing is ever overwritten by accident. */
+  static async create(path: string): Promise<FileIO> {
+    const fh = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644);
+    return new FileIO(path, true, fh, false);
+  }
+
+  async read(buf: Buffer, position: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, position + done);
+      if (bytesRead === 0) {
+        throw new VhdError('corrupt', `short read at offset ${position + done} (wanted ${buf.length - done} more bytes)`, this.path);
+      }
+      done += bytesRead;
+    }
+  }
+
+  async write(bufs: Buffer | Buffer[], position: number): Promise<void> {
+    const list = Array.isArray(bufs) ? bufs : [bufs];
+    let total = 0;
+    for (const b of list) total += b.length;
+    let written = 0;
+    let pending = list;
+    while (written < total) {
+      const { bytesWritten } = await this.fh.writev(pending, position + written);
+      written += bytesWritten;
+      if (written < total) pending = skipBytes(list, written);
+    }
+  }
+
+  async size(): Promise<number> {
+    if (this.isDevice) return deviceSize(this.fh);
+    return (await this.fh.stat()).size;
+  }
+
+  async truncate(size: number): Promise<void> {
+    if (!this.isDevice) await this.fh.truncate(size);
+  }
+
+  async sync(): Promise<void> {
+    await this.fh.sync();
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+function skipBytes(list: Buffer[], skip: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of list) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}
+
+/** A block device's size is not in stat(); read it by reading its end. */
+async function deviceSize(fh: FileHandle): Promise<number> {
+  // Binary search on readable offsets would be slow; lseek(SEEK_END) is not in fs/promises,
+  // so ask sysfs through the device's rdev when available.
+  const st = await fh.stat();
+  const major = Math.floor(st.rdev / 256);
+  const minor = st.rdev % 256;
+  const s = await stat(`/sys/dev/block/${major}:${minor}/size`).catch(() => undefined);
+  if (!s) throw new Error('cannot determine block device size');
+  const { readFile } = await import('node:fs/promises');
+  const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
+  return sectors * 512;
+}
+
+export async function openFile(path: string, writable = false): Promise<FileIO> {
+  return FileIO.open(path, writable);
+}
