@@ -1,0 +1,103 @@
+/**
+ * The File SR: VHD files in a local directory (`device_config.location`),
+ * reachable at `$SM_ROOT/run/sr-mount/<sr>` through a symlink.
+ */
+import { lstat, mkdir, readdir, readlink, rm, rmdir, symlink, unlink } from 'node:fs/promises';
+import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { SMError, type Request } from '../lib/smapi/index.js';
+import type { BackendSpec } from '../lib/sr/attach-record.js';
+import { FileBackend } from '../lib/sr/file-backend.js';
+import { srMountPath } from '../lib/sr/paths.js';
+import type { SrType } from '../lib/sr/sr-type.js';
+import { srDriver } from '../lib/sr/verbs.js';
+
+function locationOf(req: Request): string {
+  const location = req.device_config.location;
+  if (!location) throw new SMError('ConfigLocationMissing');
+  if (!isAbsolute(location) || location.includes('\0') || location.split('/').includes('..') || normalize(location) === '/') {
+    throw new SMError('ConfigLocationMissing', `location must be an absolute directory path: ${JSON.stringify(location.slice(0, 200))}`);
+  }
+  return normalize(location).replace(/(.)\/+$/, '$1');
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  return lstat(path).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
+}
+
+/** Points `run/sr-mount/<sr>` at the location (replacing a stale link). */
+async function linkMount(sr: string, location: string): Promise<void> {
+  const mount = srMountPath(sr);
+  await mkdir(dirname(mount), { recursive: true });
+  const current = await readlink(mount).catch(() => undefined);
+  if (current === location) return;
+  await unlink(mount).catch(() => undefined);
+  await symlink(location, mount);
+}
+
+export const fileSrType: SrType = {
+  driver: 'FileSR',
+  info: {
+    name: 'Local Path VHD',
+    description: 'SR plugin which represents disks as VHD files stored on a local path',
+    vendor: 'xcp-sm',
+    copyright: '(C) 2026 xcp-sm contributors',
+    driver_version: '1.0',
+    required_api_version: '1.0',
+    capabilities: ['SR_METADATA', 'THIN_PROVISIONING'],
+    configuration: [{ key: 'location', description: 'local directory path (e.g. /srv/sr1)' }],
+  },
+
+  async create(req) {
+    const location = locationOf(req);
+    if (await isDirectory(location)) {
+      if ((await readdir(location)).length > 0) throw new SMError('SRExists', `${location} is not empty`);
+    } else {
+      try {
+        await mkdir(location);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'EEXIST') throw new SMError('SRExists', `${location} exists and is not a directory`);
+        throw new SMError('FileSRCreate', `cannot create ${location}: ${code ?? (err as Error).message}`);
+      }
+    }
+    return { kind: 'file', dir: location };
+  },
+
+  async locate(req): Promise<BackendSpec> {
+    const location = locationOf(req);
+    if (!(await isDirectory(location))) throw new SMError('SRUnavailable', `${location} is not a directory`);
+    return { kind: 'file', dir: location };
+  },
+
+  async attach(req, sr) {
+    const location = locationOf(req);
+    if (!(await isDirectory(location))) throw new SMError('SRUnavailable', `${location} is not a directory`);
+    await linkMount(sr, location);
+    return { kind: 'file', dir: srMountPath(sr) };
+  },
+
+  async detach(_req, sr) {
+    await unlink(srMountPath(sr)).catch(() => undefined);
+  },
+
+  async destroy(req, sr) {
+    const location = locationOf(req);
+    await rm(join(location, '.sm'), { recursive: true, force: true });
+    await rmdir(location).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw new SMError('SRNotEmpty', `${location}: ${err.code}`);
+    });
+    await unlink(srMountPath(sr)).catch(() => undefined);
+  },
+
+  async probe(req) {
+    const location = locationOf(req);
+    const meta = await new FileBackend('00000000-0000-0000-0000-000000000000', location).readMetadata().catch(() => undefined);
+    if (!meta) return '<?xml version="1.0" ?>\n<SRlist/>\n';
+    return `<?xml version="1.0" ?>\n<SRlist>\n\t<SR>\n\t\t<UUID>${meta.uuid}</UUID>\n\t</SR>\n</SRlist>\n`;
+  },
+};
+
+export const fileSrDriver = srDriver(fileSrType);

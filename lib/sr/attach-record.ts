@@ -1,0 +1,88 @@
+/**
+ * Host-local runtime state: the record sr_attach leaves (read by the GC and the
+ * operator CLI to open the SR without a driver) and each VDI's attach state.
+ */
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { SMError } from '../smapi/errors.js';
+import { writeFileAtomic } from './atomic-write.js';
+import type { StorageBackend } from './backend.js';
+import { FileBackend } from './file-backend.js';
+import { attachRecordPath, runStateDir } from './paths.js';
+
+export type BackendSpec = { kind: 'file'; dir: string };
+
+export interface AttachRecord {
+  sr_uuid: string;
+  driver: string;
+  backend: BackendSpec;
+  host: string;
+  attached_at: string;
+}
+
+export async function writeAttachRecord(srUuid: string, driver: string, backend: BackendSpec): Promise<void> {
+  const record: AttachRecord = { sr_uuid: srUuid, driver, backend, host: hostname(), attached_at: new Date().toISOString() };
+  await writeFileAtomic(attachRecordPath(srUuid), JSON.stringify(record, null, 1) + '\n');
+}
+
+export async function readAttachRecord(srUuid: string): Promise<AttachRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(attachRecordPath(srUuid), 'utf8')) as AttachRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function removeAttachRecord(srUuid: string): Promise<void> {
+  await rm(attachRecordPath(srUuid), { force: true });
+  await rm(runStateDir('vdi', srUuid), { recursive: true, force: true });
+}
+
+export function backendOf(record: AttachRecord): StorageBackend {
+  switch (record.backend.kind) {
+    case 'file':
+      return new FileBackend(record.sr_uuid, record.backend.dir);
+  }
+}
+
+/** The backend of an SR attached on this host, or SRUnavailable (47). */
+export async function attachedBackend(srUuid: string): Promise<StorageBackend> {
+  const record = await readAttachRecord(srUuid);
+  if (!record) throw new SMError('SRUnavailable', `SR ${srUuid} is not attached on this host`);
+  return backendOf(record);
+}
+
+export interface VdiState {
+  writable: boolean;
+  active: boolean;
+  since: string;
+}
+
+const vdiStatePath = (sr: string, vdi: string) => runStateDir('vdi', sr, `${vdi}.json`);
+
+export async function readVdiState(sr: string, vdi: string): Promise<VdiState | undefined> {
+  try {
+    return JSON.parse(await readFile(vdiStatePath(sr, vdi), 'utf8')) as VdiState;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function writeVdiState(sr: string, vdi: string, state: VdiState | undefined): Promise<void> {
+  if (!state) {
+    await rm(vdiStatePath(sr, vdi), { force: true });
+    return;
+  }
+  await mkdir(runStateDir('vdi', sr), { recursive: true });
+  await writeFileAtomic(vdiStatePath(sr, vdi), JSON.stringify(state) + '\n');
+}
+
+export async function activeVdis(sr: string): Promise<Set<string>> {
+  const names = await readdir(runStateDir('vdi', sr)).catch(() => [] as string[]);
+  const out = new Set<string>();
+  for (const n of names) {
+    const vdi = n.replace(/\.json$/, '');
+    if ((await readVdiState(sr, vdi))?.active) out.add(vdi);
+  }
+  return out;
+}

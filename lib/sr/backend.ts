@@ -1,0 +1,32 @@
+/**
+ * The storage-backend seam: where an SR's images live. Snapshot, clone, scan,
+ * delete and the GC are written once over this interface; a directory of files
+ * and an LVM volume group are two implementations.
+ */
+import type { SrMetadata } from './metadata.js';
+
+export interface StorageBackend {
+  readonly srUuid: string;
+  /** Path the VHD library opens for the image of `uuid` (a file or a device node). */
+  imagePath(uuid: string): string;
+  /** uuids of every image present. */
+  listImages(): Promise<string[]>;
+  hasImage(uuid: string): Promise<boolean>;
+  /** Makes room for a new image of this virtual size; returns its path. */
+  prepareImage(uuid: string, virtualSize: number): Promise<string>;
+  removeImage(uuid: string): Promise<void>;
+  renameImage(from: string, to: string): Promise<void>;
+  /** Bytes the image occupies on the storage. */
+  physicalSize(uuid: string): Promise<number>;
+  /** Free and total bytes of the storage. */
+  space(): Promise<{ free: number; total: number }>;
+
+  readMetadata(): Promise<SrMetadata | undefined>;
+  writeMetadata(meta: SrMetadata): Promise<void>;
+
+  /** Journals: small named documents that survive a crash. */
+  listJournals(): Promise<string[]>;
+  readJournal(name: string): Promise<string | undefined>;
+  writeJournal(name: string, text: string): Promise<void>;
+  removeJournal(name: string): Promise<void>;
+}

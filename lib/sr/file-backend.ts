@@ -1,0 +1,105 @@
+/**
+ * A directory of `<uuid>.vhd` files (File SR, NFS SR). SR metadata and journals
+ * live in the directory's `.sm/` folder, so they travel with the SR.
+ */
+import { mkdir, readdir, readFile, rename, stat, statfs, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic, syncDir } from './atomic-write.js';
+import type { StorageBackend } from './backend.js';
+import { isUuid } from './ids.js';
+import { parseSrMetadata, type SrMetadata } from './metadata.js';
+
+const VHD_SUFFIX = '.vhd';
+const META_DIR = '.sm';
+const JOURNAL_NAME = /^[a-z]+-[0-9a-f-]{36}$/;
+
+export class FileBackend implements StorageBackend {
+  constructor(
+    readonly srUuid: string,
+    /** The SR's directory. */
+    readonly dir: string,
+  ) {}
+
+  imagePath(uuid: string): string {
+    if (!isUuid(uuid)) throw new Error(`not a uuid: ${uuid}`); // callers validate; this guards the path
+    return join(this.dir, uuid + VHD_SUFFIX);
+  }
+
+  async listImages(): Promise<string[]> {
+    const names = await readdir(this.dir);
+    return names
+      .filter((n) => n.endsWith(VHD_SUFFIX) && isUuid(n.slice(0, -VHD_SUFFIX.length)))
+      .map((n) => n.slice(0, -VHD_SUFFIX.length))
+      .sort();
+  }
+
+  async hasImage(uuid: string): Promise<boolean> {
+    return stat(this.imagePath(uuid)).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  async prepareImage(uuid: string): Promise<string> {
+    return this.imagePath(uuid); // the VHD library creates the file itself
+  }
+
+  async removeImage(uuid: string): Promise<void> {
+    await unlink(this.imagePath(uuid)).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+    await syncDir(this.dir);
+  }
+
+  async renameImage(from: string, to: string): Promise<void> {
+    await rename(this.imagePath(from), this.imagePath(to));
+    await syncDir(this.dir);
+  }
+
+  async physicalSize(uuid: string): Promise<number> {
+    return (await stat(this.imagePath(uuid))).size;
+  }
+
+  async space(): Promise<{ free: number; total: number }> {
+    const s = await statfs(this.dir);
+    return { free: s.bavail * s.bsize, total: s.blocks * s.bsize };
+  }
+
+  private metaPath(...parts: string[]): string {
+    return join(this.dir, META_DIR, ...parts);
+  }
+
+  async readMetadata(): Promise<SrMetadata | undefined> {
+    let text: string;
+    try {
+      text = await readFile(this.metaPath('metadata.json'), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    return parseSrMetadata(text);
+  }
+
+  async writeMetadata(meta: SrMetadata): Promise<void> {
+    await writeFileAtomic(this.metaPath('metadata.json'), JSON.stringify(meta, null, 1) + '\n');
+  }
+
+  async listJournals(): Promise<string[]> {
+    const names = await readdir(this.metaPath('journal')).catch(() => [] as string[]);
+    return names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -5)).filter((n) => JOURNAL_NAME.test(n)).sort();
+  }
+
+  async readJournal(name: string): Promise<string | undefined> {
+    return readFile(this.metaPath('journal', `${name}.json`), 'utf8').catch(() => undefined);
+  }
+
+  async writeJournal(name: string, text: string): Promise<void> {
+    await mkdir(this.metaPath('journal'), { recursive: true });
+    await writeFileAtomic(this.metaPath('journal', `${name}.json`), text);
+  }
+
+  async removeJournal(name: string): Promise<void> {
+    await unlink(this.metaPath('journal', `${name}.json`)).catch(() => undefined);
+    await syncDir(this.metaPath('journal')).catch(() => undefined);
+  }
+}

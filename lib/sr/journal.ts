@@ -1,0 +1,44 @@
+/**
+ * Journals: written before a multi-step change starts, removed when it is done.
+ * A journal found later means the change was interrupted; recovery (recovery.ts)
+ * completes or rolls it back.
+ */
+import type { StorageBackend } from './backend.js';
+import { faultPoint } from './fault.js';
+
+export type Journal =
+  | { kind: 'create'; vdi: string }
+  | { kind: 'delete'; vdi: string }
+  | { kind: 'resize'; vdi: string; size: number }
+  | { kind: 'snapshot'; vdi: string; base: string; snap: string; mode: 'double' | 'single' | 'clone' }
+  | { kind: 'coalesce'; vdi: string; parent: string }
+  | { kind: 'relink'; vdi: string; parent: string; children: string[] }
+  | { kind: 'leaf'; vdi: string; parent: string };
+
+export function journalName(j: Journal): string {
+  return `${j.kind}-${j.vdi}`;
+}
+
+export async function beginJournal(backend: StorageBackend, j: Journal): Promise<void> {
+  await backend.writeJournal(journalName(j), JSON.stringify({ ...j, started: new Date().toISOString(), pid: process.pid }));
+  faultPoint(`${j.kind}-journaled`);
+}
+
+export async function endJournal(backend: StorageBackend, j: Journal): Promise<void> {
+  await backend.removeJournal(journalName(j));
+}
+
+export async function readJournals(backend: StorageBackend): Promise<Journal[]> {
+  const out: Journal[] = [];
+  for (const name of await backend.listJournals()) {
+    const text = await backend.readJournal(name);
+    if (text === undefined) continue;
+    try {
+      out.push(JSON.parse(text) as Journal);
+    } catch {
+      // A journal torn mid-write means its change never started.
+      await backend.removeJournal(name);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,25 @@
+/** Every host path derives from SM_ROOT (default `/`), so tests and hosts can coexist. */
+import { join } from 'node:path';
+
+export function smRoot(): string {
+  return process.env.SM_ROOT || '/';
+}
+
+/** Where an attached SR is reachable: `$SM_ROOT/run/sr-mount/<sr>`. */
+export function srMountPath(srUuid: string): string {
+  return join(smRoot(), 'run', 'sr-mount', srUuid);
+}
+
+/** Runtime state of this host (attach records, VDI activation). */
+export function runStateDir(...parts: string[]): string {
+  return join(smRoot(), 'run', 'sm', ...parts);
+}
+
+/** The record sr_attach leaves for the GC and the operator CLI. */
+export function attachRecordPath(srUuid: string): string {
+  return runStateDir('sr', `${srUuid}.json`);
+}
+
+export function lockDir(srUuid: string): string {
+  return join(smRoot(), 'var', 'lock', 'sm', srUuid);
+}

@@ -1,0 +1,105 @@
+/**
+ * An SR opened over its storage backend: metadata access, the VHD trees, and
+ * validated lookups. The verbs, the GC and the operator CLI all work through it.
+ */
+import { imageInfo, type ImageInfo } from '../vhd/index.js';
+import { SMError } from '../smapi/errors.js';
+import type { StorageBackend } from './backend.js';
+import { isUuid, requireUuid } from './ids.js';
+import type { SrMetadata } from './metadata.js';
+
+/** One image as the tree sees it. */
+export interface ImageNode {
+  uuid: string;
+  virtualSize: number;
+  physicalSize: number;
+  hidden: boolean;
+  /** uuid of the parent image (by its file name), undefined for a base. */
+  parent?: string;
+  children: string[];
+}
+
+export class Repository {
+  constructor(readonly backend: StorageBackend) {}
+
+  get uuid(): string {
+    return this.backend.srUuid;
+  }
+
+  async metadata(): Promise<SrMetadata> {
+    let meta: SrMetadata | undefined;
+    try {
+      meta = await this.backend.readMetadata();
+    } catch (err) {
+      throw new SMError('MetadataError', `SR metadata unreadable: ${(err as Error).message}`);
+    }
+    if (!meta) throw new SMError('MetadataError', `no SR metadata for ${this.uuid}`);
+    return meta;
+  }
+
+  async saveMetadata(meta: SrMetadata): Promise<void> {
+    await this.backend.writeMetadata(meta);
+  }
+
+  imagePath(uuid: string): string {
+    return this.backend.imagePath(uuid);
+  }
+
+  /** A VDI uuid from a request: well-formed and present, or VDIMissing (144). */
+  async requireVdi(value: unknown): Promise<string> {
+    const uuid = requireUuid(value, 'vdi_uuid', 'VDIUnavailable');
+    if (!(await this.backend.hasImage(uuid))) throw new SMError('VDIMissing', uuid);
+    return uuid;
+  }
+
+  async info(uuid: string): Promise<ImageInfo> {
+    return imageInfo(this.imagePath(uuid));
+  }
+
+  /** Reads every image and links parents to children. Unreadable images are reported, not fatal. */
+  async tree(): Promise<{ nodes: Map<string, ImageNode>; broken: Map<string, string> }> {
+    const nodes = new Map<string, ImageNode>();
+    const broken = new Map<string, string>();
+    const uuids = await this.backend.listImages();
+    const infos = await Promise.all(
+      uuids.map((u) =>
+        this.info(u).then(
+          (i) => ({ u, i }),
+          (err: Error) => ({ u, err }),
+        ),
+      ),
+    );
+    for (const r of infos) {
+      if ('err' in r) {
+        broken.set(r.u, r.err.message);
+        continue;
+      }
+      const parentName = r.i.parentName;
+      const parent = parentName === undefined ? undefined : uuidOfImageName(parentName);
+      nodes.set(r.u, {
+        uuid: r.u,
+        virtualSize: r.i.virtualSize,
+        physicalSize: r.i.physicalSize,
+        hidden: r.i.hidden,
+        parent,
+        children: [],
+      });
+    }
+    for (const n of nodes.values()) if (n.parent) nodes.get(n.parent)?.children.push(n.uuid);
+    for (const n of nodes.values()) n.children.sort();
+    return { nodes, broken };
+  }
+
+  /** Number of images from `uuid` down to its base. */
+  chainDepth(nodes: Map<string, ImageNode>, uuid: string): number {
+    let depth = 0;
+    for (let n = nodes.get(uuid); n && depth <= nodes.size; n = n.parent ? nodes.get(n.parent) : undefined) depth++;
+    return depth;
+  }
+}
+
+/** `<uuid>.vhd` or `VHD-<uuid>` -> uuid. */
+export function uuidOfImageName(name: string): string | undefined {
+  const m = /^(?:VHD-)?([0-9a-f-]{36})(?:\.vhd)?$/i.exec(name);
+  return m && isUuid(m[1]) ? m[1].toLowerCase() : undefined;
+}

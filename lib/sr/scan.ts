@@ -1,0 +1,56 @@
+/**
+ * sr_scan: the images are the truth for what exists, the metadata for names and
+ * flags. Records without an image are dropped; images without a record get one
+ * (hidden images as unmanaged base copies).
+ */
+import { getLog } from '../log/index.js';
+import { newVdiRecord, type VdiRecord } from './metadata.js';
+import type { ImageNode, Repository } from './repository.js';
+
+/** A VDI as sr_scan reports it (JSON-RPC result, `sm sr-scan`). */
+export interface ScannedVdi extends VdiRecord {
+  location: string;
+  virtual_size: number;
+  physical_utilisation: number;
+  hidden: boolean;
+  parent: string;
+}
+
+export async function scanSr(repo: Repository): Promise<ScannedVdi[]> {
+  const meta = await repo.metadata();
+  const { nodes, broken } = await repo.tree();
+  let changed = false;
+  for (const uuid of Object.keys(meta.vdis)) {
+    if (!nodes.has(uuid) && !broken.has(uuid)) {
+      getLog().info(`scan: VDI ${uuid} has no image any more: record dropped`);
+      delete meta.vdis[uuid];
+      changed = true;
+    }
+  }
+  for (const node of nodes.values()) {
+    const rec = meta.vdis[node.uuid];
+    if (!rec) {
+      getLog().info(`scan: image ${node.uuid} had no record: introduced${node.hidden ? ' as a base copy' : ''}`);
+      meta.vdis[node.uuid] = newVdiRecord(node.uuid, node.hidden ? { managed: false, read_only: true, name_label: 'base copy' } : {});
+      changed = true;
+    } else if (rec.managed === node.hidden) {
+      // Hidden by a delete that left children, or unhidden by the GC's leaf-coalesce.
+      rec.managed = !node.hidden;
+      changed = true;
+    }
+  }
+  for (const [uuid, why] of broken) getLog().warn(`scan: image ${uuid} is unreadable: ${why}`);
+  if (changed) await repo.saveMetadata(meta);
+  return [...nodes.values()].map((n) => scanned(meta.vdis[n.uuid], n));
+}
+
+function scanned(rec: VdiRecord, node: ImageNode): ScannedVdi {
+  return {
+    ...rec,
+    location: node.uuid,
+    virtual_size: node.virtualSize,
+    physical_utilisation: node.physicalSize,
+    hidden: node.hidden,
+    parent: node.parent ?? '',
+  };
+}

@@ -1,0 +1,116 @@
+/**
+ * vdi_snapshot and vdi_clone, written once for every backend. The VDI keeps its
+ * uuid as the writable leaf: its image becomes a read-only base copy, and new
+ * empty children of that base take the VDI's uuid and (for a double snapshot or
+ * a clone) the new VDI's uuid. A `single` snapshot makes the base itself the
+ * snapshot. Journaled: an interrupted one is rolled back unless its metadata
+ * was committed.
+ */
+import { randomUUID } from 'node:crypto';
+import { createDifferencing, VhdImage } from '../vhd/index.js';
+import { SMError } from '../smapi/errors.js';
+import { faultPoint } from './fault.js';
+import { beginJournal, endJournal, type Journal } from './journal.js';
+import { newVdiRecord } from './metadata.js';
+import type { Repository } from './repository.js';
+
+/** The established limit: a chain this deep takes no further snapshot. */
+export const MAX_CHAIN_DEPTH = 30;
+
+export type SnapshotMode = 'double' | 'single' | 'clone';
+
+export async function snapshotVdi(repo: Repository, uuid: string, mode: SnapshotMode): Promise<string> {
+  const meta = await repo.metadata();
+  const record = meta.vdis[uuid];
+  if (!record) throw new SMError('VDIMissing', `${uuid} has no metadata record`);
+  const { nodes } = await repo.tree();
+  const depth = repo.chainDepth(nodes, uuid);
+  if (depth >= MAX_CHAIN_DEPTH) {
+    throw new SMError('SnapshotChainTooLong', `chain of ${uuid} is ${depth} deep (limit ${MAX_CHAIN_DEPTH})`);
+  }
+  const { free } = await repo.backend.space();
+  if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
+
+  const base = randomUUID();
+  const snap = mode === 'single' ? base : randomUUID();
+  const journal: Journal = { kind: 'snapshot', vdi: uuid, base, snap, mode };
+  await beginJournal(repo.backend, journal);
+
+  await repo.backend.renameImage(uuid, base);
+  faultPoint('snapshot-renamed');
+  const virtualSize = nodes.get(uuid)?.virtualSize ?? 0;
+  const leafPath = await repo.backend.prepareImage(uuid, virtualSize);
+  await createDifferencing(leafPath, repo.imagePath(base), { durable: true });
+  faultPoint('snapshot-leaf-created');
+  if (snap !== base) {
+    const snapPath = await repo.backend.prepareImage(snap, virtualSize);
+    await createDifferencing(snapPath, repo.imagePath(base), { durable: true });
+    faultPoint('snapshot-child-created');
+    await setHidden(repo, base, true);
+    faultPoint('snapshot-base-hidden');
+  }
+
+  const now = snapshotTime();
+  if (snap !== base) {
+    meta.vdis[base] = newVdiRecord(base, {
+      name_label: 'base copy',
+      name_description: `read-only base of ${uuid}`,
+      read_only: true,
+      managed: false,
+      type: record.type,
+    });
+  }
+  meta.vdis[snap] = newVdiRecord(snap, {
+    name_label: record.name_label,
+    name_description: record.name_description,
+    type: record.type,
+    is_a_snapshot: mode !== 'clone',
+    snapshot_of: mode === 'clone' ? '' : uuid,
+    snapshot_time: mode === 'clone' ? '' : now,
+    read_only: mode === 'single' ? true : record.read_only,
+    sm_config: { ...record.sm_config },
+  });
+  await repo.saveMetadata(meta);
+  faultPoint('snapshot-metadata-written');
+  await endJournal(repo.backend, journal);
+  return snap;
+}
+
+async function setHidden(repo: Repository, uuid: string, hidden: boolean): Promise<void> {
+  const image = await VhdImage.open(repo.imagePath(uuid), true);
+  try {
+    if (image.hidden !== hidden) {
+      await image.setHidden(hidden);
+      await image.sync();
+    }
+  } finally {
+    await image.close();
+  }
+}
+
+/** `20261122T01:37:00Z`, the toolstack's snapshot_time format. */
+function snapshotTime(d = new Date()): string {
+  return d.toISOString().replace(/-/g, '').replace(/\.\d+Z$/, 'Z');
+}
+
+/**
+ * Interrupted snapshot: committed once the new record exists (only the journal
+ * is left to drop); otherwise every step is undone, in reverse, idempotently.
+ */
+export async function recoverSnapshot(repo: Repository, j: Extract<Journal, { kind: 'snapshot' }>): Promise<string> {
+  const meta = await repo.metadata();
+  const has = (u: string) => repo.backend.hasImage(u);
+  if (meta.vdis[j.snap]) {
+    await endJournal(repo.backend, j);
+    return `snapshot of ${j.vdi} was complete`;
+  }
+  if (j.snap !== j.base && (await has(j.snap))) await repo.backend.removeImage(j.snap);
+  if (await has(j.base)) {
+    // The original image was renamed to the base: whatever holds the VDI's uuid now is the new empty leaf.
+    if (await has(j.vdi)) await repo.backend.removeImage(j.vdi);
+    await setHidden(repo, j.base, false);
+    await repo.backend.renameImage(j.base, j.vdi);
+  }
+  await endJournal(repo.backend, j);
+  return `snapshot of ${j.vdi} rolled back`;
+}

@@ -1,0 +1,38 @@
+/** vdi_create and vdi_introduce: a new empty image plus its metadata record. */
+import { randomUUID } from 'node:crypto';
+import { createDynamic } from '../vhd/index.js';
+import { SMError } from '../smapi/errors.js';
+import { faultPoint } from './fault.js';
+import { beginJournal, endJournal, type Journal } from './journal.js';
+import { newVdiRecord, type VdiRecord } from './metadata.js';
+import type { Repository } from './repository.js';
+import { batRoomFor } from './sizes.js';
+
+export async function createVdi(repo: Repository, size: number, fields: Partial<VdiRecord>): Promise<string> {
+  const uuid = randomUUID();
+  const { free } = await repo.backend.space();
+  if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
+  const journal: Journal = { kind: 'create', vdi: uuid };
+  await beginJournal(repo.backend, journal);
+  const path = await repo.backend.prepareImage(uuid, size);
+  await createDynamic(path, size, { maxSize: batRoomFor(size), durable: true });
+  faultPoint('create-image-written');
+  const meta = await repo.metadata();
+  meta.vdis[uuid] = newVdiRecord(uuid, fields);
+  await repo.saveMetadata(meta);
+  faultPoint('create-metadata-written');
+  await endJournal(repo.backend, journal);
+  return uuid;
+}
+
+/** Interrupted create: committed once the record exists; otherwise the image goes. */
+export async function recoverCreate(repo: Repository, j: Extract<Journal, { kind: 'create' }>): Promise<string> {
+  const meta = await repo.metadata();
+  if (meta.vdis[j.vdi]) {
+    await endJournal(repo.backend, j);
+    return `create of ${j.vdi} was complete`;
+  }
+  await repo.backend.removeImage(j.vdi);
+  await endJournal(repo.backend, j);
+  return `create of ${j.vdi} rolled back`;
+}

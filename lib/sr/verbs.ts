@@ -1,0 +1,268 @@
+/**
+ * The SMAPIv1 verbs, written once for every SR type: each takes the SR lock,
+ * validates its input before touching anything, and delegates storage access
+ * to the SR type and the backend.
+ */
+import { getLog } from '../log/index.js';
+import { encodeMethodCall, SMError, type Driver, type Request, type Verb } from '../smapi/index.js';
+import { askHolder, isLockHeld, lockOrFail } from './lock.js';
+import {
+  activeVdis,
+  attachedBackend,
+  backendOf,
+  readVdiState,
+  removeAttachRecord,
+  writeAttachRecord,
+  writeVdiState,
+} from './attach-record.js';
+import { kickGc } from './gc-trigger.js';
+import { requireUuid } from './ids.js';
+import { newSrMetadata, newVdiRecord } from './metadata.js';
+import { recoverSrJournals } from './recovery.js';
+import { Repository } from './repository.js';
+import { scanSr } from './scan.js';
+import { parseVdiSize } from './sizes.js';
+import type { SrType } from './sr-type.js';
+import { snapshotVdi, type SnapshotMode } from './snapshot.js';
+import { createVdi } from './vdi-create.js';
+import { deleteVdi } from './vdi-delete.js';
+import { resizeVdi } from './vdi-resize.js';
+
+const LOCK_TIMEOUT_MS = Number(process.env.SM_LOCK_TIMEOUT_MS ?? 60_000);
+/** How long sr_detach waits for an aborted GC to stop. */
+const GC_STOP_TIMEOUT_MS = 30_000;
+
+const srUuidOf = (req: Request) => requireUuid(req.sr_uuid, 'sr_uuid', 'SRUnavailable');
+
+async function withSrLock<T>(sr: string, fn: () => Promise<T>): Promise<T> {
+  const lock = await lockOrFail(sr, 'sr', LOCK_TIMEOUT_MS);
+  try {
+    return await fn();
+  } finally {
+    await lock.release();
+  }
+}
+
+/** Runs `fn` on an attached SR under its lock, after completing interrupted changes. */
+function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Promise<T>): Verb {
+  return async (req) => {
+    const sr = srUuidOf(req);
+    return withSrLock(sr, async () => {
+      const repo = new Repository(await attachedBackend(sr));
+      return fn(repo, sr, req);
+    });
+  };
+}
+
+/** As onAttachedSr, for a verb on one existing VDI. */
+function onVdi<T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) => Promise<T>): Verb {
+  return onAttachedSr(async (repo, sr, req) => fn(repo, await repo.requireVdi(req.vdi_uuid), sr, req));
+}
+
+const vdiReply = (uuid: string) => ({ uuid, location: uuid });
+
+function boolArg(value: string | undefined): boolean {
+  return value === 'true';
+}
+
+export function srDriver(type: SrType): Driver {
+  const verbs: Driver['verbs'] = {
+    async sr_create(req) {
+      const sr = srUuidOf(req);
+      return withSrLock(sr, async () => {
+        const spec = await type.create(req, sr);
+        const repo = new Repository(backendOf({ sr_uuid: sr, driver: type.driver, backend: spec, host: '', attached_at: '' }));
+        if (await repo.backend.readMetadata().catch(() => undefined)) throw new SMError('SRExists', `SR metadata already present`);
+        const label = req.sr_sm_config?.name_label ?? '';
+        await repo.saveMetadata(newSrMetadata(sr, type.driver, label));
+        getLog().info(`SR ${sr} created`);
+        return null;
+      });
+    },
+
+    async sr_delete(req) {
+      const sr = srUuidOf(req);
+      return withSrLock(sr, async () => {
+        const spec = await type.locate(req, sr);
+        const repo = new Repository(backendOf({ sr_uuid: sr, driver: type.driver, backend: spec, host: '', attached_at: '' }));
+        const images = await repo.backend.listImages();
+        if (images.length > 0) throw new SMError('SRNotEmpty', `${images.length} images remain`);
+        await type.destroy(req, sr);
+        await removeAttachRecord(sr);
+        getLog().info(`SR ${sr} deleted`);
+        return null;
+      });
+    },
+
+    async sr_attach(req) {
+      const sr = srUuidOf(req);
+      return withSrLock(sr, async () => {
+        const spec = await type.attach(req, sr);
+        const repo = new Repository(backendOf({ sr_uuid: sr, driver: type.driver, backend: spec, host: '', attached_at: '' }));
+        if (!(await repo.backend.readMetadata().catch(() => undefined))) {
+          // Storage without our metadata (e.g. made by another SM): adopt it; scan introduces its images.
+          await repo.saveMetadata(newSrMetadata(sr, type.driver));
+        }
+        await writeAttachRecord(sr, type.driver, spec);
+        await recoverSrJournals(repo);
+        return null;
+      });
+    },
+
+    async sr_detach(req) {
+      const sr = srUuidOf(req);
+      await stopGc(sr);
+      return withSrLock(sr, async () => {
+        const busy = await activeVdis(sr);
+        if (busy.size > 0) throw new SMError('SRInUse', `VDIs still active: ${[...busy].join(', ')}`);
+        await type.detach(req, sr);
+        await removeAttachRecord(sr);
+        return null;
+      });
+    },
+
+    sr_scan: async (req) => {
+      const records = await onAttachedSr(async (repo) => {
+        await recoverSrJournals(repo);
+        return scanSr(repo);
+      })(req);
+      kickGc(srUuidOf(req));
+      return records;
+    },
+
+    sr_update: onAttachedSr(async (repo) => {
+      const { free, total } = await repo.backend.space();
+      getLog().info(`SR ${repo.uuid}: ${total} bytes, ${free} free`);
+      return null;
+    }),
+
+    async sr_probe(req) {
+      return type.probe(req);
+    },
+
+    vdi_create: onAttachedSr(async (repo, _sr, req) => {
+      const [size, label, description, metadataOfPool, isSnapshot, snapshotTime, snapshotOf, readOnly] = req.args;
+      const virtualSize = parseVdiSize(size);
+      const uuid = await createVdi(repo, virtualSize, {
+        name_label: label ?? '',
+        name_description: description ?? '',
+        metadata_of_pool: metadataOfPool ?? '',
+        is_a_snapshot: boolArg(isSnapshot),
+        snapshot_time: snapshotTime ?? '',
+        snapshot_of: snapshotOf ?? '',
+        read_only: boolArg(readOnly),
+        type: req.vdi_type ?? 'user',
+        sm_config: { ...(req.vdi_sm_config ?? {}) },
+      });
+      return vdiReply(uuid);
+    }),
+
+    vdi_delete: async (req) => {
+      await onVdi(async (repo, vdi, sr) => {
+        if (await readVdiState(sr, vdi)) throw new SMError('VDIInUse', `${vdi} is attached`);
+        await deleteVdi(repo, vdi);
+      })(req);
+      kickGc(srUuidOf(req));
+      return null;
+    },
+
+    vdi_attach: onVdi(async (repo, vdi, sr, req) => {
+      const writable = boolArg(req.args[0]);
+      const meta = await repo.metadata();
+      if (writable && (meta.vdis[vdi]?.read_only || !meta.vdis[vdi]?.managed)) {
+        throw new SMError('VDIUnavailable', `${vdi} is read-only`);
+      }
+      await writeVdiState(sr, vdi, { writable, active: false, since: new Date().toISOString() });
+      return {
+        params: repo.imagePath(vdi),
+        params_nbd: '',
+        o_direct: true,
+        o_direct_reason: '',
+        xenstore_data: { 'vdi-uuid': vdi, 'storage-type': type.driver.replace(/SR$/, '').toLowerCase() },
+      };
+    }),
+
+    vdi_detach: onVdi(async (_repo, vdi, sr) => {
+      await writeVdiState(sr, vdi, undefined);
+      return null;
+    }),
+
+    vdi_activate: onVdi(async (_repo, vdi, sr, req) => {
+      const state = await readVdiState(sr, vdi);
+      if (!state) throw new SMError('VDIUnavailable', `${vdi} must be attached before it is activated`);
+      await writeVdiState(sr, vdi, { ...state, writable: boolArg(req.args[0]) || state.writable, active: true });
+      return null;
+    }),
+
+    vdi_deactivate: onVdi(async (_repo, vdi, sr) => {
+      const state = await readVdiState(sr, vdi);
+      if (state) await writeVdiState(sr, vdi, { ...state, active: false });
+      return null;
+    }),
+
+    vdi_snapshot: onVdi(async (repo, vdi, _sr, req) => {
+      const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
+      return vdiReply(await snapshotVdi(repo, vdi, mode).catch(wrap('VDISnapshot')));
+    }),
+
+    vdi_clone: onVdi(async (repo, vdi) => vdiReply(await snapshotVdi(repo, vdi, 'clone').catch(wrap('VDIClone')))),
+
+    vdi_resize: onVdi(async (repo, vdi, _sr, req) => {
+      await resizeVdi(repo, vdi, parseVdiSize(req.args[0])).catch(wrap('VDIResize'));
+      return vdiReply(vdi);
+    }),
+
+    vdi_resize_online: onVdi(async (repo, vdi, _sr, req) => {
+      await resizeVdi(repo, vdi, parseVdiSize(req.args[0])).catch(wrap('VDIResize'));
+      return vdiReply(vdi);
+    }),
+
+    vdi_update: onVdi(async (repo, vdi) => {
+      const meta = await repo.metadata();
+      if (!meta.vdis[vdi]) {
+        meta.vdis[vdi] = newVdiRecord(vdi);
+        await repo.saveMetadata(meta);
+      }
+      return null;
+    }),
+
+    vdi_introduce: onAttachedSr(async (repo, _sr, req) => {
+      const vdi = requireUuid(req.vdi_location ?? req.vdi_uuid, 'vdi_location', 'VDIUnavailable');
+      if (!(await repo.backend.hasImage(vdi))) throw new SMError('VDIMissing', vdi);
+      const meta = await repo.metadata();
+      if (meta.vdis[vdi]) throw new SMError('VDIExists', vdi);
+      const info = await repo.info(vdi);
+      meta.vdis[vdi] = newVdiRecord(vdi, { managed: !info.hidden, read_only: info.hidden, type: req.vdi_type ?? 'user' });
+      await repo.saveMetadata(meta);
+      return vdiReply(vdi);
+    }),
+
+    vdi_generate_config: onVdi(async (_repo, vdi, sr, req) => {
+      // The call a host makes later to attach this VDI without the toolstack.
+      return encodeMethodCall('vdi_attach_from_config', [
+        { command: 'vdi_attach_from_config', device_config: req.device_config, sr_uuid: sr, vdi_uuid: vdi, host_ref: req.host_ref, args: ['true'] },
+      ]);
+    }),
+  };
+  return { info: type.info, verbs };
+}
+
+/** Keeps SM errors as they are; anything else becomes the verb's own error code. */
+function wrap(name: 'VDISnapshot' | 'VDIClone' | 'VDIResize') {
+  return (err: unknown): never => {
+    if (err instanceof SMError) throw err;
+    throw new SMError(name, (err as Error).message);
+  };
+}
+
+/** Asks a running GC to abort and waits (bounded) until it has stopped. */
+async function stopGc(sr: string): Promise<void> {
+  if ((await askHolder(sr, 'gc_active', 'abort')) === undefined) return;
+  const deadline = Date.now() + GC_STOP_TIMEOUT_MS;
+  while (await isLockHeld(sr, 'gc_active')) {
+    if (Date.now() > deadline) throw new SMError('SRInUse', 'the GC did not stop in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  getLog().info(`GC of SR ${sr} aborted for detach`);
+}
+
