@@ -16,6 +16,8 @@ export interface StorageBackend {
   prepareImage(uuid: string, virtualSize: number): Promise<string>;
   removeImage(uuid: string): Promise<void>;
   renameImage(from: string, to: string): Promise<void>;
+  /** Renames `from` over the existing `to` (atomically where the storage allows). */
+  replaceImage(from: string, to: string): Promise<void>;
   /** Bytes the image occupies on the storage. */
   physicalSize(uuid: string): Promise<number>;
   /** Free and total bytes of the storage. */

@@ -56,6 +56,10 @@ export class FileBackend implements StorageBackend {
     await syncDir(this.dir);
   }
 
+  async replaceImage(from: string, to: string): Promise<void> {
+    await this.renameImage(from, to); // rename(2) replaces the target atomically
+  }
+
   async physicalSize(uuid: string): Promise<number> {
     return (await stat(this.imagePath(uuid))).size;
   }

@@ -4,6 +4,7 @@
  * (hidden images as unmanaged base copies).
  */
 import { getLog } from '../log/index.js';
+import { readJournals } from './journal.js';
 import { newVdiRecord, type VdiRecord } from './metadata.js';
 import type { ImageNode, Repository } from './repository.js';
 
@@ -19,9 +20,11 @@ export interface ScannedVdi extends VdiRecord {
 export async function scanSr(repo: Repository): Promise<ScannedVdi[]> {
   const meta = await repo.metadata();
   const { nodes, broken } = await repo.tree();
+  // A change in progress (or interrupted) may have an image briefly away: keep its records.
+  const pending = new Set((await readJournals(repo.backend)).flatMap((j) => Object.values(j).filter((v) => typeof v === 'string')));
   let changed = false;
   for (const uuid of Object.keys(meta.vdis)) {
-    if (!nodes.has(uuid) && !broken.has(uuid)) {
+    if (!nodes.has(uuid) && !broken.has(uuid) && !pending.has(uuid)) {
       getLog().info(`scan: VDI ${uuid} has no image any more: record dropped`);
       delete meta.vdis[uuid];
       changed = true;

@@ -1,0 +1,95 @@
+/**
+ * One collection: recover interrupted steps, then repeat until nothing is left:
+ * delete garbage; else coalesce one node; else leaf-coalesce one leaf.
+ */
+import { activeVdis } from '../lib/sr/attach-record.js';
+import { readJournals } from '../lib/sr/journal.js';
+import { recoverSrJournals } from '../lib/sr/recovery.js';
+import { nodeLabel } from '../lib/sr/tree-format.js';
+import { coalesceNode, recoverCoalesce, recoverRelink } from './coalesce-node.js';
+import { underSrLock, type GcContext } from './context.js';
+import { TreeLogger } from './gc-log.js';
+import { leafCoalesce, recoverLeaf } from './leaf-coalesce.js';
+import { findCoalesceable, findGarbage, findLeafCoalesceable, type Nodes } from './plan.js';
+import { coalesceExtraSpace } from './space.js';
+
+
+export async function recoverGcJournals(ctx: GcContext): Promise<void> {
+  await underSrLock(ctx, () => recoverSrJournals(ctx.repo));
+  const journals = await readJournals(ctx.repo.backend);
+  // A relink finishes its coalesce, so relinks go first.
+  for (const j of journals.filter((x) => x.kind === 'relink')) ctx.log.info(`recovery: ${await recoverRelink(ctx, j as never)}`);
+  for (const j of await readJournals(ctx.repo.backend)) {
+    if (ctx.signal.aborted) return;
+    if (j.kind === 'coalesce') ctx.log.info(`recovery: ${await recoverCoalesce(ctx, j)}`);
+    else if (j.kind === 'leaf') ctx.log.info(`recovery: ${await recoverLeaf(ctx, j)}`);
+  }
+}
+
+export async function collect(ctx: GcContext): Promise<void> {
+  const { repo, log } = ctx;
+  const trees = new TreeLogger(log);
+  const skip = new Set<string>();
+  await recoverGcJournals(ctx);
+  while (!ctx.signal.aborted) {
+    const meta = await repo.metadata();
+    const { nodes, broken } = await repo.tree();
+    for (const [u, why] of broken) log.warn(`image ${u.slice(0, 8)} unreadable, left alone: ${why}`);
+    const active = await activeVdis(repo.uuid);
+    trees.logTrees(repo, meta.name_label, nodes, active, Object.keys(meta.vdis).length);
+
+    if (findGarbage(nodes).length > 0) {
+      await deleteGarbage(ctx, active);
+      continue;
+    }
+    const coalesceable = await firstWithSpace(ctx, nodes, findCoalesceable(nodes, skip), skip);
+    if (coalesceable) {
+      await coalesceNode(ctx, coalesceable.uuid, coalesceable.parent!);
+      continue;
+    }
+    const leaves = findLeafCoalesceable(nodes, skip);
+    const leaf = leaves.find((l) => {
+      if (!active.has(l.uuid)) return true;
+      log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active (attached and activated)`);
+      skip.add(l.uuid);
+      return false;
+    });
+    const candidate = leaf && (await firstWithSpace(ctx, nodes, [leaf], skip));
+    if (candidate) {
+      if ((await leafCoalesce(ctx, candidate.uuid, candidate.parent!)) === 'skipped') skip.add(candidate.uuid);
+      continue;
+    }
+    break;
+  }
+}
+
+/** The first candidate the SR has room to coalesce; the others are logged and skipped. */
+async function firstWithSpace(ctx: GcContext, nodes: Nodes, candidates: { uuid: string; parent?: string }[], skip: Set<string>) {
+  for (const c of candidates) {
+    const { bytes } = await coalesceExtraSpace(ctx.repo.imagePath(c.uuid), ctx.repo.imagePath(c.parent!));
+    const { free } = await ctx.repo.backend.space();
+    if (bytes <= free) return c;
+    ctx.log.info(`Coalesce of ${nodeLabel(nodes.get(c.uuid)!, false)} skipped: needs ${bytes} bytes, the SR has ${free} free`);
+    skip.add(c.uuid);
+  }
+  return undefined;
+}
+
+/** Under the SR lock, re-reads the trees (a verb may have run) and deletes what is still garbage. */
+async function deleteGarbage(ctx: GcContext, active: Set<string>): Promise<void> {
+  await underSrLock(ctx, async () => {
+    const { repo, log } = ctx;
+    const { nodes } = await repo.tree();
+    const garbage = findGarbage(nodes).filter((u) => !active.has(u));
+    if (garbage.length === 0) return;
+    log.info(`Found ${garbage.length} VDIs for deletion:\n${garbage.map((u) => `  ${nodeLabel(nodes.get(u)!, false)}`).join('\n')}`);
+    const meta = await repo.metadata();
+    for (const u of garbage) {
+      await repo.backend.removeImage(u);
+      delete meta.vdis[u];
+      log.info(`Deleted ${u.slice(0, 8)}`);
+      ctx.stats.deleted++;
+    }
+    await repo.saveMetadata(meta);
+  });
+}

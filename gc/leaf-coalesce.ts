@@ -1,0 +1,83 @@
+/**
+ * Leaf-coalesce: a visible leaf L without siblings merges into its hidden parent
+ * P, and P takes L's uuid, so the VDI becomes one image shorter. Offline only (L
+ * not active), under the SR lock throughout. Journaled (`leaf`): until P replaces
+ * L the copy is harmless (P is hidden and has no other child), so recovery redoes
+ * it; after the replace only the record of P is left to drop.
+ */
+import { VhdImage } from '../lib/vhd/index.js';
+import { activeVdis } from '../lib/sr/attach-record.js';
+import { faultPoint } from '../lib/sr/fault.js';
+import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
+import { underSrLock, type GcContext } from './context.js';
+import { copyIntoParent } from './copy-into-parent.js';
+
+type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
+
+export async function leafCoalesce(ctx: GcContext, leaf: string, parent: string): Promise<'done' | 'skipped'> {
+  return underSrLock(ctx, async () => {
+    if ((await activeVdis(ctx.repo.uuid)).has(leaf)) {
+      ctx.log.info(`Leaf-coalesce of ${leaf.slice(0, 8)} skipped: the VDI became active`);
+      return 'skipped';
+    }
+    const journal: LeafJournal = { kind: 'leaf', vdi: leaf, parent };
+    await beginJournal(ctx.repo.backend, journal);
+    await mergeAndSwap(ctx, journal);
+    ctx.stats.leafCoalesced++;
+    return 'done';
+  });
+}
+
+async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<void> {
+  const { repo, log } = ctx;
+  log.info(`Leaf-coalescing ${j.vdi.slice(0, 8)} into *${j.parent.slice(0, 8)}`);
+  await copyIntoParent(ctx, j.vdi, j.parent, `Leaf-coalesce of ${j.vdi.slice(0, 8)}`);
+  faultPoint('leaf-copied');
+  await setHidden(repo.imagePath(j.parent), false);
+  faultPoint('leaf-unhidden');
+  await repo.backend.replaceImage(j.parent, j.vdi);
+  faultPoint('leaf-renamed');
+  await finish(ctx, j);
+}
+
+async function finish(ctx: GcContext, j: LeafJournal): Promise<void> {
+  const meta = await ctx.repo.metadata();
+  if (meta.vdis[j.parent]) {
+    delete meta.vdis[j.parent];
+    await ctx.repo.saveMetadata(meta);
+  }
+  ctx.log.info(`Leaf-coalesce done: ${j.vdi.slice(0, 8)} is now one image shorter`);
+  await endJournal(ctx.repo.backend, j);
+}
+
+async function setHidden(path: string, hidden: boolean): Promise<void> {
+  const image = await VhdImage.open(path, true);
+  try {
+    if (image.hidden !== hidden) {
+      await image.setHidden(hidden);
+      await image.sync();
+    }
+  } finally {
+    await image.close();
+  }
+}
+
+export async function recoverLeaf(ctx: GcContext, j: LeafJournal): Promise<string> {
+  return underSrLock(ctx, async () => {
+    const { repo } = ctx;
+    if (!(await repo.backend.hasImage(j.parent))) {
+      await setHidden(repo.imagePath(j.vdi), false);
+      await finish(ctx, j);
+      return `leaf-coalesce of ${j.vdi} was complete`;
+    }
+    if ((await activeVdis(repo.uuid)).has(j.vdi)) {
+      // The VDI is in use now: abandon; the parent, hidden again, holds nothing anyone reads alone.
+      await setHidden(repo.imagePath(j.parent), true);
+      await endJournal(repo.backend, j);
+      return `leaf-coalesce of ${j.vdi} abandoned: the VDI is active`;
+    }
+    await mergeAndSwap(ctx, j);
+    ctx.stats.leafCoalesced++;
+    return `leaf-coalesce of ${j.vdi} redone`;
+  });
+}

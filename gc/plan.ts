@@ -1,0 +1,53 @@
+/**
+ * What the collector can do next with a forest of images, as pure functions:
+ * garbage (hidden subtrees nobody can reach), coalesceable nodes (a hidden node
+ * whose parent has it as only child), and leaf-coalesce candidates.
+ */
+import type { ImageNode } from '../lib/sr/repository.js';
+
+export type Nodes = Map<string, ImageNode>;
+
+/** Hidden images whose whole subtree is hidden, children before parents. */
+export function findGarbage(nodes: Nodes): string[] {
+  const memo = new Map<string, boolean>();
+  const isGarbage = (n: ImageNode, depth = 0): boolean => {
+    if (memo.has(n.uuid)) return memo.get(n.uuid)!;
+    const result = n.hidden && depth <= nodes.size && n.children.every((c) => nodes.has(c) && isGarbage(nodes.get(c)!, depth + 1));
+    memo.set(n.uuid, result);
+    return result;
+  };
+  const out: string[] = [];
+  const visit = (n: ImageNode) => {
+    for (const c of n.children) {
+      const child = nodes.get(c);
+      if (child) visit(child);
+    }
+    if (isGarbage(n)) out.push(n.uuid);
+  };
+  for (const n of nodes.values()) if (!n.parent || !nodes.has(n.parent)) visit(n);
+  return out;
+}
+
+/** A hidden node with children, whose parent exists and has it as its only child. */
+export function findCoalesceable(nodes: Nodes, skip: ReadonlySet<string>): ImageNode[] {
+  return [...nodes.values()]
+    .filter((n) => {
+      if (!n.hidden || n.children.length === 0 || !n.parent || skip.has(n.uuid)) return false;
+      const parent = nodes.get(n.parent);
+      return parent !== undefined && parent.children.length === 1;
+    })
+    .sort(byUuid);
+}
+
+/** A visible leaf without siblings whose parent is hidden: it can merge into the parent. */
+export function findLeafCoalesceable(nodes: Nodes, skip: ReadonlySet<string>): ImageNode[] {
+  return [...nodes.values()]
+    .filter((n) => {
+      if (n.hidden || n.children.length > 0 || !n.parent || skip.has(n.uuid)) return false;
+      const parent = nodes.get(n.parent);
+      return parent !== undefined && parent.hidden && parent.children.length === 1;
+    })
+    .sort(byUuid);
+}
+
+const byUuid = (a: ImageNode, b: ImageNode) => a.uuid.localeCompare(b.uuid);

@@ -1,0 +1,137 @@
+#!/usr/bin/env node
+/**
+ * sm-gc: the coalescing garbage collector of one SR.
+ *   -u SR -g         run one collection in the foreground until no work is left
+ *   -u SR -a         abort a running collection and wait for it to stop
+ *   -u SR -q         say whether a collection is running
+ *   -u SR --dry-run  print the plan, change nothing
+ * The SR must be attached on this host (the record sr_attach leaves).
+ */
+import { parseArgs } from 'node:util';
+import { initLog, describeError } from '../lib/log/index.js';
+import { activeVdis, attachedBackend } from '../lib/sr/attach-record.js';
+import { isUuid } from '../lib/sr/ids.js';
+import { acquireLock, askHolder, isLockHeld } from '../lib/sr/lock.js';
+import { Repository } from '../lib/sr/repository.js';
+import { formatForest, nodeLabel } from '../lib/sr/tree-format.js';
+import { collect } from './collector.js';
+import type { GcContext } from './context.js';
+import { findCoalesceable, findGarbage, findLeafCoalesceable } from './plan.js';
+
+const USAGE = 'usage: sm-gc -u SR_UUID (-g | -a | -q | --dry-run)\n';
+
+async function runGc(sr: string): Promise<number> {
+  const log = initLog('SMGC');
+  const lock = await acquireLock(sr, 'gc_active');
+  if (!lock) {
+    log.info('Another GC instance already active, exiting');
+    return 0;
+  }
+  const started = Date.now();
+  const abort = new AbortController();
+  const stop = (why: string) => {
+    if (abort.signal.aborted) return;
+    log.info(`Abort requested (${why})`);
+    abort.abort();
+  };
+  void lock.abortRequested.then(() => stop('sm-gc -a or sr_detach'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  const stats = { deleted: 0, coalesced: 0, leafCoalesced: 0, bytesCopied: 0, copyMs: 0 };
+  try {
+    log.info(`=== SR ${sr}: gc ===`);
+    const repo = new Repository(await attachedBackend(sr));
+    const ctx: GcContext = { repo, log, signal: abort.signal, stats };
+    await collect(ctx);
+    const rate = stats.copyMs > 0 ? (stats.bytesCopied / 1048576 / (stats.copyMs / 1000)).toFixed(1) : '0';
+    log.info(
+      `GC summary: deleted ${stats.deleted}, coalesced ${stats.coalesced}, leaf-coalesced ${stats.leafCoalesced}; ` +
+        `copied ${(stats.bytesCopied / 1048576).toFixed(1)} MiB in ${stats.copyMs} ms (${rate} MiB/s); total ${Date.now() - started} ms`,
+    );
+    log.info(abort.signal.aborted ? 'GC process exiting: aborted' : 'GC process exiting, no work left');
+    return 0;
+  } catch (err) {
+    if (abort.signal.aborted) {
+      log.info('GC process exiting: aborted (interrupted steps resume on the next run)');
+      return 0;
+    }
+    log.error(`GC failed:\n${describeError(err)}`);
+    log.info('GC process exiting with an error');
+    return 1;
+  } finally {
+    await lock.release();
+  }
+}
+
+async function abortGc(sr: string): Promise<number> {
+  if ((await askHolder(sr, 'gc_active', 'abort')) === undefined) {
+    process.stdout.write('No GC running\n');
+    return 0;
+  }
+  const deadline = Date.now() + 60_000;
+  while (await isLockHeld(sr, 'gc_active')) {
+    if (Date.now() > deadline) {
+      process.stderr.write('sm-gc: the GC did not stop within 60 s\n');
+      return 1;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  process.stdout.write('GC aborted\n');
+  return 0;
+}
+
+async function dryRun(sr: string): Promise<number> {
+  const repo = new Repository(await attachedBackend(sr));
+  const meta = await repo.metadata();
+  const { nodes, broken } = await repo.tree();
+  const active = await activeVdis(sr);
+  const out = (s: string) => process.stdout.write(s + '\n');
+  for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, active, Object.keys(meta.vdis).length)) out(line);
+  for (const [u, why] of broken) out(`unreadable: ${u}: ${why}`);
+  const garbage = findGarbage(nodes);
+  const coalesce = findCoalesceable(nodes, new Set());
+  const leaves = findLeafCoalesceable(nodes, new Set());
+  out(`plan:`);
+  for (const u of garbage) out(`  delete garbage ${nodeLabel(nodes.get(u)!, false)}`);
+  for (const n of coalesce) out(`  coalesce ${nodeLabel(n, false)} into ${n.parent!.slice(0, 8)}, then relink its ${n.children.length} children`);
+  for (const n of leaves) {
+    out(active.has(n.uuid) ? `  skip leaf-coalesce of ${nodeLabel(n, true)}: active` : `  leaf-coalesce ${nodeLabel(n, false)} into ${n.parent!.slice(0, 8)}`);
+  }
+  if (!garbage.length && !coalesce.length && !leaves.length) out('  nothing to do');
+  out('(later steps may follow once these are done)');
+  return 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { u: { type: 'string' }, g: { type: 'boolean' }, a: { type: 'boolean' }, q: { type: 'boolean' }, 'dry-run': { type: 'boolean' } },
+      strict: true,
+    }));
+  } catch (err) {
+    process.stderr.write(`sm-gc: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const sr = values.u;
+  if (typeof sr !== 'string' || !isUuid(sr)) {
+    process.stderr.write(`sm-gc: -u needs an SR uuid\n${USAGE}`);
+    return 2;
+  }
+  try {
+    if (values.g) return await runGc(sr.toLowerCase());
+    if (values.a) return await abortGc(sr.toLowerCase());
+    if (values.q) {
+      process.stdout.write(`Currently running: ${(await isLockHeld(sr.toLowerCase(), 'gc_active')) ? 'True' : 'False'}\n`);
+      return 0;
+    }
+    if (values['dry-run']) return await dryRun(sr.toLowerCase());
+  } catch (err) {
+    process.stderr.write(`sm-gc: ${(err as Error).message}\n`);
+    return 1;
+  }
+  process.stderr.write(USAGE);
+  return 2;
+}
+
+process.exitCode = await main(process.argv.slice(2));

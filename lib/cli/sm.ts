@@ -1,0 +1,105 @@
+#!/usr/bin/env node
+/**
+ * sm: the operator's view of attached SRs.
+ *   sm sr-scan <sr>        scan, then print the VDI table
+ *   sm tree <sr>           the VHD trees, as the GC logs them
+ *   sm log [--vdi <uuid>]  SMlog lines (about one VDI and its chain)
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { initLog, smlogPath } from '../log/index.js';
+import { activeVdis, attachedBackend } from '../sr/attach-record.js';
+import { isUuid } from '../sr/ids.js';
+import { lockOrFail } from '../sr/lock.js';
+import { runStateDir } from '../sr/paths.js';
+import { recoverSrJournals } from '../sr/recovery.js';
+import { Repository, type ImageNode } from '../sr/repository.js';
+import { scanSr } from '../sr/scan.js';
+import { formatForest, num2str } from '../sr/tree-format.js';
+
+const USAGE = `usage: sm sr-scan <sr_uuid> | sm tree <sr_uuid> | sm log [--vdi <uuid>]\n`;
+const out = (s: string) => process.stdout.write(s + '\n');
+
+function srArg(args: string[]): string {
+  const sr = args[0];
+  if (!isUuid(sr)) throw new Error(`need an SR uuid, got ${JSON.stringify(sr ?? '')}`);
+  return sr.toLowerCase();
+}
+
+async function srScan(args: string[]): Promise<number> {
+  const sr = srArg(args);
+  const repo = new Repository(await attachedBackend(sr));
+  const lock = await lockOrFail(sr, 'sr', 60_000);
+  let vdis;
+  try {
+    await recoverSrJournals(repo);
+    vdis = await scanSr(repo);
+  } finally {
+    await lock.release();
+  }
+  const rows = vdis
+    .sort((a, b) => Number(a.hidden) - Number(b.hidden) || a.name_label.localeCompare(b.name_label) || a.uuid.localeCompare(b.uuid))
+    .map((v) => [v.uuid, v.name_label || '-', num2str(v.virtual_size), num2str(v.physical_utilisation), v.hidden ? 'yes' : 'no', v.parent || '-']);
+  const head = ['uuid', 'name', 'virtual', 'physical', 'hidden', 'parent'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  for (const r of [head, ...rows]) out(r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
+  out(`${vdis.length} images`);
+  return 0;
+}
+
+async function tree(args: string[]): Promise<number> {
+  const sr = srArg(args);
+  const repo = new Repository(await attachedBackend(sr));
+  const meta = await repo.metadata();
+  const { nodes, broken } = await repo.tree();
+  for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, await activeVdis(sr), Object.keys(meta.vdis).length)) out(line);
+  for (const [u, why] of broken) out(`unreadable: ${u}: ${why}`);
+  return 0;
+}
+
+/** The VDI's whole chain (ancestors and descendants) in whichever attached SR holds it. */
+async function chainOf(vdi: string): Promise<Set<string>> {
+  const ids = new Set([vdi]);
+  const srs = (await readdir(runStateDir('sr')).catch(() => [] as string[])).map((n) => n.replace(/\.json$/, '')).filter(isUuid);
+  for (const sr of srs) {
+    const { nodes } = await new Repository(await attachedBackend(sr)).tree().catch(() => ({ nodes: new Map<string, ImageNode>() }));
+    if (!nodes.has(vdi)) continue;
+    for (let n = nodes.get(vdi); n?.parent && !ids.has(n.parent); n = nodes.get(n.parent)) ids.add(n.parent);
+    const down = [vdi];
+    while (down.length) for (const c of nodes.get(down.pop()!)?.children ?? []) if (!ids.has(c) && ids.add(c)) down.push(c);
+  }
+  return ids;
+}
+
+async function logLines(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { vdi: { type: 'string' } }, strict: true });
+  const text = await readFile(smlogPath(), 'utf8').catch(() => '');
+  let lines = text.split('\n').filter(Boolean);
+  if (values.vdi !== undefined) {
+    if (!isUuid(values.vdi)) throw new Error(`--vdi needs a uuid`);
+    // Full uuids, and the 8-character prefixes the GC's tree lines use.
+    const keys = [...(await chainOf(values.vdi.toLowerCase()))].flatMap((u) => [u, u.slice(0, 8)]);
+    lines = lines.filter((l) => keys.some((k) => l.includes(k)));
+  }
+  for (const l of lines) out(l);
+  return 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  initLog('SM');
+  const [cmd, ...args] = argv;
+  const commands: Record<string, (a: string[]) => Promise<number>> = { 'sr-scan': srScan, tree, log: logLines };
+  const run = cmd ? commands[cmd] : undefined;
+  if (!run) {
+    process.stderr.write(USAGE);
+    return 2;
+  }
+  try {
+    return await run(args);
+  } catch (err) {
+    process.stderr.write(`sm ${cmd}: ${(err as Error).message}\n`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));
