@@ -28,15 +28,24 @@ export function findGarbage(nodes: Nodes): string[] {
   return out;
 }
 
-/** A hidden node with children, whose parent exists and has it as its only child. */
+/**
+ * A hidden node with children, whose parent exists and has it as its only child.
+ * Nearest the root first: each coalesce then copies one original delta, so a
+ * chain collapses in linear, not quadratic, time.
+ */
 export function findCoalesceable(nodes: Nodes, skip: ReadonlySet<string>): ImageNode[] {
+  const depth = (n: ImageNode) => {
+    let d = 0;
+    for (let p = n.parent; p && nodes.has(p) && d <= nodes.size; p = nodes.get(p)!.parent) d++;
+    return d;
+  };
   return [...nodes.values()]
     .filter((n) => {
       if (!n.hidden || n.children.length === 0 || !n.parent || skip.has(n.uuid)) return false;
       const parent = nodes.get(n.parent);
       return parent !== undefined && parent.children.length === 1;
     })
-    .sort(byUuid);
+    .sort((a, b) => depth(a) - depth(b) || byUuid(a, b));
 }
 
 /** A visible leaf without siblings whose parent is hidden: it can merge into the parent. */

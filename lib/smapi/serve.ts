@@ -1,0 +1,131 @@
+// A long-running JSON-RPC server on a unix socket, so a caller can make many
+// calls without starting a process for each.
+//
+// Framing: newline-delimited JSON. Each line a client sends is one JSON-RPC
+// request or batch (JSON text never holds a raw newline, so no escaping is
+// needed); the server answers each line with exactly one line of response,
+// in order, except lines that hold only notifications, which get no line.
+// Blank lines are ignored. Requests on one connection run one after another;
+// open several connections for concurrent calls. A line longer than
+// MAX_REQUEST_BYTES gets a -32600 error line and the connection is closed.
+import fs from 'node:fs';
+import net from 'node:net';
+import { createJSONRPCErrorResponse, JSONRPCErrorCode, type JSONRPCResponse } from 'json-rpc-2.0';
+import { log } from '../log/smlog.js';
+import type { Driver } from './driver.js';
+import { runJsonRpc } from './jsonrpc-adapter.js';
+import { MAX_REQUEST_BYTES } from './limits.js';
+
+export interface UnixSocketServer {
+  readonly path: string;
+  /** Stops accepting, ends open connections, removes the socket file. */
+  close(): Promise<void>;
+}
+
+export async function serveUnixSocket(driver: Driver, socketPath: string): Promise<UnixSocketServer> {
+  await removeStaleSocket(socketPath);
+  const connections = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    connections.add(socket);
+    socket.on('close', () => connections.delete(socket));
+    serveConnection(driver, socket);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  // Storage verbs are root's business: nobody else may talk to the socket.
+  fs.chmodSync(socketPath, 0o600);
+  server.on('error', (err) => log.logError(err, `socket server ${socketPath}`));
+  log.info(`serving JSON-RPC on ${socketPath}`);
+  return {
+    path: socketPath,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => {
+          fs.rmSync(socketPath, { force: true });
+          resolve();
+        });
+        for (const socket of connections) socket.destroy();
+      }),
+  };
+}
+
+function serveConnection(driver: Driver, socket: net.Socket): void {
+  socket.setEncoding('utf8');
+  let partial = ''; // text after the last newline seen
+  let queue: Promise<void> = Promise.resolve();
+  let refused = false;
+  socket.on('data', (chunk: string) => {
+    if (refused) return;
+    const pieces = chunk.split('\n');
+    pieces[0] = partial + pieces[0];
+    partial = pieces.pop() ?? '';
+    for (const line of pieces) {
+      if (line.trim() === '') continue;
+      // Chained so that answers leave in the order the lines came in.
+      queue = queue.then(async () => {
+        const response = await runJsonRpc(driver, line);
+        if (response && !socket.destroyed) socket.write(response + '\n');
+      });
+    }
+    if (partial.length > MAX_REQUEST_BYTES) {
+      refused = true;
+      partial = '';
+      const tooLarge = createJSONRPCErrorResponse(null, JSONRPCErrorCode.InvalidRequest, 'Request too large');
+      queue = queue.then(() => {
+        socket.end(JSON.stringify(tooLarge) + '\n');
+      });
+    }
+  });
+  socket.on('error', () => socket.destroy()); // a client going away is not our error
+}
+
+/** A socket file left by a dead server is removed; a live one is an error. */
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  if (!fs.existsSync(socketPath)) return;
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`${socketPath}: another server is already listening`);
+  fs.unlinkSync(socketPath);
+}
+
+let nextId = 1;
+
+/**
+ * Client helper: one call over a fresh connection. Resolves the JSON-RPC
+ * response object (result or error); rejects only on transport failure.
+ */
+export function callUnixSocket(socketPath: string, method: string, params?: unknown): Promise<JSONRPCResponse> {
+  const request = { jsonrpc: '2.0', id: nextId++, method, ...(params === undefined ? {} : { params }) };
+  return sendUnixSocketLine(socketPath, JSON.stringify(request)).then((line) => JSON.parse(line) as JSONRPCResponse);
+}
+
+/** Sends one raw line, resolves the one response line (without its newline). */
+export function sendUnixSocketLine(socketPath: string, line: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(socketPath);
+    let received = '';
+    socket.setEncoding('utf8');
+    socket.once('connect', () => socket.write(line + '\n'));
+    socket.on('data', (chunk: string) => {
+      received += chunk;
+      const newline = received.indexOf('\n');
+      if (newline >= 0) {
+        socket.end();
+        resolve(received.slice(0, newline));
+      }
+    });
+    socket.once('error', reject);
+    socket.once('close', () => reject(new Error(`${socketPath}: connection closed without a response`)));
+  });
+}

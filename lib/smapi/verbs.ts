@@ -1,0 +1,99 @@
+// The SMAPIv1 verbs, what capability each advertises, and which ones the
+// protocol answers with nil whatever the driver computes.
+
+export const VERB_NAMES = [
+  'sr_get_driver_info',
+  'sr_create',
+  'sr_delete',
+  'sr_attach',
+  'sr_detach',
+  'sr_scan',
+  'sr_probe',
+  'sr_update',
+  'sr_content_type',
+  'vdi_create',
+  'vdi_delete',
+  'vdi_attach',
+  'vdi_detach',
+  'vdi_activate',
+  'vdi_deactivate',
+  'vdi_snapshot',
+  'vdi_clone',
+  'vdi_resize',
+  'vdi_resize_online',
+  'vdi_update',
+  'vdi_introduce',
+  'vdi_generate_config',
+  'vdi_compose',
+  'vdi_epoch_begin',
+  'vdi_epoch_end',
+  'vdi_attach_from_config',
+  'vdi_reset_leaf',
+] as const;
+
+export type VerbName = (typeof VERB_NAMES)[number];
+
+export function isVerbName(name: string): name is VerbName {
+  return (VERB_NAMES as readonly string[]).includes(name);
+}
+
+/** Capability a verb advertises once the driver implements it. */
+export const VERB_CAPABILITIES = {
+  sr_create: 'SR_CREATE',
+  sr_delete: 'SR_DELETE',
+  sr_attach: 'SR_ATTACH',
+  sr_detach: 'SR_DETACH',
+  sr_scan: 'SR_SCAN',
+  sr_probe: 'SR_PROBE',
+  sr_update: 'SR_UPDATE',
+  vdi_create: 'VDI_CREATE',
+  vdi_delete: 'VDI_DELETE',
+  vdi_attach: 'VDI_ATTACH',
+  vdi_detach: 'VDI_DETACH',
+  vdi_resize: 'VDI_RESIZE',
+  vdi_resize_online: 'VDI_RESIZE_ONLINE',
+  vdi_clone: 'VDI_CLONE',
+  vdi_snapshot: 'VDI_SNAPSHOT',
+  vdi_activate: 'VDI_ACTIVATE',
+  vdi_deactivate: 'VDI_DEACTIVATE',
+  vdi_update: 'VDI_UPDATE',
+  vdi_introduce: 'VDI_INTRODUCE',
+  vdi_generate_config: 'VDI_GENERATE_CONFIG',
+} as const satisfies Partial<Record<VerbName, string>>;
+
+/** Capabilities that are properties of the SR type, not verbs; a driver declares them. */
+export type ExtraCapability =
+  | 'SR_METADATA'
+  | 'SR_TRIM'
+  | 'SR_STATS'
+  | 'VDI_RESET_ON_BOOT/2'
+  | 'THIN_PROVISIONING'
+  | 'LARGE_VDI';
+
+export const EXTRA_CAPABILITIES: readonly ExtraCapability[] = [
+  'SR_METADATA',
+  'SR_TRIM',
+  'SR_STATS',
+  'VDI_RESET_ON_BOOT/2',
+  'THIN_PROVISIONING',
+  'LARGE_VDI',
+];
+
+/**
+ * Verbs whose SMAPIv1 reply is nil. The XML-RPC adapter enforces it, so a
+ * verb may return something useful to other callers (JSON-RPC's sr_scan
+ * returns the VDI records) without changing the established protocol.
+ */
+export const NIL_REPLY_VERBS: ReadonlySet<VerbName> = new Set<VerbName>([
+  'sr_create',
+  'sr_delete',
+  'sr_attach',
+  'sr_detach',
+  'sr_scan',
+  'sr_update',
+  'vdi_delete',
+  'vdi_detach',
+  'vdi_activate',
+  'vdi_deactivate',
+  'vdi_update',
+]);

@@ -1,0 +1,119 @@
+/**
+ * SR benchmarks through the real driver executable: vdi_snapshot latency with a
+ * process per call and through --serve, and sr_scan of an SR with 1200 images.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { callUnixSocket, encodeMethodCall } from '../../lib/smapi/index.js';
+import { percentile, report, timed, workDir } from './measure.js';
+
+const run = promisify(execFile);
+const FILE_SR = fileURLToPath(new URL('../../../drivers/FileSR', import.meta.url));
+const SR = '5e1ec7ed-0000-4000-8000-00000000be0c';
+
+interface Harness {
+  call(method: string, extra?: Record<string, unknown>, args?: string[]): Promise<unknown>;
+  callProcess(method: string, extra?: Record<string, unknown>): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function startSr(dir: string): Promise<Harness> {
+  const env = { ...process.env, SM_ROOT: join(dir, 'root'), SM_GC: 'off' };
+  mkdirSync(env.SM_ROOT, { recursive: true });
+  const location = join(dir, 'sr');
+  const socket = join(dir, 'sm.sock');
+  const params = (method: string, extra: Record<string, unknown> = {}, args: string[] = []) => ({
+    host_ref: 'OpaqueRef:bench',
+    command: method,
+    args,
+    device_config: { SRmaster: 'true', location },
+    sr_uuid: SR,
+    ...extra,
+  });
+  const server = spawn(FILE_SR, ['--serve', socket], { env, stdio: 'ignore' });
+  for (let i = 0; i < 100; i++) {
+    try {
+      await callUnixSocket(socket, 'sr_get_driver_info', params('sr_get_driver_info'));
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  const call = async (method: string, extra?: Record<string, unknown>, args?: string[]) => {
+    const reply = (await callUnixSocket(socket, method, params(method, extra, args))) as { result?: unknown; error?: { message: string } };
+    if (reply.error) throw new Error(`${method}: ${reply.error.message}`);
+    return reply.result;
+  };
+  return {
+    call,
+    async callProcess(method, extra) {
+      const { stdout } = await run(FILE_SR, [encodeMethodCall(method, [params(method, extra)])], { env });
+      if (stdout.includes('<fault>')) throw new Error(`${method} failed: ${stdout}`);
+    },
+    async close() {
+      server.kill('SIGTERM');
+      await new Promise((r) => server.once('exit', r));
+    },
+  };
+}
+
+async function snapshotLatency(): Promise<void> {
+  const { dir, cleanup } = workDir('sr-snapshot');
+  const sr = await startSr(dir);
+  try {
+    await sr.call('sr_create', {}, ['0']);
+    await sr.call('sr_attach');
+    const perProcess: number[] = [];
+    const served: number[] = [];
+    // A fresh 10 GiB VDI per round (so chains stay short), snapshotted once each way.
+    for (let i = 0; i < 25; i++) {
+      const vdi = ((await sr.call('vdi_create', {}, ['10737418240', `bench${i}`, '', '', 'false', '', '', 'false'])) as { uuid: string }).uuid;
+      perProcess.push((await timed(() => sr.callProcess('vdi_snapshot', { vdi_uuid: vdi }))).ms);
+      served.push((await timed(() => sr.call('vdi_snapshot', { vdi_uuid: vdi }))).ms);
+    }
+    const { ms: nodeStart } = await timed(() => run(process.execPath, ['-e', '0']));
+    report('vdi_snapshot latency (File SR, 10 GiB VDI)', [
+      ['one process per call, p50 / p95 (goal p50 <= 150 ms)', `${percentile(perProcess, 50).toFixed(1)} / ${percentile(perProcess, 95).toFixed(1)} ms`],
+      ['through --serve, p50 / p95 (goal p50 <= 10 ms)', `${percentile(served, 50).toFixed(1)} / ${percentile(served, 95).toFixed(1)} ms`],
+      ['baseline: `node -e 0` start, same run', `${nodeStart.toFixed(1)} ms`],
+    ]);
+  } finally {
+    await sr.close();
+    cleanup();
+  }
+}
+
+async function scanLatency(): Promise<void> {
+  const { dir, cleanup } = workDir('sr-scan');
+  const sr = await startSr(dir);
+  try {
+    await sr.call('sr_create', {}, ['0']);
+    await sr.call('sr_attach');
+    const vdis: string[] = [];
+    for (let i = 0; i < 1000; i++) {
+      vdis.push(((await sr.call('vdi_create', {}, ['1073741824', `vm${i}`, '', '', 'false', '', '', 'false'])) as { uuid: string }).uuid);
+    }
+    for (let i = 0; i < 100; i++) await sr.call('vdi_snapshot', { vdi_uuid: vdis[i] }); // 200 images: base + snapshot
+    const samples: number[] = [];
+    let count = 0;
+    for (let i = 0; i < 5; i++) {
+      const { value, ms } = await timed(() => sr.call('sr_scan'));
+      count = (value as unknown[]).length;
+      samples.push(ms);
+    }
+    report(`sr_scan of ${count} images through --serve`, [
+      ['p50 / max of 5 scans (goal <= 1 s)', `${percentile(samples, 50).toFixed(0)} / ${Math.max(...samples).toFixed(0)} ms`],
+    ]);
+  } finally {
+    await sr.close();
+    cleanup();
+  }
+}
+
+export async function runSrBenchmarks(): Promise<void> {
+  await snapshotLatency();
+  await scanLatency();
+}
