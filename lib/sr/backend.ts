@@ -15,7 +15,10 @@ export interface StorageBackend {
   /** Makes room for a new image of this virtual size; returns its path. */
   prepareImage(uuid: string, virtualSize: number): Promise<string>;
   removeImage(uuid: string): Promise<void>;
-  renameImage(from: string, to: string): Promise<void>;
+  /** `sync: false` leaves durability to a later flushImages() covering `to`. */
+  renameImage(from: string, to: string, sync?: boolean): Promise<void>;
+  /** Makes the images' contents and names durable (one barrier for several steps). */
+  flushImages(uuids: string[]): Promise<void>;
   /** Renames `from` over the existing `to` (atomically where the storage allows). */
   replaceImage(from: string, to: string): Promise<void>;
   /** Bytes the image occupies on the storage. */

@@ -2,7 +2,7 @@
  * A directory of `<uuid>.vhd` files (File SR, NFS SR). SR metadata and journals
  * live in the directory's `.sm/` folder, so they travel with the SR.
  */
-import { mkdir, readdir, readFile, rename, stat, statfs, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic, syncDir } from './atomic-write.js';
 import type { StorageBackend } from './backend.js';
@@ -51,9 +51,22 @@ export class FileBackend implements StorageBackend {
     await syncDir(this.dir);
   }
 
-  async renameImage(from: string, to: string): Promise<void> {
+  async renameImage(from: string, to: string, sync = true): Promise<void> {
     await rename(this.imagePath(from), this.imagePath(to));
-    await syncDir(this.dir);
+    if (sync) await syncDir(this.dir);
+  }
+
+  async flushImages(uuids: string[]): Promise<void> {
+    const syncFile = async (path: string) => {
+      const fh = await open(path, 'r+');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    };
+    // All at once: the directory's entries and every file's data in one round of waits.
+    await Promise.all([...uuids.map((u) => syncFile(this.imagePath(u))), syncDir(this.dir)]);
   }
 
   async replaceImage(from: string, to: string): Promise<void> {
@@ -103,7 +116,7 @@ export class FileBackend implements StorageBackend {
   }
 
   async removeJournal(name: string): Promise<void> {
+    // Not synced: a journal that reappears after a crash finds its change complete.
     await unlink(this.metaPath('journal', `${name}.json`)).catch(() => undefined);
-    await syncDir(this.metaPath('journal')).catch(() => undefined);
   }
 }

@@ -2,7 +2,7 @@
  * An SR opened over its storage backend: metadata access, the VHD trees, and
  * validated lookups. The verbs, the GC and the operator CLI all work through it.
  */
-import { imageInfo, type ImageInfo } from '../vhd/index.js';
+import { imageInfo, readImageSummary, type ImageInfo } from '../vhd/index.js';
 import { SMError } from '../smapi/errors.js';
 import type { StorageBackend } from './backend.js';
 import { isUuid, requireUuid } from './ids.js';
@@ -63,7 +63,7 @@ export class Repository {
     const uuids = await this.backend.listImages();
     const infos = await Promise.all(
       uuids.map((u) =>
-        this.info(u).then(
+        readImageSummary(this.imagePath(u)).then(
           (i) => ({ u, i }),
           (err: Error) => ({ u, err }),
         ),
@@ -88,6 +88,16 @@ export class Repository {
     for (const n of nodes.values()) if (n.parent) nodes.get(n.parent)?.children.push(n.uuid);
     for (const n of nodes.values()) n.children.sort();
     return { nodes, broken };
+  }
+
+  /** Number of images from `uuid` down to its base, reading only that chain. */
+  async chainDepthOf(uuid: string): Promise<number> {
+    let depth = 0;
+    for (let u: string | undefined = uuid; u && depth <= 1024; depth++) {
+      const s = await readImageSummary(this.imagePath(u));
+      u = s.parentName === undefined ? undefined : uuidOfImageName(s.parentName);
+    }
+    return depth;
   }
 
   /** Number of images from `uuid` down to its base. */

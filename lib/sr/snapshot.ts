@@ -7,7 +7,7 @@
  * was committed.
  */
 import { randomUUID } from 'node:crypto';
-import { createDifferencing, VhdImage } from '../vhd/index.js';
+import { createDifferencing, readImageSummary, VhdImage } from '../vhd/index.js';
 import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
@@ -23,8 +23,7 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   const meta = await repo.metadata();
   const record = meta.vdis[uuid];
   if (!record) throw new SMError('VDIMissing', `${uuid} has no metadata record`);
-  const { nodes } = await repo.tree();
-  const depth = repo.chainDepth(nodes, uuid);
+  const depth = await repo.chainDepthOf(uuid);
   if (depth >= MAX_CHAIN_DEPTH) {
     throw new SMError('SnapshotChainTooLong', `chain of ${uuid} is ${depth} deep (limit ${MAX_CHAIN_DEPTH})`);
   }
@@ -36,19 +35,21 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   const journal: Journal = { kind: 'snapshot', vdi: uuid, base, snap, mode };
   await beginJournal(repo.backend, journal);
 
-  await repo.backend.renameImage(uuid, base);
+  // The steps below are made durable together by one barrier before the commit.
+  await repo.backend.renameImage(uuid, base, false);
   faultPoint('snapshot-renamed');
-  const virtualSize = nodes.get(uuid)?.virtualSize ?? 0;
+  const virtualSize = (await readImageSummary(repo.imagePath(base))).virtualSize;
   const leafPath = await repo.backend.prepareImage(uuid, virtualSize);
-  await createDifferencing(leafPath, repo.imagePath(base), { durable: true });
+  await createDifferencing(leafPath, repo.imagePath(base));
   faultPoint('snapshot-leaf-created');
   if (snap !== base) {
     const snapPath = await repo.backend.prepareImage(snap, virtualSize);
-    await createDifferencing(snapPath, repo.imagePath(base), { durable: true });
+    await createDifferencing(snapPath, repo.imagePath(base));
     faultPoint('snapshot-child-created');
-    await setHidden(repo, base, true);
+    await setHidden(repo, base, true, false);
     faultPoint('snapshot-base-hidden');
   }
+  await repo.backend.flushImages(snap === base ? [uuid, base] : [uuid, snap, base]);
 
   const now = snapshotTime();
   if (snap !== base) {
@@ -76,12 +77,12 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   return snap;
 }
 
-async function setHidden(repo: Repository, uuid: string, hidden: boolean): Promise<void> {
+async function setHidden(repo: Repository, uuid: string, hidden: boolean, sync = true): Promise<void> {
   const image = await VhdImage.open(repo.imagePath(uuid), true);
   try {
     if (image.hidden !== hidden) {
       await image.setHidden(hidden);
-      await image.sync();
+      if (sync) await image.sync();
     }
   } finally {
     await image.close();

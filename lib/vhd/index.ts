@@ -13,3 +13,4 @@ export { exportRaw, writeAt } from './export.js';
 export { repairFooter } from './repair.js';
 export { siblingResolver, isPlainName, type ParentResolver } from './parent.js';
 export { MAX_VIRTUAL_SIZE, BLOCK_SIZE, SECTOR } from './format/constants.js';
+export { readImageSummary, type ImageSummary } from './summary.js';
