@@ -4,12 +4,22 @@
  * sector outside the bitmap holds data. Returns problems; never throws for damage.
  */
 import { allSet, forEachSetRun } from './format/bitmap.js';
-import { FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE, HEADER_VERSION, SECTOR } from './format/constants.js';
+import {
+  BATMAP_VERSION,
+  FEATURES_RESERVED,
+  FILE_FORMAT_VERSION,
+  FOOTER_SIZE,
+  HEADER_VERSION,
+  LOCATOR_MACX,
+  LOCATOR_W2KU,
+  LOCATOR_W2RU,
+  SECTOR,
+} from './format/constants.js';
 import { decodeFooter } from './format/footer.js';
 import { geometryFor, geometrySectors } from './format/geometry.js';
 import { VhdError } from './errors.js';
 import { VhdImage } from './image.js';
-import { ParentResolver, siblingResolver } from './parent.js';
+import { isPlainName, ParentResolver, siblingResolver } from './parent.js';
 
 export interface CheckReport {
   path: string;
@@ -54,9 +64,14 @@ async function checkOne(path: string, opts: CheckOptions): Promise<{ report: Che
     checkFields(image, problems);
     await checkBackupFooter(image, problems);
     if (!image.hasBatmap && image.footer.creatorApp === 'tap\0') problems.push('tap image without a batmap');
-    if (image.hasBatmap && !image.batmapTrusted) problems.push('batmap checksum mismatch');
+    if (image.hasBatmap && image.batmapVersion! > BATMAP_VERSION) {
+      problems.push(`unsupported batmap version 0x${image.batmapVersion!.toString(16)}`);
+    } else if (image.hasBatmap && !image.batmapTrusted) {
+      problems.push('batmap checksum mismatch');
+    }
     if (!opts.skipData) await checkBlocks(image, problems);
     if (image.isDifferencing) {
+      await checkLocators(image, problems);
       try {
         parentPath = await (opts.resolver ?? siblingResolver)(image);
         if (opts.parents) {
@@ -90,6 +105,34 @@ function checkFields(image: VhdImage, problems: string[]): void {
     problems.push(`geometry ${f.geometry.cylinders}/${f.geometry.heads}/${f.geometry.sectorsPerTrack} exceeds the virtual size`);
   }
   if (f.hidden > 1) problems.push(`hidden flag ${f.hidden} is not 0 or 1`);
+}
+
+/** Platform codes the VHD spec defines for parent locators ('Wi2r', 'Wi2k', 'Mac ' are deprecated). */
+const LOCATOR_CODES = new Set([0x57693272, 0x5769326b, LOCATOR_W2RU, LOCATOR_W2KU, 0x4d616320, LOCATOR_MACX]);
+
+/**
+ * The resolver falls through to the next locator when one does not lead to the
+ * parent, so a damaged locator never shows when opening: report it here. blktap
+ * writes every locator with the parent's plain file name, as the header names it.
+ */
+async function checkLocators(image: VhdImage, problems: string[]): Promise<void> {
+  const name = image.header.parentUnicodeName;
+  if (!isPlainName(name)) problems.push(`parent name "${name}" is not a plain file name`);
+  image.header.locators.forEach((l, i) => {
+    if (l.code !== 0 && !LOCATOR_CODES.has(l.code)) problems.push(`parent locator ${i}: unknown platform code 0x${l.code.toString(16)}`);
+  });
+  let paths: string[];
+  try {
+    paths = await image.parentLocatorPaths();
+  } catch (err) {
+    problems.push(describe(err));
+    return;
+  }
+  for (const raw of paths) {
+    const located = raw.replace(/^\.\//, '');
+    if (!isPlainName(located)) problems.push(`parent locator "${raw}" points outside the image's directory`);
+    else if (located !== name) problems.push(`parent locator "${raw}" does not name the parent "${name}"`);
+  }
 }
 
 async function checkBackupFooter(image: VhdImage, problems: string[]): Promise<void> {

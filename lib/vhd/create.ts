@@ -113,7 +113,7 @@ async function writeNewImage(path: string, spec: NewImage): Promise<void> {
   bat.fill(0xff, 0, spec.maxTableEntries * 4);
   const map = Buffer.alloc(layout.batmapBytes);
   const bmHeader = newBatmapHeader(layout.batmapHeaderOffset, spec.maxTableEntries);
-  bmHeader.checksum = batmapChecksum(map);
+  bmHeader.checksum = batmapChecksum(map, spec.virtualSize);
   const footerBuf = encodeFooter(footer);
 
   const io = await FileIO.create(path).catch((err: NodeJS.ErrnoException) => {

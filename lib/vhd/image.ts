@@ -2,10 +2,11 @@
  * One opened VHD image (dynamic or differencing): its decoded metadata, a cached
  * BAT and batmap, and the block-level primitives every algorithm builds on.
  */
-import { decodeBatmapHeader, encodeBatmapHeader, batmapChecksum, BatmapHeader } from './format/batmap.js';
+import { decodeBatmapHeader, encodeBatmapHeader, batmapChecksum, batmapChecksumBytes, BatmapHeader } from './format/batmap.js';
 import { allSet, setBits, testBit } from './format/bitmap.js';
 import {
   BAT_UNUSED,
+  BATMAP_VERSION,
   CREATOR_VERSION_BATMAP,
   DiskType,
   FOOTER_SIZE,
@@ -108,8 +109,16 @@ export class VhdImage {
       batmapHeader = decoded;
       const map = Buffer.alloc(decoded.sizeSectors * SECTOR);
       await io.read(map, decoded.offset);
-      // A torn batmap update only costs speed: readers fall back to the bitmaps.
-      if (batmapChecksum(map) === decoded.checksum) batmap = map;
+      if (decoded.version > BATMAP_VERSION) {
+        // A newer map may not mean what this code thinks it means. Like tapdisk: a
+        // reader ignores it (bitmaps suffice), a writer refuses (it could not keep it current).
+        if (io.writable) {
+          throw new VhdError('unsupported', `batmap version 0x${decoded.version.toString(16)} is newer than this library's`, where);
+        }
+      } else if (batmapChecksum(map, footer.currentSize) === decoded.checksum) {
+        // A torn batmap update only costs speed: readers fall back to the bitmaps.
+        batmap = map;
+      }
       metadataEnd = decoded.offset + map.length;
     }
     for (const l of header.locators) {
@@ -190,6 +199,9 @@ export class VhdImage {
   get batmapTrusted(): boolean {
     return this.batmap !== undefined;
   }
+  get batmapVersion(): number | undefined {
+    return this.batmapHeader?.version;
+  }
   /** Where the footer sits: everything before it is metadata or data. */
   get dataEnd(): number {
     return this.endOfData;
@@ -209,9 +221,16 @@ export class VhdImage {
   dataOffset(i: number): number {
     return this.bat[i] * SECTOR + this.bitmapBytes;
   }
-  /** The batmap says every sector of block i is present. */
+  /**
+   * The batmap says every sector of block i is present. Bits past the bytes the
+   * checksum covers (see batmapChecksum) are not trusted: those blocks use their bitmaps.
+   */
   isBlockFull(i: number): boolean {
-    return this.batmap !== undefined && (this.batmap[i >> 3] & (0x80 >> (i & 7))) !== 0;
+    return (
+      this.batmap !== undefined &&
+      i >> 3 < batmapChecksumBytes(this.virtualSize) &&
+      (this.batmap[i >> 3] & (0x80 >> (i & 7))) !== 0
+    );
   }
 
   // ---- reading -----------------------------------------------------------------
@@ -357,9 +376,14 @@ export class VhdImage {
 
   private async writeBatmap(): Promise<void> {
     const h = this.batmapHeader!;
-    h.checksum = batmapChecksum(this.batmap!);
+    h.checksum = batmapChecksum(this.batmap!, this.virtualSize);
     await this.io.write(this.batmap!, h.offset);
     await this.io.write(encodeBatmapHeader(h), h.offset - SECTOR);
+  }
+
+  /** The checksum's range depends on the virtual size: re-seal it after a size change. */
+  async refreshBatmapChecksum(): Promise<void> {
+    if (this.batmapHeader && this.batmap) await this.writeBatmap();
   }
 
   /** Writes the footer at the end of the data and its copy at offset 0. */

@@ -108,13 +108,22 @@ async function deviceSize(fh: FileHandle): Promise<number> {
   // Binary search on readable offsets would be slow; lseek(SEEK_END) is not in fs/promises,
   // so ask sysfs through the device's rdev when available.
   const st = await fh.stat();
-  const major = Math.floor(st.rdev / 256);
-  const minor = st.rdev % 256;
+  const [major, minor] = splitDev(st.rdev);
   const s = await stat(`/sys/dev/block/${major}:${minor}/size`).catch(() => undefined);
   if (!s) throw new Error('cannot determine block device size');
   const { readFile } = await import('node:fs/promises');
   const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
   return sectors * 512;
+}
+
+/**
+ * Major and minor of a Linux dev_t (glibc's encoding: minor bits 0-7 and 20-31,
+ * major bits 8-19). Minors >= 256 are common for device-mapper (one per LV).
+ */
+export function splitDev(rdev: number): [number, number] {
+  const major = Math.floor(rdev / 0x100) & 0xfff;
+  const minor = (rdev & 0xff) | (Math.floor(rdev / 0x1000) & 0xfff00);
+  return [major, minor];
 }
 
 export async function openFile(path: string, writable = false): Promise<FileIO> {

@@ -1,18 +1,29 @@
 /** Pointing a differencing image at a new parent (after its old parent was coalesced). */
 import { stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { LOCATOR_SPACE, vhdTimestamp } from './format/constants.js';
 import { encodeLocator } from './format/locator.js';
 import { VhdError } from './errors.js';
 import { VhdImage } from './image.js';
-import { parentNameFor } from './parent.js';
+import { isPlainName, parentNameFor } from './parent.js';
+import { readImageSummary, type ImageSummary } from './summary.js';
 
 export async function setParent(childPath: string, newParentPath: string): Promise<void> {
   const name = parentNameFor(childPath, newParentPath);
   const parent = await VhdImage.open(newParentPath, false);
-  const child = await VhdImage.open(childPath, true);
+  let child: VhdImage;
+  try {
+    child = await VhdImage.open(childPath, true);
+  } catch (err) {
+    await parent.close();
+    throw err;
+  }
   try {
     if (!child.isDifferencing) throw new VhdError('invalid-argument', 'not a differencing image', childPath);
     if (parent.footer.uuid.equals(child.footer.uuid)) throw new VhdError('chain', 'an image cannot be its own parent', childPath);
+    if (await isAncestor(child.uuid, newParentPath)) {
+      throw new VhdError('chain', `${newParentPath} descends from this image: relinking would make a parent loop`, childPath);
+    }
     // Locator data first: until the header names the new parent, readers still
     // find the old one by uuid mismatch rather than silently reading wrong data.
     for (const l of child.header.locators) {
@@ -33,4 +44,23 @@ export async function setParent(childPath: string, newParentPath: string): Promi
     await child.close();
     await parent.close();
   }
+}
+
+/**
+ * Whether the image with `uuid` is an ancestor of (or is) the image at `path`: a
+ * relink onto a descendant would make a loop no reader could open again. Walks
+ * footers and headers only (no BATs), by the parent names the headers record
+ * (parents live beside their children); a chain that cannot be read further
+ * ends the walk, as it ends every reader there.
+ */
+async function isAncestor(uuid: string, path: string): Promise<boolean> {
+  const seen = new Set<string>();
+  for (let p: string | undefined = path; p !== undefined && !seen.has(p) && seen.size < 256; ) {
+    seen.add(p);
+    const s: ImageSummary | undefined = await readImageSummary(p).catch(() => undefined);
+    if (s === undefined) return false;
+    if (s.uuid === uuid) return true;
+    p = s.parentName !== undefined && isPlainName(s.parentName) ? join(dirname(p), s.parentName) : undefined;
+  }
+  return false;
 }

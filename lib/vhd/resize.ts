@@ -43,6 +43,7 @@ export async function setVirtualSize(image: VhdImage, size: number): Promise<voi
   image.footer.currentSize = size;
   image.footer.geometry = geometryFor(size);
   await image.writeFooter();
+  await image.refreshBatmapChecksum();
 }
 
 async function rewriteWithRoom(image: VhdImage, size: number): Promise<void> {
@@ -52,7 +53,13 @@ async function rewriteWithRoom(image: VhdImage, size: number): Promise<void> {
   const entries = Math.ceil(size / image.blockSize);
   const locators = image.header.locators.filter((l) => l.code !== 0);
   const layout = layoutFor(entries, locators.length);
-  const header = { ...image.header, maxTableEntries: entries, locators: image.header.locators.map((l) => ({ ...l })) };
+  // The new file follows blktap's layout (BAT at 1536), whatever the old one used.
+  const header = {
+    ...image.header,
+    tableOffset: layout.batOffset,
+    maxTableEntries: entries,
+    locators: image.header.locators.map((l) => ({ ...l })),
+  };
   const locatorData: Buffer[] = [];
   let slot = 0;
   for (const l of header.locators) {
@@ -80,7 +87,7 @@ async function rewriteWithRoom(image: VhdImage, size: number): Promise<void> {
       at = p + block.bitmap.length + block.data.length;
     }
     const bmHeader = newBatmapHeader(layout.batmapHeaderOffset, entries);
-    bmHeader.checksum = batmapChecksum(map);
+    bmHeader.checksum = batmapChecksum(map, size);
     const footerBuf = encodeFooter(footer);
     await out.write([footerBuf, encodeHeader(header), bat, encodeBatmapHeader(bmHeader), map, ...locatorData], 0);
     await out.write(footerBuf, at);

@@ -4,7 +4,7 @@
  * and output formats. Errors go to stderr with a non-zero exit; nothing is
  * written when the input is bad.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import {
@@ -139,7 +139,13 @@ const commands: Record<string, (args: string[]) => Promise<number>> = {
 
   async check(args) {
     const f = flags(args, { n: 'string', p: 'boolean' });
-    const reports = await checkChain(need(f, 'n', 'FILE'), { parents: f.p === true });
+    const name = need(f, 'n', 'FILE');
+    // A missing FILE is an operator error (exit 2, stderr), as in vhd-util; a missing
+    // parent is a problem of the image and is reported as such.
+    await stat(name).catch((err: NodeJS.ErrnoException) => {
+      throw err.code === 'ENOENT' ? new VhdError('not-found', 'no such file', name) : err;
+    });
+    const reports = await checkChain(name, { parents: f.p === true });
     let bad = false;
     for (const r of reports) {
       if (r.problems.length === 0) {
@@ -205,7 +211,8 @@ const commands: Record<string, (args: string[]) => Promise<number>> = {
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...args] = argv;
   if (!cmd || cmd === '-h' || cmd === '--help') {
-    process.stdout.write(USAGE + '\n');
+    // Help asked for goes to stdout; no command at all is an error (stderr, exit 2).
+    (cmd ? process.stdout : process.stderr).write(USAGE + '\n');
     return cmd ? 0 : 2;
   }
   const run = commands[cmd];

@@ -1,6 +1,6 @@
 /** The batmap (a Xen extension): one bit per block, set when the block is fully allocated. */
 import { vhdChecksum } from './checksum.js';
-import { BATMAP_COOKIE, BATMAP_VERSION, SECTOR } from './constants.js';
+import { BATMAP_COOKIE, BATMAP_VERSION, BLOCK_SIZE, SECTOR } from './constants.js';
 
 export interface BatmapHeader {
   offset: number; // absolute offset of the map (header + 512)
@@ -25,9 +25,20 @@ export function batmapSectors(maxTableEntries: number): number {
   return Math.ceil(Math.ceil(maxTableEntries / 8) / SECTOR);
 }
 
-/** Checksum over the map's whole sectors: one's complement of the byte sum. */
-export function batmapChecksum(map: Buffer): number {
-  return vhdChecksum(map, -8);
+/**
+ * One's complement of the byte sum over the sectors blktap sums: those holding
+ * floor(virtualSize / 16 MiB) bytes of map, at least one sector. That is not
+ * always the whole map: when the size ends a few blocks past a multiple of 8 GiB
+ * the last map byte sits in a sector blktap leaves out, and blktap (tapdisk,
+ * vhd-util check) refuses a batmap whose checksum it cannot reproduce.
+ */
+export function batmapChecksum(map: Buffer, virtualSize: number): number {
+  return vhdChecksum(map.subarray(0, batmapChecksumBytes(virtualSize)), -8);
+}
+
+/** Bytes at the start of the map that the checksum protects. */
+export function batmapChecksumBytes(virtualSize: number): number {
+  return Math.max(1, Math.ceil(Math.floor(virtualSize / (BLOCK_SIZE * 8)) / SECTOR)) * SECTOR;
 }
 
 export function encodeBatmapHeader(h: BatmapHeader): Buffer {
