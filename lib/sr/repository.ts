@@ -4,6 +4,7 @@
  */
 import { imageInfo, readImageSummary, type ImageInfo } from '../vhd/index.js';
 import { SMError } from '../smapi/errors.js';
+import { mapLimit } from '../util/map-limit.js';
 import type { StorageBackend } from './backend.js';
 import { isUuid, requireUuid } from './ids.js';
 import type { SrMetadata } from './metadata.js';
@@ -61,12 +62,10 @@ export class Repository {
     const nodes = new Map<string, ImageNode>();
     const broken = new Map<string, string>();
     const uuids = await this.backend.listImages();
-    const infos = await Promise.all(
-      uuids.map((u) =>
-        readImageSummary(this.imagePath(u)).then(
-          (i) => ({ u, i }),
-          (err: Error) => ({ u, err }),
-        ),
+    const infos = await mapLimit(uuids, 64, (u) =>
+      readImageSummary(this.imagePath(u)).then(
+        (i) => ({ u, i }),
+        (err: Error) => ({ u, err }),
       ),
     );
     for (const r of infos) {

@@ -13,13 +13,18 @@ import { ParentResolver, siblingResolver } from './parent.js';
 export interface ChainOptions {
   /** Open the leaf for writing (parents are always read-only). */
   writable?: boolean;
+  /** Writes: make each new block durable before the BAT points at it (slower, crash-safe). */
+  durable?: boolean;
   resolver?: ParentResolver;
   /** Refuse chains deeper than this (a loop guard as much as a limit). */
   maxDepth?: number;
 }
 
 export class VhdChain {
-  private constructor(readonly images: VhdImage[]) {}
+  private constructor(
+    readonly images: VhdImage[],
+    private readonly durable: boolean,
+  ) {}
 
   static async open(leafPath: string, opts: ChainOptions = {}): Promise<VhdChain> {
     const resolver = opts.resolver ?? siblingResolver;
@@ -42,7 +47,7 @@ export class VhdChain {
         }
         image = parent;
       }
-      return new VhdChain(images);
+      return new VhdChain(images, opts.durable ?? false);
     } catch (err) {
       await Promise.all(images.map((i) => i.close()));
       throw err;
@@ -168,6 +173,7 @@ export class VhdChain {
       sectors.copy(blockData, s0 * SECTOR);
       setBits(bitmap, s0, s1);
       await leaf.appendBlocks([{ index: block, bitmap, data: blockData }]);
+      if (this.durable) await leaf.sync();
       await leaf.writeBatEntries([block]);
       if (allSet(bitmap, leaf.sectorsPerBlock)) await leaf.markFull([block]);
       return;

@@ -87,11 +87,17 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
   };
 
   // Read-ahead: the next child block is read while the current one is merged/written.
-  let next = order.length ? child.readBlock(order[0]) : undefined;
+  // (A read-ahead left behind by an error or abort must not become an unhandled rejection.)
+  const readAhead = (i: number) => {
+    const p = child.readBlock(i);
+    p.catch(() => undefined);
+    return p;
+  };
+  let next = order.length ? readAhead(order[0]) : undefined;
   for (let k = 0; k < order.length; k++) {
     if (opts.signal?.aborted) break;
     const c = await next!;
-    next = k + 1 < order.length ? child.readBlock(order[k + 1]) : undefined;
+    next = k + 1 < order.length ? readAhead(order[k + 1]) : undefined;
     const i = c.index;
     if (child.isBlockFull(i)) c.bitmap.fill(0xff);
     if (noneSet(c.bitmap, spb)) continue;
@@ -122,7 +128,6 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
       opts.onProgress?.({ blocksDone: k + 1, blocksTotal: order.length, bytesCopied: result.bytesCopied, elapsedMs: Date.now() - started });
     }
   }
-  if (next) await next.catch(() => undefined);
   await flushNew();
   await parent.sync();
   await parent.markFull(full);

@@ -32,9 +32,9 @@ export async function exportRaw(leafPath: string, rawPath: string, opts: ChainOp
   }
 }
 
-/** Writes `data` at virtual byte `offset` of the leaf, durably. */
+/** Writes `data` at virtual byte `offset` of the leaf, durably (new blocks before the BAT). */
 export async function writeAt(leafPath: string, data: Buffer, offset: number, opts: ChainOptions = {}): Promise<void> {
-  const chain = await VhdChain.open(leafPath, { ...opts, writable: true });
+  const chain = await VhdChain.open(leafPath, { ...opts, writable: true, durable: true });
   try {
     await chain.write(data, offset);
     await chain.sync();

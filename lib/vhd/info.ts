@@ -4,6 +4,7 @@ import { basename, dirname, join } from 'node:path';
 import { VhdChain, ChainOptions } from './chain.js';
 import { VhdImage } from './image.js';
 import { siblingResolver } from './parent.js';
+import { mapLimit } from '../util/map-limit.js';
 
 export interface ImageInfo {
   path: string;
@@ -70,16 +71,14 @@ export interface ScanEntry {
   error?: string;
 }
 
-/** Reads every matching image (footer and header only), sorted by name. */
+/** Reads every matching image, sorted by name, at most 64 open at a time. */
 export async function scanImages(pattern: string): Promise<ScanEntry[]> {
   const files = await globFiles(pattern);
-  return Promise.all(
-    files.map(async (f) => {
-      try {
-        return { name: basename(f), info: await imageInfo(f) };
-      } catch (err) {
-        return { name: basename(f), error: (err as Error).message };
-      }
-    }),
-  );
+  return mapLimit(files, 64, async (f) => {
+    try {
+      return { name: basename(f), info: await imageInfo(f) };
+    } catch (err) {
+      return { name: basename(f), error: (err as Error).message };
+    }
+  });
 }
