@@ -1,0 +1,20 @@
+/**
+ * VM-tier test entry (runs inside the VM, started by guest-tier.sh): imports
+ * every *.vmtest.js beside it, in name order, so node:test runs their suites
+ * one after another in this one process (a process per file costs seconds
+ * under TCG). Arguments, if any, pick files by name: `lvm nfs`.
+ */
+import { readdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { requireGuest } from './support/guest.js';
+
+requireGuest();
+const dir = dirname(fileURLToPath(import.meta.url));
+const only = process.argv.slice(2).filter(Boolean);
+const files = (await readdir(dir))
+  .filter((f) => f.endsWith('.vmtest.js'))
+  .filter((f) => only.length === 0 || only.includes(f.slice(0, -'.vmtest.js'.length)))
+  .sort();
+if (files.length === 0) throw new Error(`no VM tests${only.length ? ` named ${only.join(', ')}` : ''} in ${dir}`);
+for (const f of files) await import(pathToFileURL(join(dir, f)).href);
