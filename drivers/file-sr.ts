@@ -2,10 +2,9 @@
  * The File SR: VHD files in a local directory (`device_config.location`),
  * reachable at `$SM_ROOT/run/sr-mount/<sr>` through a symlink.
  */
-import { lstat, mkdir, readdir, readlink, rm, rmdir, symlink, unlink } from 'node:fs/promises';
-import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { lstat, mkdir, readdir, readlink, symlink, unlink } from 'node:fs/promises';
+import { dirname, isAbsolute, normalize } from 'node:path';
 import { SMError, type Request } from '../lib/smapi/index.js';
-import type { BackendSpec } from '../lib/sr/attach-record.js';
 import { FileBackend } from '../lib/sr/file-backend.js';
 import { srMountPath } from '../lib/sr/paths.js';
 import type { SrType } from '../lib/sr/sr-type.js';
@@ -46,11 +45,11 @@ export const fileSrType: SrType = {
     copyright: '(C) 2026 xcp-sm contributors',
     driver_version: '1.0',
     required_api_version: '1.0',
-    capabilities: ['SR_METADATA', 'THIN_PROVISIONING'],
+    capabilities: ['THIN_PROVISIONING'],
     configuration: [{ key: 'location', description: 'local directory path (e.g. /srv/sr1)' }],
   },
 
-  async create(req) {
+  async create(req, _sr, init) {
     const location = locationOf(req);
     if (await isDirectory(location)) {
       if ((await readdir(location)).length > 0) throw new SMError('SRExists', `${location} is not empty`);
@@ -63,13 +62,13 @@ export const fileSrType: SrType = {
         throw new SMError('FileSRCreate', `cannot create ${location}: ${code ?? (err as Error).message}`);
       }
     }
-    return { kind: 'file', dir: location };
+    await init({ kind: 'file', dir: location });
   },
 
-  async locate(req): Promise<BackendSpec> {
+  async withStorage(req, _sr, fn) {
     const location = locationOf(req);
     if (!(await isDirectory(location))) throw new SMError('SRUnavailable', `${location} is not a directory`);
-    return { kind: 'file', dir: location };
+    return fn({ kind: 'file', dir: location });
   },
 
   async attach(req, sr) {
@@ -80,15 +79,6 @@ export const fileSrType: SrType = {
   },
 
   async detach(_req, sr) {
-    await unlink(srMountPath(sr)).catch(() => undefined);
-  },
-
-  async destroy(req, sr) {
-    const location = locationOf(req);
-    await rm(join(location, '.sm'), { recursive: true, force: true });
-    await rmdir(location).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw new SMError('SRNotEmpty', `${location}: ${err.code}`);
-    });
     await unlink(srMountPath(sr)).catch(() => undefined);
   },
 

@@ -23,6 +23,8 @@ export interface StorageBackend {
   replaceImage(from: string, to: string): Promise<void>;
   /** Bytes the image occupies on the storage. */
   physicalSize(uuid: string): Promise<number>;
+  /** Removes the SR's own structures (metadata, journals, its directory or volume group); images must be gone. */
+  destroy(): Promise<void>;
   /** Free and total bytes of the storage. */
   space(): Promise<{ free: number; total: number }>;
 

@@ -2,7 +2,7 @@
  * A directory of `<uuid>.vhd` files (File SR, NFS SR). SR metadata and journals
  * live in the directory's `.sm/` folder, so they travel with the SR.
  */
-import { mkdir, open, readdir, readFile, rename, stat, statfs, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic, syncDir } from './atomic-write.js';
 import type { StorageBackend } from './backend.js';
@@ -75,6 +75,13 @@ export class FileBackend implements StorageBackend {
 
   async physicalSize(uuid: string): Promise<number> {
     return (await stat(this.imagePath(uuid))).size;
+  }
+
+  async destroy(): Promise<void> {
+    await rm(join(this.dir, META_DIR), { recursive: true, force: true });
+    await rmdir(this.dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
   }
 
   async space(): Promise<{ free: number; total: number }> {

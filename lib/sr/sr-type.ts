@@ -9,15 +9,16 @@ export interface SrType {
   /** Executable name, e.g. `FileSR`. */
   readonly driver: string;
   readonly info: DriverInfo;
-  /** Prepares new, empty storage for the SR; refuses storage that holds an SR (SRExists). */
-  create(req: Request, srUuid: string): Promise<BackendSpec>;
-  /** The storage of an existing SR without attaching it (sr_delete of a detached SR). */
-  locate(req: Request, srUuid: string): Promise<BackendSpec>;
+  /**
+   * Prepares new, empty storage for the SR (refusing storage that holds an SR:
+   * SRExists) and runs `init` while it is reachable.
+   */
+  create(req: Request, srUuid: string, init: (spec: BackendSpec) => Promise<void>): Promise<void>;
+  /** Runs `fn` with the storage of an existing SR reachable, attached or not. */
+  withStorage<T>(req: Request, srUuid: string, fn: (spec: BackendSpec) => Promise<T>): Promise<T>;
   /** Makes the storage reachable at `$SM_ROOT/run/sr-mount/<sr>`. */
   attach(req: Request, srUuid: string): Promise<BackendSpec>;
   detach(req: Request, srUuid: string): Promise<void>;
-  /** Removes the (empty) SR's storage. */
-  destroy(req: Request, srUuid: string): Promise<void>;
   /** The `<SRlist>` document, or an SM error carrying discovery hints on stderr. */
   probe(req: Request): Promise<string>;
 }

@@ -121,7 +121,16 @@ async function writeNewImage(path: string, spec: NewImage): Promise<void> {
     throw err;
   });
   try {
-    await io.write([footerBuf, encodeHeader(header), bat, encodeBatmapHeader(bmHeader), map, ...locatorData, footerBuf], 0);
+    const metadata = [footerBuf, encodeHeader(header), bat, encodeBatmapHeader(bmHeader), map, ...locatorData];
+    if (io.isDevice) {
+      // An LV made for the image: metadata at the start, the footer in the last sector.
+      const size = await io.size();
+      if (size < layout.metadataEnd + footerBuf.length) throw new VhdError('invalid-argument', `device of ${size} bytes too small for the metadata`, path);
+      await io.write(metadata, 0);
+      await io.write(footerBuf, size - footerBuf.length);
+    } else {
+      await io.write([...metadata, footerBuf], 0);
+    }
     if (spec.durable) await io.sync();
   } finally {
     await io.close();

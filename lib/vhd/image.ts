@@ -46,6 +46,9 @@ export class VhdImage {
     private endOfData: number,
   ) {}
 
+  /** Where the primary footer is (a device's last sector; a file's end). */
+  private footerAt = 0;
+
   // ---- opening -------------------------------------------------------------
 
   static async open(path: string, writable = false): Promise<VhdImage> {
@@ -134,15 +137,17 @@ export class VhdImage {
       metadataEnd = Math.max(metadataEnd, end);
     }
     const image = new VhdImage(io, footer, header, bat, batmapHeader, batmap, 0);
-    image.validateBlocks(metadataEnd, fileSize);
-    // The footer always sits at the very end; space an interrupted allocation
-    // left before it is unreferenced and simply stays unused.
-    image.endOfData = fileSize - FOOTER_SIZE;
+    const dataEnd = image.validateBlocks(metadataEnd, fileSize);
+    // In a file the footer always sits at the very end, and new blocks go after it
+    // (space an interrupted allocation left before it stays unused). In a device
+    // the footer keeps the last sector and new blocks go after the data.
+    image.endOfData = io.isDevice ? dataEnd : fileSize - FOOTER_SIZE;
+    image.footerAt = fileSize - FOOTER_SIZE;
     return image;
   }
 
-  /** Checks every BAT entry lies inside the file, past the metadata, without overlaps. */
-  private validateBlocks(metadataEnd: number, fileSize: number): void {
+  /** Checks every BAT entry lies inside the file, past the metadata, without overlaps; returns the end of the data. */
+  private validateBlocks(metadataEnd: number, fileSize: number): number {
     const span = this.bitmapBytes + this.blockSize;
     const offsets: number[] = [];
     for (let i = 0; i < this.bat.length; i++) {
@@ -158,6 +163,7 @@ export class VhdImage {
     for (let i = 1; i < offsets.length; i++) {
       if (offsets[i] - offsets[i - 1] < span) throw corrupt(`blocks at ${offsets[i - 1]} and ${offsets[i]} overlap`, this.io.path);
     }
+    return offsets.length ? Math.max(metadataEnd, offsets[offsets.length - 1] + span) : metadataEnd;
   }
 
   // ---- geometry --------------------------------------------------------------
@@ -298,7 +304,14 @@ export class VhdImage {
       at = p + this.bitmapBytes + this.blockSize;
     }
     const newEnd = at;
-    await this.io.write(encodeFooter(this.footer), newEnd);
+    if (this.io.isDevice) {
+      if (newEnd > this.footerAt) {
+        throw new VhdError('invalid-argument', `device too small for ${blocks.length} more blocks: inflate it first`, this.path);
+      }
+    } else {
+      await this.io.write(encodeFooter(this.footer), newEnd);
+      this.footerAt = newEnd;
+    }
     // One vectored write per run: [bitmap][data][zero pad] ... back to back.
     const start = placements[0];
     const bufs: Buffer[] = [];
@@ -386,11 +399,30 @@ export class VhdImage {
     if (this.batmapHeader && this.batmap) await this.writeBatmap();
   }
 
-  /** Writes the footer at the end of the data and its copy at offset 0. */
+  /** Writes the primary footer and its copy at offset 0. */
   async writeFooter(): Promise<void> {
     const buf = encodeFooter(this.footer);
-    await this.io.write(buf, this.endOfData);
+    await this.io.write(buf, this.io.isDevice ? this.footerAt : this.endOfData);
     await this.io.write(buf, 0);
+  }
+
+  /**
+   * A device was resized (inflate/deflate): put the primary footer in its new
+   * last sector. For a shrink call it BEFORE the device shrinks, so a valid
+   * footer is at the end at every instant; refuses to cut into the data.
+   */
+  async moveFooterForDeviceSize(newSize: number): Promise<void> {
+    if (!this.io.isDevice) throw new VhdError('invalid-argument', 'only a device has a movable footer', this.path);
+    if (newSize - FOOTER_SIZE < this.endOfData) {
+      throw new VhdError('invalid-argument', `a ${newSize}-byte device cannot hold ${this.endOfData + FOOTER_SIZE} bytes of image`, this.path);
+    }
+    this.footerAt = newSize - FOOTER_SIZE;
+    await this.io.write(encodeFooter(this.footer), this.footerAt);
+  }
+
+  /** Bytes a device needs to hold the image as it is (data + footer). */
+  get usedBytes(): number {
+    return this.endOfData + FOOTER_SIZE;
   }
 
   async writeHeader(): Promise<void> {

@@ -1,5 +1,5 @@
 /** What operators and the SR layer ask about images: query fields and directory scans. */
-import { readdir, stat } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { VhdChain, ChainOptions } from './chain.js';
 import { VhdImage } from './image.js';
@@ -26,7 +26,7 @@ export async function imageInfo(path: string): Promise<ImageInfo> {
       path,
       uuid: image.uuid,
       virtualSize: image.virtualSize,
-      physicalSize: (await stat(path)).size,
+      physicalSize: await image.io.size(),
       hidden: image.hidden,
       parentName: image.isDifferencing ? image.header.parentUnicodeName : undefined,
       parentUuid: image.parentUuid,

@@ -9,6 +9,11 @@ import { VhdError } from './errors.js';
 export interface PositionalIO {
   readonly path: string;
   readonly writable: boolean;
+  /**
+   * A block device (an LV): its size is fixed by the volume, the primary footer
+   * sits in its last sector, and data grows inside it up to that footer.
+   */
+  readonly isDevice: boolean;
   /** Fills `buf` from `position`; throws if the storage ends first. */
   read(buf: Buffer, position: number): Promise<void>;
   /** Writes the buffers back to back starting at `position`. */
@@ -26,7 +31,7 @@ export class FileIO implements PositionalIO {
     readonly path: string,
     readonly writable: boolean,
     private readonly fh: FileHandle,
-    private readonly isDevice: boolean,
+    readonly isDevice: boolean,
   ) {}
 
   static async open(path: string, writable: boolean): Promise<FileIO> {
@@ -42,10 +47,18 @@ export class FileIO implements PositionalIO {
     return new FileIO(path, writable, fh, st.isBlockDevice());
   }
 
-  /** Creates a new file; fails if it exists, so nothing is ever overwritten by accident. */
+  /**
+   * Creates a new file; fails if it exists, so nothing is ever overwritten by
+   * accident. A block device (an LV made for the image) is opened instead.
+   */
   static async create(path: string): Promise<FileIO> {
-    const fh = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644);
-    return new FileIO(path, true, fh, false);
+    try {
+      const fh = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644);
+      return new FileIO(path, true, fh, false);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !(await stat(path)).isBlockDevice()) throw err;
+      return FileIO.open(path, true);
+    }
   }
 
   async read(buf: Buffer, position: number): Promise<void> {

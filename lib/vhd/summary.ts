@@ -3,12 +3,12 @@
  * header at the start, primary footer at the end) and no BAT: listing a
  * thousand images stays fast. Full validation is open()'s and check's job.
  */
-import { open } from 'node:fs/promises';
 import { DiskType, FOOTER_SIZE, HEADER_OFFSET, HEADER_SIZE } from './format/constants.js';
 import { decodeFooter } from './format/footer.js';
 import { decodeHeader } from './format/header.js';
 import { corrupt, VhdError } from './errors.js';
 import { formatUuid } from './image.js';
+import { FileIO } from './io.js';
 
 export interface ImageSummary {
   uuid: string;
@@ -22,15 +22,13 @@ export interface ImageSummary {
 }
 
 export async function readImageSummary(path: string): Promise<ImageSummary> {
-  const fh = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
-    throw err.code === 'ENOENT' ? new VhdError('not-found', 'no such file', path) : err;
-  });
+  const io = await FileIO.open(path, false);
   try {
-    const size = (await fh.stat()).size;
+    const size = await io.size(); // a device's size is not in stat()
     if (size < HEADER_OFFSET + HEADER_SIZE + FOOTER_SIZE) throw corrupt(`file too small to be a dynamic VHD (${size} bytes)`, path);
     const tail = Buffer.alloc(FOOTER_SIZE);
     const head = Buffer.alloc(HEADER_OFFSET + HEADER_SIZE);
-    await Promise.all([fh.read(tail, 0, FOOTER_SIZE, size - FOOTER_SIZE), fh.read(head, 0, head.length, 0)]);
+    await Promise.all([io.read(tail, size - FOOTER_SIZE), io.read(head, 0)]);
     const footer = decodeFooter(tail);
     if (typeof footer === 'string') throw corrupt(`primary footer invalid: ${footer}`, path);
     if (footer.diskType !== DiskType.Dynamic && footer.diskType !== DiskType.Differencing) {
@@ -55,6 +53,6 @@ export async function readImageSummary(path: string): Promise<ImageSummary> {
       parentUuid,
     };
   } finally {
-    await fh.close();
+    await io.close();
   }
 }
