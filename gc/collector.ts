@@ -38,8 +38,9 @@ export async function collect(ctx: GcContext): Promise<void> {
     const active = await activeVdis(repo.uuid);
     trees.logTrees(repo, meta.name_label, nodes, active, Object.keys(meta.vdis).length);
 
-    if (findGarbage(nodes).length > 0) {
-      await deleteGarbage(ctx, active);
+    // Active images are kept out of the garbage, or the loop would find them again and again.
+    if (findGarbage(nodes, active).length > 0) {
+      await deleteGarbage(ctx);
       continue;
     }
     const coalesceable = await firstWithSpace(ctx, nodes, findCoalesceable(nodes, skip), skip);
@@ -75,12 +76,13 @@ async function firstWithSpace(ctx: GcContext, nodes: Nodes, candidates: { uuid: 
   return undefined;
 }
 
-/** Under the SR lock, re-reads the trees (a verb may have run) and deletes what is still garbage. */
-async function deleteGarbage(ctx: GcContext, active: Set<string>): Promise<void> {
+/** Under the SR lock, re-reads the trees and the active VDIs (a verb may have run) and deletes what is still garbage. */
+async function deleteGarbage(ctx: GcContext): Promise<void> {
   await underSrLock(ctx, async () => {
     const { repo, log } = ctx;
     const { nodes } = await repo.tree();
-    const garbage = findGarbage(nodes).filter((u) => !active.has(u));
+    // Not only the active images themselves: also the parents they read through.
+    const garbage = findGarbage(nodes, await activeVdis(repo.uuid));
     if (garbage.length === 0) return;
     log.info(`Found ${garbage.length} VDIs for deletion:\n${garbage.map((u) => `  ${nodeLabel(nodes.get(u)!, false)}`).join('\n')}`);
     const meta = await repo.metadata();

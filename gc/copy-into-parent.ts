@@ -1,11 +1,12 @@
 /** The copy step shared by coalesce and leaf-coalesce: logged, with progress and speed. */
-import { coalesceIntoParent } from '../lib/vhd/index.js';
+import { coalesceIntoParent, imageInfo, resizeImage } from '../lib/vhd/index.js';
 import type { GcContext } from './context.js';
 import { progressReporter } from './gc-log.js';
 import { coalesceExtraSpace } from './space.js';
 
 export async function copyIntoParent(ctx: GcContext, child: string, parent: string, what: string): Promise<void> {
   const childPath = ctx.repo.imagePath(child);
+  await growParentForChild(ctx, child, parent);
   const { childBytes } = await coalesceExtraSpace(childPath, ctx.repo.imagePath(parent));
   const progress = progressReporter(ctx.log, what, childBytes);
   const result = await coalesceIntoParent(childPath, {
@@ -16,4 +17,17 @@ export async function copyIntoParent(ctx: GcContext, child: string, parent: stri
   ctx.stats.copyMs += result.elapsedMs;
   const rate = result.elapsedMs > 0 ? result.bytesCopied / 1048576 / (result.elapsedMs / 1000) : 0;
   ctx.log.info(`${what}: copied ${result.sectors} sectors (${(result.bytesCopied / 1048576).toFixed(1)} MiB) in ${result.elapsedMs} ms, ${rate.toFixed(1)} MiB/s`);
+}
+
+/**
+ * A child grown past its parent's BAT room (vdi_resize beyond the room reserved
+ * at creation) cannot be copied into it: the parent grows first. The parent has
+ * no other child, and the grow is atomic (rewritten beside itself, renamed over;
+ * a redo after a crash starts it again), so nobody reads it differently.
+ */
+async function growParentForChild(ctx: GcContext, child: string, parent: string): Promise<void> {
+  const [c, p] = await Promise.all([imageInfo(ctx.repo.imagePath(child)), imageInfo(ctx.repo.imagePath(parent))]);
+  if (c.virtualSize <= p.maxVirtualSize) return;
+  ctx.log.info(`Growing ${parent.slice(0, 8)} to ${c.virtualSize} bytes first: its BAT has room for ${p.maxVirtualSize} only`);
+  await resizeImage(ctx.repo.imagePath(parent), c.virtualSize);
 }

@@ -7,12 +7,16 @@ import type { ImageNode } from '../lib/sr/repository.js';
 
 export type Nodes = Map<string, ImageNode>;
 
-/** Hidden images whose whole subtree is hidden, children before parents. */
-export function findGarbage(nodes: Nodes): string[] {
+/**
+ * Hidden images whose whole subtree is hidden, children before parents. An
+ * image in `keep` (in use: attached and activated) is not garbage, and so
+ * neither is any ancestor it still reads through.
+ */
+export function findGarbage(nodes: Nodes, keep: ReadonlySet<string> = new Set()): string[] {
   const memo = new Map<string, boolean>();
   const isGarbage = (n: ImageNode, depth = 0): boolean => {
     if (memo.has(n.uuid)) return memo.get(n.uuid)!;
-    const result = n.hidden && depth <= nodes.size && n.children.every((c) => nodes.has(c) && isGarbage(nodes.get(c)!, depth + 1));
+    const result = n.hidden && !keep.has(n.uuid) && depth <= nodes.size && n.children.every((c) => nodes.has(c) && isGarbage(nodes.get(c)!, depth + 1));
     memo.set(n.uuid, result);
     return result;
   };
@@ -29,7 +33,9 @@ export function findGarbage(nodes: Nodes): string[] {
 }
 
 /**
- * A hidden node with children, whose parent exists and has it as its only child.
+ * A hidden node with children, whose parent exists, is hidden, and has it as
+ * its only child. A visible parent is a VDI (a `single` snapshot is the old
+ * image itself): copying into it would change what that VDI reads as.
  * Nearest the root first: each coalesce then copies one original delta, so a
  * chain collapses in linear, not quadratic, time.
  */
@@ -43,7 +49,7 @@ export function findCoalesceable(nodes: Nodes, skip: ReadonlySet<string>): Image
     .filter((n) => {
       if (!n.hidden || n.children.length === 0 || !n.parent || skip.has(n.uuid)) return false;
       const parent = nodes.get(n.parent);
-      return parent !== undefined && parent.children.length === 1;
+      return parent !== undefined && parent.hidden && parent.children.length === 1;
     })
     .sort((a, b) => depth(a) - depth(b) || byUuid(a, b));
 }

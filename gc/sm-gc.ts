@@ -87,7 +87,7 @@ async function dryRun(sr: string): Promise<number> {
   const out = (s: string) => process.stdout.write(s + '\n');
   for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, active, Object.keys(meta.vdis).length)) out(line);
   for (const [u, why] of broken) out(`unreadable: ${u}: ${why}`);
-  const garbage = findGarbage(nodes);
+  const garbage = findGarbage(nodes, active);
   const coalesce = findCoalesceable(nodes, new Set());
   const leaves = findLeafCoalesceable(nodes, new Set());
   out(`plan:`);

@@ -52,10 +52,16 @@ function isPlainObject(value: object): boolean {
 const SECRET_IN_TEXT =
   /((?:\b\w*password\w*|\bsession_ref)["']?\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s,;&)}\]]+)/gi;
 
-/** Masks `password=...`, `"chappassword": "..."`, `session_ref=...` in free text. */
+// The same keys as XML-RPC struct members, as in the start of a malformed
+// request that gets logged: <name>session_ref</name><value><string>SECRET...
+const SECRET_IN_XML = /(<name>\s*(?:\w*password\w*|session_ref)\s*<\/name>\s*<value>\s*(?:<string>)?)([^<]+)/gi;
+
+/** Masks `password=...`, `"chappassword": "..."`, `session_ref=...` (and such XML-RPC members) in free text. */
 export function maskText(text: string): string {
-  return text.replace(SECRET_IN_TEXT, (_all, prefix: string, secret: string) => {
-    const quote = secret[0] === '"' || secret[0] === "'" ? secret[0] : '';
-    return `${prefix}${quote}${MASK}${quote}`;
-  });
+  return text
+    .replace(SECRET_IN_TEXT, (_all, prefix: string, secret: string) => {
+      const quote = secret[0] === '"' || secret[0] === "'" ? secret[0] : '';
+      return `${prefix}${quote}${MASK}${quote}`;
+    })
+    .replace(SECRET_IN_XML, (_all, prefix: string) => `${prefix}${MASK}`);
 }

@@ -8,9 +8,10 @@ import { SMError } from '../smapi/errors.js';
 import { writeFileAtomic } from './atomic-write.js';
 import type { StorageBackend } from './backend.js';
 import { FileBackend } from './file-backend.js';
+import { LvmBackend } from './lvm-backend.js';
 import { attachRecordPath, runStateDir } from './paths.js';
 
-export type BackendSpec = { kind: 'file'; dir: string };
+export type BackendSpec = { kind: 'file'; dir: string } | { kind: 'lvm'; vg: string; devices: string[] };
 
 export interface AttachRecord {
   sr_uuid: string;
@@ -42,6 +43,8 @@ export function backendOf(record: AttachRecord): StorageBackend {
   switch (record.backend.kind) {
     case 'file':
       return new FileBackend(record.sr_uuid, record.backend.dir);
+    case 'lvm':
+      return new LvmBackend(record.sr_uuid, record.backend.vg, record.backend.devices);
   }
 }
 

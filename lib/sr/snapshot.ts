@@ -8,6 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createDifferencing, readImageSummary, VhdImage } from '../vhd/index.js';
+import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
@@ -74,6 +75,8 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   await repo.saveMetadata(meta);
   faultPoint('snapshot-metadata-written');
   await endJournal(repo.backend, journal);
+  // Names every image involved, so `sm log --vdi` finds the new VDI and its base copy.
+  getLog().info(`VDI ${uuid}: ${mode} snapshot made ${snap}${snap === base ? ' (the old image itself)' : `, base copy ${base}`}`);
   return snap;
 }
 

@@ -1,6 +1,7 @@
 /** vdi_create and vdi_introduce: a new empty image plus its metadata record. */
 import { randomUUID } from 'node:crypto';
 import { createDynamic } from '../vhd/index.js';
+import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
@@ -22,6 +23,8 @@ export async function createVdi(repo: Repository, size: number, fields: Partial<
   await repo.saveMetadata(meta);
   faultPoint('create-metadata-written');
   await endJournal(repo.backend, journal);
+  // The reply is not logged: without this line `sm log --vdi` could not show where a VDI came from.
+  getLog().info(`VDI ${uuid} created: ${size} bytes`);
   return uuid;
 }
 

@@ -3,6 +3,7 @@
  * hidden instead and left to the GC. Either way the VDI's record goes.
  */
 import { VhdImage } from '../vhd/index.js';
+import { getLog } from '../log/index.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
@@ -16,6 +17,7 @@ export async function deleteVdi(repo: Repository, uuid: string): Promise<'remove
   delete meta.vdis[uuid];
   await repo.saveMetadata(meta);
   await endJournal(repo.backend, journal);
+  getLog().info(`VDI ${uuid} deleted (image ${outcome})`);
   return outcome;
 }
 

@@ -2,6 +2,7 @@
 import { rm } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 import { resizeImage } from '../vhd/index.js';
+import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
@@ -16,6 +17,7 @@ export async function resizeVdi(repo: Repository, uuid: string, size: number): P
   await beginJournal(repo.backend, journal);
   await resizeImage(repo.imagePath(uuid), size);
   await endJournal(repo.backend, journal);
+  getLog().info(`VDI ${uuid} resized: ${current} -> ${size} bytes`);
 }
 
 /** Interrupted resize: the image was replaced atomically or not at all; drop the scratch copy. */

@@ -10,7 +10,9 @@ import {
   activeVdis,
   attachedBackend,
   backendOf,
+  readAttachRecord,
   readVdiState,
+  type BackendSpec,
   removeAttachRecord,
   writeAttachRecord,
   writeVdiState,
@@ -49,6 +51,8 @@ function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Pro
     const sr = srUuidOf(req);
     return withSrLock(sr, async () => {
       const repo = new Repository(await attachedBackend(sr));
+      // A change interrupted by a crash is finished or undone before anything else (one readdir when none).
+      await recoverSrJournals(repo);
       return fn(repo, sr, req);
     });
   };
@@ -61,6 +65,8 @@ function onVdi<T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) 
 
 const vdiReply = (uuid: string) => ({ uuid, location: uuid });
 
+const backendFor = (sr: string, spec: BackendSpec) => backendOf({ sr_uuid: sr, driver: '', backend: spec, host: '', attached_at: '' });
+
 function boolArg(value: string | undefined): boolean {
   return value === 'true';
 }
@@ -70,11 +76,11 @@ export function srDriver(type: SrType): Driver {
     async sr_create(req) {
       const sr = srUuidOf(req);
       return withSrLock(sr, async () => {
-        const spec = await type.create(req, sr);
-        const repo = new Repository(backendOf({ sr_uuid: sr, driver: type.driver, backend: spec, host: '', attached_at: '' }));
-        if (await repo.backend.readMetadata().catch(() => undefined)) throw new SMError('SRExists', `SR metadata already present`);
-        const label = req.sr_sm_config?.name_label ?? '';
-        await repo.saveMetadata(newSrMetadata(sr, type.driver, label));
+        await type.create(req, sr, async (spec) => {
+          const repo = new Repository(backendFor(sr, spec));
+          if (await repo.backend.readMetadata().catch(() => undefined)) throw new SMError('SRExists', `SR metadata already present`);
+          await repo.saveMetadata(newSrMetadata(sr, type.driver, req.sr_sm_config?.name_label ?? ''));
+        });
         getLog().info(`SR ${sr} created`);
         return null;
       });
@@ -82,12 +88,32 @@ export function srDriver(type: SrType): Driver {
 
     async sr_delete(req) {
       const sr = srUuidOf(req);
+      await stopGc(sr);
       return withSrLock(sr, async () => {
-        const spec = await type.locate(req, sr);
-        const repo = new Repository(backendOf({ sr_uuid: sr, driver: type.driver, backend: spec, host: '', attached_at: '' }));
-        const images = await repo.backend.listImages();
-        if (images.length > 0) throw new SMError('SRNotEmpty', `${images.length} images remain`);
-        await type.destroy(req, sr);
+        // Refuse first (nothing changes on a non-empty SR), then detach, then destroy.
+        const leftovers = await type.withStorage(req, sr, async (spec) => {
+          const repo = new Repository(backendFor(sr, spec));
+          await recoverSrJournals(repo);
+          const { nodes, broken } = await repo.tree();
+          const vdis = [...nodes.values()].filter((n) => !n.hidden).length + broken.size;
+          if (vdis > 0) throw new SMError('SRNotEmpty', `${vdis} VDIs remain`);
+          return [...nodes.keys()];
+        });
+        if (await readAttachRecord(sr)) {
+          // Deleting an attached SR detaches it first, as the toolstack's SR.destroy does.
+          const busy = await activeVdis(sr);
+          if (busy.size > 0) throw new SMError('SRInUse', `VDIs still active: ${[...busy].join(', ')}`);
+          await type.detach(req, sr);
+          await removeAttachRecord(sr);
+        }
+        await type.withStorage(req, sr, async (spec) => {
+          const backend = backendFor(sr, spec);
+          // Only hidden base copies are left: garbage of deleted VDIs that the GC has not
+          // collected (it never runs on a detached SR). As after the established driver's
+          // forced GC, they go with the SR instead of making it undeletable.
+          for (const uuid of leftovers) await backend.removeImage(uuid);
+          await backend.destroy();
+        });
         await removeAttachRecord(sr);
         getLog().info(`SR ${sr} deleted`);
         return null;
@@ -98,7 +124,7 @@ export function srDriver(type: SrType): Driver {
       const sr = srUuidOf(req);
       return withSrLock(sr, async () => {
         const spec = await type.attach(req, sr);
-        const repo = new Repository(backendOf({ sr_uuid: sr, driver: type.driver, backend: spec, host: '', attached_at: '' }));
+        const repo = new Repository(backendFor(sr, spec));
         if (!(await repo.backend.readMetadata().catch(() => undefined))) {
           // Storage without our metadata (e.g. made by another SM): adopt it; scan introduces its images.
           await repo.saveMetadata(newSrMetadata(sr, type.driver));
@@ -122,10 +148,7 @@ export function srDriver(type: SrType): Driver {
     },
 
     sr_scan: async (req) => {
-      const records = await onAttachedSr(async (repo) => {
-        await recoverSrJournals(repo);
-        return scanSr(repo);
-      })(req);
+      const records = await onAttachedSr((repo) => scanSr(repo))(req);
       kickGc(srUuidOf(req));
       return records;
     },

@@ -1,0 +1,218 @@
+/**
+ * An LVM volume group on the SR's device(s) (LVMoISCSI SR): each image is a
+ * thick LV `VHD-<uuid>` holding a VHD (metadata at the start, the footer in the
+ * LV's last sector); SR metadata and journals live in the `MGT` LV
+ * (mgt-volume.ts). Every LVM command is confined to the SR's devices (lib/os/lvm).
+ *
+ * Activation: LVs are kept active while the SR is attached (the SR type runs
+ * vgchange -ay on attach); per-VDI activation with refcounts is not done yet.
+ */
+import { open } from 'node:fs/promises';
+import { runTool } from '../os/run.js';
+import { existsSync } from 'node:fs';
+import { isNotFound, Lvm, MGT_LV, roundUpToExtent, vhdLvName } from '../os/lvm.js';
+import { BLOCK_SIZE, VhdImage } from '../vhd/index.js';
+import type { StorageBackend } from './backend.js';
+import { isUuid } from './ids.js';
+import { parseSrMetadata, type SrMetadata } from './metadata.js';
+import { MGT_BYTES, MgtVolume } from './mgt-volume.js';
+import { batRoomFor } from './sizes.js';
+
+import { deflatedSizeFor, thickSizeFor } from './lvm-sizes.js';
+
+const JOURNAL_NAME = /^[a-z]+-[0-9a-f-]{36}$/;
+const VHD_LV = /^VHD-([0-9a-f-]{36})$/;
+
+export class LvmBackend implements StorageBackend {
+  readonly lvm: Lvm;
+  /** lvs output of the last listing, so a scan asks LVM once, not once per image. */
+  private sizes: Map<string, number> | undefined;
+
+  constructor(
+    readonly srUuid: string,
+    readonly vg: string,
+    readonly devices: readonly string[],
+  ) {
+    this.lvm = new Lvm({ devices });
+  }
+
+  imagePath(uuid: string): string {
+    if (!isUuid(uuid)) throw new Error(`not a uuid: ${uuid}`);
+    return Lvm.lvPath(this.vg, vhdLvName(uuid));
+  }
+
+  private mgt(): MgtVolume {
+    return new MgtVolume(Lvm.lvPath(this.vg, MGT_LV));
+  }
+
+  async listImages(): Promise<string[]> {
+    const lvs = await this.lvm.lvs(this.vg);
+    const sizes = new Map<string, number>();
+    for (const lv of lvs) {
+      const m = VHD_LV.exec(lv.name);
+      if (m && isUuid(m[1]!)) sizes.set(m[1]!, lv.sizeBytes);
+    }
+    this.sizes = sizes;
+    return [...sizes.keys()].sort();
+  }
+
+  /** By the device node: the VG is active whenever the SR is reachable (one LVM call less per check). */
+  async hasImage(uuid: string): Promise<boolean> {
+    return existsSync(this.imagePath(uuid));
+  }
+
+  private hasMgt(): boolean {
+    return existsSync(Lvm.lvPath(this.vg, MGT_LV));
+  }
+
+  /** A thick (fully inflated) LV: every block of the virtual size fits, so writes never need to grow it. */
+  async prepareImage(uuid: string, virtualSize: number): Promise<string> {
+    this.sizes = undefined;
+    await this.lvm.lvcreate(this.vg, vhdLvName(uuid), thickSizeFor(virtualSize, batRoomFor(virtualSize)));
+    return this.imagePath(uuid);
+  }
+
+  async removeImage(uuid: string): Promise<void> {
+    this.sizes = undefined;
+    try {
+      await this.lvm.lvremove(this.vg, vhdLvName(uuid));
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+    }
+  }
+
+  /** lvrename commits LVM metadata to the PVs itself: durable when it returns. */
+  async renameImage(from: string, to: string): Promise<void> {
+    this.sizes = undefined;
+    await this.lvm.lvrename(this.vg, vhdLvName(from), vhdLvName(to));
+  }
+
+  async flushImages(uuids: string[]): Promise<void> {
+    await Promise.all(
+      uuids.map(async (u) => {
+        const fh = await open(this.imagePath(u), 'r+');
+        try {
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+      }),
+    );
+  }
+
+  /**
+   * NOT atomic (LVM cannot rename over an existing LV): `to` is removed, then
+   * `from` renamed. A crash between the two leaves only `from`; the
+   * leaf-coalesce journal (gc/leaf-coalesce.ts) finds that state and completes it.
+   */
+  async replaceImage(from: string, to: string): Promise<void> {
+    await this.removeImage(to);
+    await this.renameImage(from, to);
+  }
+
+  async physicalSize(uuid: string): Promise<number> {
+    const cached = this.sizes?.get(uuid);
+    if (cached !== undefined) return cached;
+    const lv = await this.lvm.lv(this.vg, vhdLvName(uuid));
+    if (!lv) throw new Error(`no LV ${vhdLvName(uuid)} in ${this.vg}`);
+    return lv.sizeBytes;
+  }
+
+  /**
+   * Deflates a read-only image (a hidden base copy) to what it uses: the
+   * footer moves first, so a valid footer is at the device's end at every instant.
+   */
+  async deflate(uuid: string): Promise<number> {
+    const image = await VhdImage.open(this.imagePath(uuid), true);
+    let target: number;
+    try {
+      target = deflatedSizeFor(image.usedBytes);
+      if (target >= (await this.physicalSize(uuid))) return this.physicalSize(uuid);
+      await image.moveFooterForDeviceSize(target);
+      await image.sync();
+    } finally {
+      await image.close();
+    }
+    this.sizes = undefined;
+    return this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
+  }
+
+  /** Inflates an image back to the thick size (before anything is written into it, e.g. a coalesce). */
+  async inflate(uuid: string): Promise<number> {
+    const image = await VhdImage.open(this.imagePath(uuid), true);
+    try {
+      const target = thickSizeFor(image.virtualSize, image.header.maxTableEntries * BLOCK_SIZE);
+      const current = await this.physicalSize(uuid);
+      if (target <= current) return current;
+      this.sizes = undefined;
+      const size = await this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
+      await image.moveFooterForDeviceSize(size);
+      await image.sync();
+      return size;
+    } finally {
+      await image.close();
+    }
+  }
+
+  async destroy(): Promise<void> {
+    const mgt = await this.lvm.lv(this.vg, MGT_LV);
+    if (mgt) {
+      await this.mgt().wipe().catch(() => undefined);
+      await this.lvm.lvremove(this.vg, MGT_LV);
+    }
+    await this.lvm.vgremove(this.vg);
+    // Lvm has no pvremove; the same --config confines it to the SR's devices.
+    await runTool('pvremove', ['--config', this.lvm.config, '-ff', '-y', ...this.devices], {
+      timeoutMs: 120_000,
+      env: { LVM_SUPPRESS_FD_WARNINGS: '1' },
+    });
+  }
+
+  async space(): Promise<{ free: number; total: number }> {
+    const [vg] = await this.lvm.vgs(this.vg);
+    if (!vg) throw new Error(`volume group ${this.vg} not found`);
+    return { free: vg.freeBytes, total: vg.sizeBytes };
+  }
+
+  async readMetadata(): Promise<SrMetadata | undefined> {
+    if (!this.hasMgt()) return undefined;
+    const newest = await this.mgt().readNewest();
+    return newest ? parseSrMetadata(newest.payload) : undefined;
+  }
+
+  async writeMetadata(meta: SrMetadata): Promise<void> {
+    await this.ensureMgt();
+    await this.mgt().writeNext(JSON.stringify(meta));
+  }
+
+  private mgtReady = false;
+
+  /** Creates the MGT LV on first use, wiped: the LUN may hold an old SR's slots at the same extents. */
+  private async ensureMgt(): Promise<void> {
+    if (this.mgtReady) return;
+    if (!this.hasMgt() && !(await this.lvm.lv(this.vg, MGT_LV))) {
+      await this.lvm.lvcreate(this.vg, MGT_LV, roundUpToExtent(MGT_BYTES));
+      await this.mgt().wipe();
+    }
+    this.mgtReady = true;
+  }
+
+  async listJournals(): Promise<string[]> {
+    if (!this.hasMgt()) return [];
+    return [...(await this.mgt().listJournals()).keys()].filter((n) => JOURNAL_NAME.test(n)).sort();
+  }
+
+  async readJournal(name: string): Promise<string | undefined> {
+    if (!this.hasMgt()) return undefined;
+    return (await this.mgt().listJournals()).get(name);
+  }
+
+  async writeJournal(name: string, text: string): Promise<void> {
+    await this.ensureMgt();
+    await this.mgt().writeJournal(name, text);
+  }
+
+  async removeJournal(name: string): Promise<void> {
+    await this.mgt().removeJournal(name).catch(() => undefined);
+  }
+}
