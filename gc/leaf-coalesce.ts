@@ -5,7 +5,7 @@
  * L the copy is harmless (P is hidden and has no other child), so recovery redoes
  * it; after the replace only the record of P is left to drop.
  */
-import { VhdImage } from '../lib/vhd/index.js';
+import { setImageHidden } from '../lib/vhd/index.js';
 import { activeVdis } from '../lib/sr/attach-record.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
@@ -33,7 +33,7 @@ async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<void> {
   log.info(`Leaf-coalescing ${j.vdi.slice(0, 8)} into *${j.parent.slice(0, 8)}`);
   await copyIntoParent(ctx, j.vdi, j.parent, `Leaf-coalesce of ${j.vdi.slice(0, 8)}`);
   faultPoint('leaf-copied');
-  await setHidden(repo.imagePath(j.parent), false);
+  await setImageHidden(repo.imagePath(j.parent), false);
   faultPoint('leaf-unhidden');
   await repo.backend.replaceImage(j.parent, j.vdi);
   faultPoint('leaf-renamed');
@@ -50,29 +50,17 @@ async function finish(ctx: GcContext, j: LeafJournal): Promise<void> {
   await endJournal(ctx.repo.backend, j);
 }
 
-async function setHidden(path: string, hidden: boolean): Promise<void> {
-  const image = await VhdImage.open(path, true);
-  try {
-    if (image.hidden !== hidden) {
-      await image.setHidden(hidden);
-      await image.sync();
-    }
-  } finally {
-    await image.close();
-  }
-}
-
 export async function recoverLeaf(ctx: GcContext, j: LeafJournal): Promise<string> {
   return underSrLock(ctx, async () => {
     const { repo } = ctx;
     if (!(await repo.backend.hasImage(j.parent))) {
-      await setHidden(repo.imagePath(j.vdi), false);
+      await setImageHidden(repo.imagePath(j.vdi), false);
       await finish(ctx, j);
       return `leaf-coalesce of ${j.vdi} was complete`;
     }
     if ((await activeVdis(repo.uuid)).has(j.vdi)) {
       // The VDI is in use now: abandon; the parent, hidden again, holds nothing anyone reads alone.
-      await setHidden(repo.imagePath(j.parent), true);
+      await setImageHidden(repo.imagePath(j.parent), true);
       await endJournal(repo.backend, j);
       return `leaf-coalesce of ${j.vdi} abandoned: the VDI is active`;
     }

@@ -109,8 +109,24 @@ export class FileBackend implements StorageBackend {
   }
 
   async listJournals(): Promise<string[]> {
+    await this.sweepScratch();
     const names = await readdir(this.metaPath('journal')).catch(() => [] as string[]);
     return names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -5)).filter((n) => JOURNAL_NAME.test(n)).sort();
+  }
+
+  /**
+   * Removes temp files of atomic writes a crash left behind (not renamed into
+   * place). Only old ones: a young one may belong to a writer still running.
+   */
+  private async sweepScratch(): Promise<void> {
+    const cutoff = Date.now() - 10 * 60 * 1000;
+    for (const dir of [this.metaPath(), this.metaPath('journal')]) {
+      for (const name of await readdir(dir).catch(() => [] as string[])) {
+        if (!/^\..+\.tmp$/.test(name)) continue;
+        const st = await stat(join(dir, name)).catch(() => undefined);
+        if (st && st.mtimeMs < cutoff) await unlink(join(dir, name)).catch(() => undefined);
+      }
+    }
   }
 
   async readJournal(name: string): Promise<string | undefined> {

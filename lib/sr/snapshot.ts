@@ -7,7 +7,7 @@
  * was committed.
  */
 import { randomUUID } from 'node:crypto';
-import { createDifferencing, readImageSummary, VhdImage } from '../vhd/index.js';
+import { createDifferencing, readImageSummary, setImageHidden } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
@@ -47,7 +47,7 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
     const snapPath = await repo.backend.prepareImage(snap, virtualSize);
     await createDifferencing(snapPath, repo.imagePath(base));
     faultPoint('snapshot-child-created');
-    await setHidden(repo, base, true, false);
+    await setImageHidden(repo.imagePath(base), true, { sync: false });
     faultPoint('snapshot-base-hidden');
   }
   await repo.backend.flushImages(snap === base ? [uuid, base] : [uuid, snap, base]);
@@ -80,18 +80,6 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   return snap;
 }
 
-async function setHidden(repo: Repository, uuid: string, hidden: boolean, sync = true): Promise<void> {
-  const image = await VhdImage.open(repo.imagePath(uuid), true);
-  try {
-    if (image.hidden !== hidden) {
-      await image.setHidden(hidden);
-      if (sync) await image.sync();
-    }
-  } finally {
-    await image.close();
-  }
-}
-
 /** `20261122T01:37:00Z`, the toolstack's snapshot_time format. */
 function snapshotTime(d = new Date()): string {
   return d.toISOString().replace(/-/g, '').replace(/\.\d+Z$/, 'Z');
@@ -112,7 +100,7 @@ export async function recoverSnapshot(repo: Repository, j: Extract<Journal, { ki
   if (await has(j.base)) {
     // The original image was renamed to the base: whatever holds the VDI's uuid now is the new empty leaf.
     if (await has(j.vdi)) await repo.backend.removeImage(j.vdi);
-    await setHidden(repo, j.base, false);
+    await setImageHidden(repo.imagePath(j.base), false);
     await repo.backend.renameImage(j.base, j.vdi);
   }
   await endJournal(repo.backend, j);

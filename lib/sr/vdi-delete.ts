@@ -2,7 +2,7 @@
  * vdi_delete: a leaf image is removed; an image other images still depend on is
  * hidden instead and left to the GC. Either way the VDI's record goes.
  */
-import { VhdImage } from '../vhd/index.js';
+import { setImageHidden } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
@@ -25,13 +25,7 @@ async function removeOrHide(repo: Repository, uuid: string): Promise<'removed' |
   if (!(await repo.backend.hasImage(uuid))) return 'absent';
   const { nodes } = await repo.tree();
   if ((nodes.get(uuid)?.children.length ?? 0) > 0) {
-    const image = await VhdImage.open(repo.imagePath(uuid), true);
-    try {
-      await image.setHidden(true);
-      await image.sync();
-    } finally {
-      await image.close();
-    }
+    await setImageHidden(repo.imagePath(uuid), true);
     return 'hidden';
   }
   await repo.backend.removeImage(uuid);
