@@ -129,7 +129,8 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
     }
   }
   await flushNew();
-  await parent.sync();
+  // Batmap bits last: a bit that reached the disk before its block only costs a
+  // bitmap read (readers check the BAT first). One barrier covers both.
   await parent.markFull(full);
   await parent.sync();
   result.elapsedMs = Date.now() - started;
