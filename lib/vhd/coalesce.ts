@@ -77,27 +77,40 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
   let pendingNew: BlockBuffer[] = [];
   let pendingNewBytes = 0;
   const full: number[] = [];
+  // Appends run one at a time (each extends the file) but overlap with reading
+  // the next batch: data durable, then the BAT points at it.
+  let appending: Promise<void> = Promise.resolve();
   const flushNew = async () => {
     if (pendingNew.length === 0) return;
-    await parent.appendBlocks(pendingNew);
-    await parent.sync(); // data durable before the BAT points at it
-    await parent.writeBatEntries(pendingNew.map((b) => b.index));
+    const batch = pendingNew;
     pendingNew = [];
     pendingNewBytes = 0;
+    await appending;
+    appending = (async () => {
+      await parent.appendBlocks(batch);
+      await parent.sync();
+      await parent.writeBatEntries(batch.map((b) => b.index));
+    })();
+    appending.catch(() => undefined); // surfaced by the next await
   };
 
-  // Read-ahead: the next child block is read while the current one is merged/written.
+  // Read-ahead: a few child blocks are read while the current one is merged/written.
   // (A read-ahead left behind by an error or abort must not become an unhandled rejection.)
-  const readAhead = (i: number) => {
-    const p = child.readBlock(i);
-    p.catch(() => undefined);
-    return p;
+  const READ_AHEAD = 4;
+  const reads: Promise<BlockBuffer>[] = [];
+  let nextRead = 0;
+  const fillReads = () => {
+    while (reads.length < READ_AHEAD && nextRead < order.length) {
+      const p = child.readBlock(order[nextRead++]);
+      p.catch(() => undefined);
+      reads.push(p);
+    }
   };
-  let next = order.length ? readAhead(order[0]) : undefined;
+  fillReads();
   for (let k = 0; k < order.length; k++) {
     if (opts.signal?.aborted) break;
-    const c = await next!;
-    next = k + 1 < order.length ? readAhead(order[k + 1]) : undefined;
+    const c = await reads.shift()!;
+    fillReads();
     const i = c.index;
     if (child.isBlockFull(i)) c.bitmap.fill(0xff);
     if (noneSet(c.bitmap, spb)) continue;
@@ -129,6 +142,7 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
     }
   }
   await flushNew();
+  await appending;
   // Batmap bits last: a bit that reached the disk before its block only costs a
   // bitmap read (readers check the BAT first). One barrier covers both.
   await parent.markFull(full);
