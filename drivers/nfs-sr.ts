@@ -3,7 +3,8 @@
  * `$SM_ROOT/run/sr-mount/<sr>` with the established options. Above the mount it
  * is the file-backed SR (FileBackend, the shared verbs), not a copy of it.
  */
-import { mkdir, readdir, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { mkdir, readdir, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SMError, type Request } from '../lib/smapi/index.js';
 import { nfs, InvalidArgumentError } from '../lib/os/index.js';
@@ -39,7 +40,12 @@ function configOf(req: Request, needPath = true): NfsConfig {
 /** lib/os failures -> the SM codes the toolstack knows. */
 function toSmError(err: unknown): SMError {
   if (err instanceof SMError) return err;
-  if (err instanceof InvalidArgumentError) return new SMError('ConfigServerMissing', err.message);
+  if (err instanceof InvalidArgumentError) {
+    // Name the key that is wrong: a bad serverpath or options is not a missing server.
+    if (err.what === 'NFS export path') return new SMError('ConfigServerPathMissing', err.message);
+    if (err.what === 'NFS mount option') return new SMError('NFSMount', err.message);
+    return new SMError('ConfigServerMissing', err.message);
+  }
   if (err instanceof nfs.NfsError) {
     switch (err.kind) {
       case 'version':
@@ -162,7 +168,8 @@ export const nfsSrType: SrType = {
 
   async detach(_req, sr) {
     if (await isMountedSr(sr)) await unmount(srMountPath(sr));
-    else await rm(srMountPath(sr), { recursive: false, force: true }).catch(() => undefined);
+    // Not mounted: only the empty mount point may be left (rm without recursive refuses directories).
+    else await rmdir(srMountPath(sr)).catch(() => undefined);
   },
 
   async probe(req) {
@@ -183,7 +190,8 @@ export const nfsSrType: SrType = {
       process.stderr.write(`<?xml version="1.0" ?>\n<nfs-exports>\n${items.join('')}</nfs-exports>\n`);
       throw new SMError('ConfigServerPathMissing');
     }
-    const probeId = '00000000-0000-0000-0000-000000000000';
+    // A scratch mount point of its own: concurrent probes must not share (and unmount) one.
+    const probeId = randomUUID();
     const found = await withExportRoot(cfg, probeId, async (root) => {
       const srs: string[] = [];
       for (const name of await readdir(root)) {
