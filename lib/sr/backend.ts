@@ -21,6 +21,17 @@ export interface StorageBackend {
   flushImages(uuids: string[]): Promise<void>;
   /** Renames `from` over the existing `to` (atomically where the storage allows). */
   replaceImage(from: string, to: string): Promise<void>;
+  /**
+   * Before data is written into an existing, possibly shrunk image (the GC
+   * coalescing a child into its parent): makes room for every block of the
+   * virtual size. LVM: inflate the LV. Files: nothing to do.
+   */
+  prepareWrite(uuid: string): Promise<void>;
+  /**
+   * The image became a read-only parent (a snapshot's hidden base): gives back
+   * the room it does not use. LVM: deflate the LV. Files: nothing to do.
+   */
+  settleReadOnly(uuid: string): Promise<void>;
   /** Bytes the image occupies on the storage. */
   physicalSize(uuid: string): Promise<number>;
   /** Removes the SR's own structures (metadata, journals, its directory or volume group); images must be gone. */

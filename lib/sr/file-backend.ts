@@ -73,6 +73,12 @@ export class FileBackend implements StorageBackend {
     await this.renameImage(from, to); // rename(2) replaces the target atomically
   }
 
+  /** Files grow as they are written. */
+  async prepareWrite(): Promise<void> {}
+
+  /** A file holds only what was written. */
+  async settleReadOnly(): Promise<void> {}
+
   async physicalSize(uuid: string): Promise<number> {
     return (await stat(this.imagePath(uuid))).size;
   }

@@ -11,7 +11,10 @@ import { open } from 'node:fs/promises';
 import { runTool } from '../os/run.js';
 import { existsSync } from 'node:fs';
 import { isNotFound, Lvm, MGT_LV, roundUpToExtent, vhdLvName } from '../os/lvm.js';
-import { BLOCK_SIZE, VhdImage } from '../vhd/index.js';
+import { BLOCK_SIZE, FileIO, VhdImage } from '../vhd/index.js';
+import { FOOTER_SIZE, HEADER_OFFSET, HEADER_SIZE } from '../vhd/format/constants.js';
+import { decodeFooter } from '../vhd/format/footer.js';
+import { decodeHeader } from '../vhd/format/header.js';
 import type { StorageBackend } from './backend.js';
 import { isUuid } from './ids.js';
 import { parseSrMetadata, type SrMetadata } from './metadata.js';
@@ -137,21 +140,36 @@ export class LvmBackend implements StorageBackend {
     return this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
   }
 
-  /** Inflates an image back to the thick size (before anything is written into it, e.g. a coalesce). */
+  /**
+   * Inflates an image back to the thick size (before anything is written into
+   * it, e.g. a coalesce). Idempotent and self-completing: the footer to place at
+   * the new end is the valid one at the current end, or else the copy at offset
+   * 0, so calling it again after a crash between the resize and the footer
+   * write finishes the job.
+   */
   async inflate(uuid: string): Promise<number> {
-    const image = await VhdImage.open(this.imagePath(uuid), true);
+    const path = this.imagePath(uuid);
+    const { footer, bytes, maxTableEntries, virtualSize } = await readDeviceFooter(path);
+    const target = thickSizeFor(virtualSize, maxTableEntries * BLOCK_SIZE);
+    this.sizes = undefined;
+    const size = bytes >= target ? bytes : await this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
+    if (size === bytes && footer.atEnd) return size;
+    const fh = await open(path, 'r+');
     try {
-      const target = thickSizeFor(image.virtualSize, image.header.maxTableEntries * BLOCK_SIZE);
-      const current = await this.physicalSize(uuid);
-      if (target <= current) return current;
-      this.sizes = undefined;
-      const size = await this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
-      await image.moveFooterForDeviceSize(size);
-      await image.sync();
-      return size;
+      await fh.write(footer.buf, 0, FOOTER_SIZE, size - FOOTER_SIZE);
+      await fh.sync();
     } finally {
-      await image.close();
+      await fh.close();
     }
+    return size;
+  }
+
+  async prepareWrite(uuid: string): Promise<void> {
+    await this.inflate(uuid);
+  }
+
+  async settleReadOnly(uuid: string): Promise<void> {
+    await this.deflate(uuid);
   }
 
   async destroy(): Promise<void> {
@@ -214,5 +232,32 @@ export class LvmBackend implements StorageBackend {
 
   async removeJournal(name: string): Promise<void> {
     await this.mgt().removeJournal(name).catch(() => undefined);
+  }
+}
+
+/** The footer of a VHD on a device, read raw: the last sector's when valid, else the copy at offset 0. */
+async function readDeviceFooter(path: string): Promise<{
+  footer: { buf: Buffer; atEnd: boolean };
+  bytes: number;
+  maxTableEntries: number;
+  virtualSize: number;
+}> {
+  const io = await FileIO.open(path, false);
+  try {
+    const bytes = await io.size();
+    const end = Buffer.alloc(FOOTER_SIZE);
+    await io.read(end, bytes - FOOTER_SIZE);
+    const copy = Buffer.alloc(FOOTER_SIZE);
+    await io.read(copy, 0);
+    const atEnd = typeof decodeFooter(end) !== 'string';
+    const decoded = decodeFooter(atEnd ? end : copy);
+    if (typeof decoded === 'string') throw new Error(`${path}: no valid VHD footer (${decoded})`);
+    const hbuf = Buffer.alloc(HEADER_SIZE);
+    await io.read(hbuf, HEADER_OFFSET);
+    const header = decodeHeader(hbuf);
+    if (typeof header === 'string') throw new Error(`${path}: bad VHD header (${header})`);
+    return { footer: { buf: atEnd ? end : copy, atEnd }, bytes, maxTableEntries: header.maxTableEntries, virtualSize: decoded.currentSize };
+  } finally {
+    await io.close();
   }
 }

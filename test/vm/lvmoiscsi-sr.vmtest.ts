@@ -1,0 +1,278 @@
+// (d) The LVMoISCSI SR through its executable, as a toolstack calls it
+// (`drivers/LVMoISCSISR '<methodCall>'`), against tgtd in the guest: the probe
+// ladder, the whole SR/VDI lifecycle on LVM, GC, re-attach with data checked
+// against a model, delete; and the failure paths (wrong IQN, wrong SCSIid).
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { appendFileSync, existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { randomBytes, randomUUID } from 'node:crypto';
+import * as iscsi from '../../lib/os/iscsi.js';
+import { Lvm } from '../../lib/os/lvm.js';
+import { encodeMethodCall, parseMethodResponse, type MethodResponse } from '../../lib/smapi/index.js';
+import { thickSizeFor } from '../../lib/sr/lvm-sizes.js';
+import { batRoomFor } from '../../lib/sr/sizes.js';
+import { OUT, requireGuest, sparseFile, startDaemon, until } from './support/guest.js';
+import type { Daemon } from './support/guest.js';
+import { Tgt } from './support/tgt.js';
+
+requireGuest();
+const pexec = promisify(execFile);
+const MiB = 1024 * 1024;
+const ADDR = '127.0.0.1';
+const PORT = 3260;
+const IQN = 'iqn.2024-01.test.smvm:lvmsr';
+const CHAP_IQN = 'iqn.2024-01.test.smvm:lvmsr-chap';
+const SECRET = 'Lvm-Chap-Secret-321';
+const DRIVER = join(process.cwd(), 'drivers', 'LVMoISCSISR');
+const SM_VHD = join(process.cwd(), 'dist', 'lib', 'vhd', 'cli', 'sm-vhd.js');
+const SM_GC = join(process.cwd(), 'dist', 'gc', 'sm-gc.js');
+const SR = randomUUID();
+const VG = `VG_XenStorage-${SR}`;
+
+let smRoot = '';
+const env = () => ({ ...process.env, SM_ROOT: smRoot, SM_GC: 'off', ORIGINATOR: 'SM' });
+
+function timing(what: string, ms: number): void {
+  const line = `LVMOISCSI TIME ${what} ${ms.toFixed(0)}ms`;
+  console.log(line);
+  appendFileSync(join(OUT, 'lvmoiscsi-timings.txt'), line + '\n');
+}
+
+interface Call {
+  response: MethodResponse;
+  stderr: string;
+  ms: number;
+}
+
+async function call(verb: string, extra: Record<string, unknown> = {}, dc: Record<string, string> = {}): Promise<Call> {
+  const params = {
+    host_ref: 'OpaqueRef:host-1',
+    session_ref: 'OpaqueRef:session-1',
+    command: verb,
+    args: [],
+    sr_uuid: SR,
+    sr_ref: 'OpaqueRef:sr-1',
+    subtask_of: 'DummyRef:|task|' + verb,
+    ...extra,
+    device_config: { SRmaster: 'true', ...dc },
+  };
+  const start = performance.now();
+  const r = await pexec(DRIVER, [encodeMethodCall(verb, [params])], { env: env(), maxBuffer: 64 * MiB }).catch(
+    (e: { stdout?: string; stderr?: string; code?: number }) => {
+      throw new Error(`${verb}: driver exited ${e.code}: ${e.stderr}`);
+    },
+  );
+  return { response: parseMethodResponse(r.stdout), stderr: r.stderr, ms: performance.now() - start };
+}
+
+async function ok(verb: string, extra: Record<string, unknown> = {}, dc: Record<string, string> = {}): Promise<{ value: unknown; ms: number }> {
+  const c = await call(verb, extra, dc);
+  if (c.response.kind === 'fault') assert.fail(`${verb} failed: ${c.response.faultCode} ${c.response.faultString}`);
+  return { value: c.response.value, ms: c.ms };
+}
+
+async function fault(verb: string, code: number, extra: Record<string, unknown> = {}, dc: Record<string, string> = {}): Promise<Call> {
+  const c = await call(verb, extra, dc);
+  assert.equal(c.response.kind, 'fault', `${verb} should fail with ${code}`);
+  if (c.response.kind === 'fault') assert.equal(c.response.faultCode, code, c.response.faultString);
+  return c;
+}
+
+const createArgs = (size: number, label: string) => [String(size), label, '', '', 'false', '', '', 'false'];
+const lvPath = (vdi: string) => `/dev/${VG}/VHD-${vdi}`;
+
+async function writeVdi(vdi: string, offset: number, data: Buffer): Promise<void> {
+  const f = join(smRoot, `data-${randomUUID()}`);
+  await writeFile(f, data);
+  await pexec('node', [SM_VHD, 'write', '-n', lvPath(vdi), '-i', f, '-o', String(offset)]);
+  await rm(f);
+}
+
+async function exportVdi(vdi: string): Promise<Buffer> {
+  const f = join(smRoot, `export-${vdi}.raw`);
+  await pexec('node', [SM_VHD, 'export', '-n', lvPath(vdi), '-o', f], { maxBuffer: 16 * MiB });
+  const b = await readFile(f);
+  await rm(f);
+  return b;
+}
+
+/** What each VDI must read as: a raw image of the virtual size. */
+class Model {
+  constructor(readonly bytes: Buffer) {}
+  static zero(size: number): Model {
+    return new Model(Buffer.alloc(size));
+  }
+  write(offset: number, data: Buffer): void {
+    data.copy(this.bytes, offset);
+  }
+  copy(): Model {
+    return new Model(Buffer.from(this.bytes));
+  }
+}
+
+describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
+  let tgt: Tgt | undefined;
+  let iscsid: Daemon | undefined;
+  let scsiId = '';
+  const full = () => ({ target: ADDR, targetIQN: IQN, SCSIid: scsiId });
+
+  before(async () => {
+    smRoot = await mkdtemp('/tmp/smroot-lvm-');
+    tgt = await Tgt.start(ADDR, PORT, `${OUT}/tgtd-lvmsr.log`);
+    await tgt.addTarget(1, IQN, [await sparseFile('/tmp/lun-lvmsr.img', 512 * MiB)]);
+    await tgt.addTarget(2, CHAP_IQN, [await sparseFile('/tmp/lun-lvmsr-chap.img', 64 * MiB)]);
+    await tgt.requireChap(2, 'carol', SECRET);
+    iscsid = startDaemon('iscsid', ['-f'], `${OUT}/iscsid-lvmsr.log`);
+    await until('iscsid', async () => (await readFile('/proc/net/unix', 'utf8')).includes('ISCSIADM_ABSTRACT_NAMESPACE'));
+  });
+
+  after(async () => {
+    await iscsi.logout(IQN, ADDR, PORT).catch(() => {});
+    await iscsi.logout(CHAP_IQN, ADDR, PORT).catch(() => {});
+    await iscsid?.kill();
+    await tgt?.stop();
+    await pexec('cp', [join(smRoot, 'var', 'log', 'SMlog'), join(OUT, 'lvmoiscsi-SMlog')]).catch(() => {});
+  });
+
+  it('probe without target: ConfigTargetMissing (95)', async () => {
+    await fault('sr_probe', 95);
+  });
+
+  it('probe without targetIQN: 96 with the target IQNs as XML on stderr', async () => {
+    const c = await fault('sr_probe', 96, {}, { target: ADDR });
+    assert.match(c.stderr, /<iscsi-target-iqns>/);
+    assert.match(c.stderr, new RegExp(`<TGT>\\s*<Index>0</Index>\\s*<IPAddress>${ADDR}</IPAddress>\\s*<TargetIQN>${IQN}</TargetIQN>\\s*</TGT>`));
+  });
+
+  it('probe without SCSIid: 107 with the LUNs as XML on stderr, and logged out again', async () => {
+    const c = await fault('sr_probe', 107, {}, { target: ADDR, targetIQN: IQN });
+    assert.match(c.stderr, /<iscsi-target>\s*<LUN>\s*<vendor>[^<]*<\/vendor>\s*<serial>[^<]*<\/serial>\s*<LUNid>1<\/LUNid>\s*<size>536870912<\/size>/);
+    const m = /<SCSIid>([^<]+)<\/SCSIid>/.exec(c.stderr);
+    assert.ok(m, 'a SCSIid in the LUN list');
+    scsiId = m[1]!;
+    assert.equal(await iscsi.findSession(IQN, ADDR, PORT), undefined, 'probe logs out of what it logged in to');
+  });
+
+  it('probe complete on an empty LUN: empty SRlist', async () => {
+    const { value } = await ok('sr_probe', {}, full());
+    assert.match(String(value), /<SRlist\/>/);
+  });
+
+  it('wrong IQN: ISCSILogin (68); wrong SCSIid: ConfigSCSIid (107); bad values refused before any tool runs', async () => {
+    await fault('sr_create', 68, { args: ['0'] }, { ...full(), targetIQN: 'iqn.2024-01.test.smvm:nosuch' });
+    await fault('sr_attach', 68, {}, { ...full(), targetIQN: 'iqn.2024-01.test.smvm:nosuch' });
+    await fault('sr_create', 107, { args: ['0'] }, { ...full(), SCSIid: '3600000000000000000000000deadbeef' });
+    await fault('sr_probe', 107, {}, { ...full(), SCSIid: 'x;rm -rf /' });
+    await fault('sr_probe', 95, {}, { ...full(), target: '127.0.0.1;reboot' });
+    assert.equal(await iscsi.findSession(IQN, ADDR, PORT), undefined);
+  });
+
+  it('CHAP: probe logs in with chapuser/chappassword (107 + LUN list); a wrong password is ISCSILogin (68); the secret is never logged', async () => {
+    const c = await fault('sr_probe', 107, {}, { target: ADDR, targetIQN: CHAP_IQN, chapuser: 'carol', chappassword: SECRET });
+    assert.match(c.stderr, /<LUNid>1<\/LUNid>\s*<size>67108864<\/size>/);
+    const w = await fault('sr_probe', 68, {}, { target: ADDR, targetIQN: CHAP_IQN, chapuser: 'carol', chappassword: 'Wrong-Secret-000' });
+    assert.ok(w.response.kind === 'fault' && !w.response.faultString.includes('Wrong-Secret-000'));
+    const log = await readFile(join(smRoot, 'var', 'log', 'SMlog'), 'utf8');
+    assert.ok(!log.includes(SECRET) && !log.includes('Wrong-Secret-000'), 'no CHAP secret in SMlog');
+    assert.equal(await iscsi.findSession(CHAP_IQN, ADDR, PORT), undefined);
+  });
+
+  const models = new Map<string, Model>();
+  let vdi = '';
+  let snap = '';
+  let clone = '';
+  const SIZE = 64 * MiB;
+
+  it('sr_create makes the VG and MGT on the LUN; probe then lists the SR', async () => {
+    const { ms } = await ok('sr_create', { args: ['0'], sr_sm_config: { name_label: 'lvm test SR' } }, full());
+    timing('sr_create', ms);
+    const { value } = await ok('sr_probe', {}, full());
+    assert.match(String(value), new RegExp(`<UUID>${SR}</UUID>`));
+    await fault('sr_create', 42, { args: ['0'] }, full()); // the LUN holds an SR now
+  });
+
+  it('sr_attach, vdi_create (thick LV), writes through sm-vhd', async () => {
+    const a = await ok('sr_attach', {}, full());
+    timing('sr_attach', a.ms);
+    const c = await ok('vdi_create', { args: createArgs(SIZE, 'disk') }, full());
+    timing('vdi_create', c.ms);
+    vdi = (c.value as { uuid: string }).uuid;
+    assert.ok(existsSync(lvPath(vdi)));
+    const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
+    const lvm = new Lvm({ devices: rec.backend.devices });
+    const lv = await lvm.lv(VG, `VHD-${vdi}`);
+    assert.equal(lv?.sizeBytes, thickSizeFor(SIZE, batRoomFor(SIZE)));
+    const m = Model.zero(SIZE);
+    const d1 = randomBytes(3 * MiB);
+    const d2 = randomBytes(MiB);
+    await writeVdi(vdi, 0, d1);
+    m.write(0, d1);
+    await writeVdi(vdi, SIZE - MiB, d2); // the last block: a thick LV holds every block
+    m.write(SIZE - MiB, d2);
+    models.set(vdi, m);
+  });
+
+  it('vdi_snapshot, write to the leaf, vdi_clone, vdi_delete, sr_scan', async () => {
+    const s = await ok('vdi_snapshot', { vdi_uuid: vdi, vdi_location: vdi }, full());
+    timing('vdi_snapshot', s.ms);
+    snap = (s.value as { uuid: string }).uuid;
+    models.set(snap, models.get(vdi)!.copy());
+    const d3 = randomBytes(2 * MiB + 4096);
+    await writeVdi(vdi, 5 * MiB + 512, d3);
+    models.get(vdi)!.write(5 * MiB + 512, d3);
+    const c = await ok('vdi_clone', { vdi_uuid: vdi, vdi_location: vdi }, full());
+    timing('vdi_clone', c.ms);
+    clone = (c.value as { uuid: string }).uuid;
+    models.set(clone, models.get(vdi)!.copy());
+    const d4 = randomBytes(MiB);
+    await writeVdi(clone, 20 * MiB, d4);
+    models.get(clone)!.write(20 * MiB, d4);
+    const d5 = randomBytes(MiB);
+    await writeVdi(vdi, 30 * MiB, d5);
+    models.get(vdi)!.write(30 * MiB, d5);
+
+    const del = await ok('vdi_delete', { vdi_uuid: snap, vdi_location: snap }, full());
+    timing('vdi_delete', del.ms);
+    models.delete(snap);
+    const scan = await ok('sr_scan', {}, full());
+    timing('sr_scan', scan.ms);
+    for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model before GC`);
+  });
+
+  it('GC (sm-gc -g) collects and coalesces; data unchanged', async () => {
+    const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
+    const lvm = new Lvm({ devices: rec.backend.devices });
+    const vhdLvs = async () => (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length;
+    assert.equal(await vhdLvs(), 4, 'two hidden bases, the VDI and its clone');
+    const start = performance.now();
+    await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
+    timing('sm-gc -g', performance.now() - start);
+    assert.equal(await vhdLvs(), 3, 'the base left with one child was coalesced away');
+    for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model after GC`);
+  });
+
+  it('sr_detach deactivates and logs out; sr_attach again; every VDI reads as its model', async () => {
+    const d = await ok('sr_detach', {}, full());
+    timing('sr_detach', d.ms);
+    assert.equal(existsSync(lvPath(vdi)), false, 'LVs inactive after detach');
+    assert.equal(await iscsi.findSession(IQN, ADDR, PORT), undefined, 'logged out after detach');
+    await ok('sr_attach', {}, full());
+    const scan = await ok('sr_scan', {}, full());
+    timing('sr_scan (after re-attach)', scan.ms);
+    for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model after re-attach`);
+  });
+
+  it('sr_delete refuses a non-empty SR, then deletes the VG once the VDIs are gone', async () => {
+    await fault('sr_delete', 39, {}, full()); // SRNotEmpty
+    for (const u of [...models.keys()]) await ok('vdi_delete', { vdi_uuid: u, vdi_location: u }, full());
+    await ok('sr_detach', {}, full());
+    await ok('sr_delete', {}, full());
+    const { value } = await ok('sr_probe', {}, full());
+    assert.match(String(value), /<SRlist\/>/);
+    assert.equal(await iscsi.findSession(IQN, ADDR, PORT), undefined);
+  });
+});
