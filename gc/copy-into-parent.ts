@@ -9,8 +9,10 @@ export async function copyIntoParent(ctx: GcContext, child: string, parent: stri
   await growParentForChild(ctx, child, parent);
   const { childBytes } = await coalesceExtraSpace(childPath, ctx.repo.imagePath(parent));
   const progress = progressReporter(ctx.log, what, childBytes);
+  const limit = Number(process.env.SM_GC_MAX_MIBPS);
   const result = await coalesceIntoParent(childPath, {
     signal: ctx.signal,
+    maxBytesPerSecond: limit > 0 ? limit * 1048576 : undefined,
     onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * childBytes, p.elapsedMs),
   });
   ctx.stats.bytesCopied += result.bytesCopied;

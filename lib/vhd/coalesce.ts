@@ -27,6 +27,8 @@ export interface CoalesceOptions {
   signal?: AbortSignal;
   /** Bytes of new parent blocks written per batch before a durability barrier. */
   batchBytes?: number;
+  /** Copy no faster than this (bytes/s), to leave I/O to running VMs. */
+  maxBytesPerSecond?: number;
 }
 
 export interface CoalesceResult {
@@ -136,6 +138,11 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
     result.sectors += sectors;
     result.blocks++;
     result.bytesCopied += sectors * SECTOR;
+    if (opts.maxBytesPerSecond) {
+      // Sleep until the average rate is back under the limit (at most a block's worth: abort stays prompt).
+      const ahead = (result.bytesCopied / opts.maxBytesPerSecond) * 1000 - (Date.now() - started);
+      if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+    }
     if (pendingNewBytes >= batchBytes) {
       await flushNew();
       opts.onProgress?.({ blocksDone: k + 1, blocksTotal: order.length, bytesCopied: result.bytesCopied, elapsedMs: Date.now() - started });

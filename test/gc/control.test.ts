@@ -10,9 +10,9 @@ import { World } from '../helpers/world.js';
 
 const GiB = 1024 * MiB;
 
-function startGc(ctx: SmEnv): { pid: number; done: Promise<RunResult & { exitedAt: number }> } {
+function startGc(ctx: SmEnv, env: Record<string, string> = {}): { pid: number; done: Promise<RunResult & { exitedAt: number }> } {
   const started = Date.now();
-  const child = spawn(process.execPath, [SM_GC, '-u', ctx.sr, '-g'], { env: ctx.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [SM_GC, '-u', ctx.sr, '-g'], { env: { ...ctx.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -56,8 +56,10 @@ test('dry-run, two collectors at once, -q, -a during a big coalesce, then -g fin
     t.is(q0.stdout, 'Currently running: False\n');
 
     // Two collectors started together: one works, the other finds it and leaves.
-    const gc1 = startGc(ctx);
-    const gc2 = startGc(ctx);
+    // Copy rate capped (an operator setting) so that the copy surely still runs when -q and -a
+    // arrive, however loaded the machine: 832 MiB at 64 MiB/s is 13 s.
+    const gc1 = startGc(ctx, { SM_GC_MAX_MIBPS: '64' });
+    const gc2 = startGc(ctx, { SM_GC_MAX_MIBPS: '64' });
     await waitFor('the coalesce to start', () => readSmlog(ctx).includes('Running VHD coalesce on *') || undefined, 60_000, 20);
     const coalesceSeen = Date.now();
     const q1 = await smGc(ctx, ['-q']);
