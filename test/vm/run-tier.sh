@@ -6,7 +6,7 @@
 # each step and part, and a last line "VM: N passed, N failed".
 # TEST names pick test files (e.g. `lvm nfs`); default: all.
 # Exit status 0 only when every test passed.
-# Env: SMVM_WORKDIR (default /var/tmp/smvm), SMVM_TIMEOUT (default 900 s).
+# Env: SMVM_WORKDIR (default /var/tmp/smvm), SMVM_TIMEOUT (default 2700 s: the whole tier takes ~15-25 min under TCG).
 set -u
 cd "$(dirname "$0")/../.."
 T0=${EPOCHREALTIME//[.,]/}

@@ -8,7 +8,7 @@
 # read-write share of a host folder for results. The guest does not inherit the
 # host's environment except the SMVM_PASS_* variables (passed without the prefix).
 # Env:  SMVM_WORKDIR  where build-vm.sh built (default /var/tmp/smvm)
-#       SMVM_TIMEOUT  hard limit in seconds for the whole VM run (default 900)
+#       SMVM_TIMEOUT  hard limit in seconds for the whole VM run (default 2700)
 #       SMVM_OUT      host folder shared as /mnt/out (default: new folder in WORKDIR/runs/)
 #       SMVM_MEM      guest memory in MiB (default 2048); SMVM_CPUS (default 2)
 # Exit: the guest script's code; 124 hard timeout; 125 the VM ended without the
@@ -18,7 +18,7 @@ if [ $# -lt 1 ] || [ ! -f "$1" ]; then echo "usage: $0 GUEST_SCRIPT [ARGS...]" >
 SCRIPT=$(realpath "$1"); shift
 case $SCRIPT in /run/*|/dev/*|/proc/*|/sys/*|/tmp/*) echo "runvm: the guest cannot see $SCRIPT (fresh /run /dev /proc /sys /tmp in the guest)" >&2; exit 2 ;; esac
 W=$(realpath "${SMVM_WORKDIR:-/var/tmp/smvm}")
-TMO=${SMVM_TIMEOUT:-900}
+TMO=${SMVM_TIMEOUT:-2700}
 KVER=$(cat "$W/kernel-version" 2>/dev/null)
 KERNEL=$W/kernel/boot/vmlinuz-$KVER
 [ -s "$W/kernel/boot/vmlinux-$KVER" ] && KERNEL=$W/kernel/boot/vmlinux-$KVER   # PVH: no decompression

@@ -44,7 +44,8 @@ export class NfsServer {
     if (!existsSync('/run/rpcbind.sock')) await runTool('rpcbind', []);
     await runTool('rpc.statd', ['--no-notify']).catch(() => {}); // already running is fine
     await runTool('exportfs', ['-ra']);
-    await runTool('rpc.mountd', []);
+    // One mountd for the whole VM: a second test file reuses the one the first started.
+    await runTool('pidof', ['rpc.mountd']).catch(() => runTool('rpc.mountd', []));
     await runTool('rpc.nfsd', ['-H', host, '4']);
     await writeFile('/proc/fs/nfsd/v4_end_grace', 'Y');
     return new NfsServer(exports);
