@@ -25,6 +25,18 @@ if [ ! -f dist/test/vm/guest-main.js ]; then
   [ -f dist/test/vm/guest-main.js ] || fail "no dist/test/vm/guest-main.js after tsc"
 fi
 
+# The guest gets fresh /tmp /run /dev /proc /sys: a checkout there (a CI clone in
+# /tmp, say) is copied to a folder the guest sees, and the tier runs from the copy.
+case "$PWD/" in
+  /tmp/*|/run/*|/dev/*|/proc/*|/sys/*)
+    copy=$W/checkout
+    echo "vm-tier: $PWD is hidden from the guest: running from a copy in $copy"
+    rm -rf "$copy" && mkdir -p "$copy" || fail "cannot create $copy"
+    tar -C "$PWD" --exclude=./.git -cf - . | tar -C "$copy" -xf - || fail "copying the checkout to $copy failed"
+    cd "$copy" || fail "cannot enter $copy"
+    ;;
+esac
+
 mkdir -p "$W/runs"
 ls -dt "$W"/runs/tier-* 2>/dev/null | tail -n +10 | while read -r old; do rm -rf "$old"; done   # keep the last runs
 OUT=$(mktemp -d "$W/runs/tier-$(date +%Y%m%d-%H%M%S).XXXX")
