@@ -2,10 +2,11 @@
  * The File SR: VHD files in a local directory (`device_config.location`),
  * reachable at `$SM_ROOT/run/sr-mount/<sr>` through a symlink.
  */
-import { lstat, mkdir, readdir, readlink, symlink, unlink } from 'node:fs/promises';
-import { dirname, isAbsolute, normalize } from 'node:path';
+import { lstat, mkdir, readdir, unlink } from 'node:fs/promises';
+import { isAbsolute, normalize } from 'node:path';
 import { SMError, type Request } from '../lib/smapi/index.js';
 import { FileBackend } from '../lib/sr/file-backend.js';
+import { linkSrMount } from '../lib/sr/mount-link.js';
 import { srMountPath } from '../lib/sr/paths.js';
 import type { SrType } from '../lib/sr/sr-type.js';
 import { srDriver } from '../lib/sr/verbs.js';
@@ -24,16 +25,6 @@ async function isDirectory(path: string): Promise<boolean> {
     (s) => s.isDirectory(),
     () => false,
   );
-}
-
-/** Points `run/sr-mount/<sr>` at the location (replacing a stale link). */
-async function linkMount(sr: string, location: string): Promise<void> {
-  const mount = srMountPath(sr);
-  await mkdir(dirname(mount), { recursive: true });
-  const current = await readlink(mount).catch(() => undefined);
-  if (current === location) return;
-  await unlink(mount).catch(() => undefined);
-  await symlink(location, mount);
 }
 
 export const fileSrType: SrType = {
@@ -74,7 +65,7 @@ export const fileSrType: SrType = {
   async attach(req, sr) {
     const location = locationOf(req);
     if (!(await isDirectory(location))) throw new SMError('SRUnavailable', `${location} is not a directory`);
-    await linkMount(sr, location);
+    await linkSrMount(sr, location);
     return { kind: 'file', dir: srMountPath(sr) };
   },
 

@@ -7,8 +7,7 @@
  * detach logs out of the target even if another SR uses it (no session refcount);
  * LVs stay active while the SR is attached (no per-VDI activation).
  */
-import { mkdir, readlink, symlink, unlink } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { unlink } from 'node:fs/promises';
 import { SMError, type Driver, type Request } from '../lib/smapi/index.js';
 import * as iscsi from '../lib/os/iscsi.js';
 import { Lvm, vgNameForSr } from '../lib/os/lvm.js';
@@ -18,6 +17,7 @@ import { udevRunning, waitFor, waitForPath } from '../lib/os/udev.js';
 import { checkHost, checkPort, checkIqn, InvalidArgumentError } from '../lib/os/validate.js';
 import { readAttachRecord, type BackendSpec } from '../lib/sr/attach-record.js';
 import { LvmBackend } from '../lib/sr/lvm-backend.js';
+import { linkSrMount } from '../lib/sr/mount-link.js';
 import { srMountPath } from '../lib/sr/paths.js';
 import type { SrType } from '../lib/sr/sr-type.js';
 import { srDriver } from '../lib/sr/verbs.js';
@@ -166,16 +166,6 @@ export function srListXml(srs: Array<{ uuid: string; device: string; size: numbe
   return `<?xml version="1.0" ?>\n<SRlist>\n${items.join('')}</SRlist>\n`;
 }
 
-/** Points `run/sr-mount/<sr>` at the VG's /dev directory (for operators; the backend uses /dev paths). */
-async function linkMount(sr: string, vg: string): Promise<void> {
-  const mount = srMountPath(sr);
-  await mkdir(dirname(mount), { recursive: true });
-  const target = `/dev/${vg}`;
-  if ((await readlink(mount).catch(() => undefined)) === target) return;
-  await unlink(mount).catch(() => undefined);
-  await symlink(target, mount);
-}
-
 function requireComplete(cfg: Config): void {
   if (!cfg.iqn) throw new SMError('ConfigTargetIQNMissing');
   if (!cfg.scsiId) throw new SMError('ConfigSCSIid');
@@ -274,7 +264,7 @@ export const lvmoiscsiSrType: SrType = {
       const lvm = new Lvm({ devices: [device] });
       if ((await lvm.vgs().catch(() => [])).every((v) => v.name !== vg)) throw new SMError('SRUnavailable', `no volume group ${vg} on LUN ${cfg.scsiId}`);
       await lvm.vgchange(vg, true);
-      await linkMount(sr, vg);
+      await linkSrMount(sr, `/dev/${vg}`); // for operators; the backend uses /dev paths
       getLog().info(`SR ${sr}: ${vg} active on ${device}`);
       return { kind: 'lvm', vg, devices: [device] };
     } catch (e) {
