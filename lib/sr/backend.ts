@@ -40,7 +40,8 @@ export interface StorageBackend {
   space(): Promise<{ free: number; total: number }>;
 
   readMetadata(): Promise<SrMetadata | undefined>;
-  writeMetadata(meta: SrMetadata): Promise<void>;
+  /** Atomic. With `after`, the new metadata becomes visible only once `after` resolves (never if it rejects). */
+  writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void>;
 
   /** Journals: small named documents that survive a crash. */
   listJournals(): Promise<string[]>;

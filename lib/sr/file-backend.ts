@@ -2,9 +2,9 @@
  * A directory of `<uuid>.vhd` files (File SR, NFS SR). SR metadata and journals
  * live in the directory's `.sm/` folder, so they travel with the SR.
  */
-import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, statfs, unlink } from 'node:fs/promises';
+import { open, readdir, readFile, rename, rm, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic, syncDir } from './atomic-write.js';
+import { createFileDurably, writeFileAtomic, syncDir } from './atomic-write.js';
 import type { StorageBackend } from './backend.js';
 import { isUuid } from './ids.js';
 import { parseSrMetadata, type SrMetadata } from './metadata.js';
@@ -110,8 +110,8 @@ export class FileBackend implements StorageBackend {
     return parseSrMetadata(text);
   }
 
-  async writeMetadata(meta: SrMetadata): Promise<void> {
-    await writeFileAtomic(this.metaPath('metadata.json'), JSON.stringify(meta, null, 1) + '\n');
+  async writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void> {
+    await writeFileAtomic(this.metaPath('metadata.json'), JSON.stringify(meta, null, 1) + '\n', { after });
   }
 
   async listJournals(): Promise<string[]> {
@@ -140,8 +140,10 @@ export class FileBackend implements StorageBackend {
   }
 
   async writeJournal(name: string, text: string): Promise<void> {
-    await mkdir(this.metaPath('journal'), { recursive: true });
-    await writeFileAtomic(this.metaPath('journal', `${name}.json`), text);
+    const path = this.metaPath('journal', `${name}.json`);
+    // A new journal is written in place (one fsync round): torn, it reads as never started,
+    // which is true, as its change starts only after this returns. A rewrite stays atomic.
+    if (!(await createFileDurably(path, text))) await writeFileAtomic(path, text);
   }
 
   async removeJournal(name: string): Promise<void> {

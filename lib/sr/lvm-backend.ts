@@ -198,8 +198,8 @@ export class LvmBackend implements StorageBackend {
     return newest ? parseSrMetadata(newest.payload) : undefined;
   }
 
-  async writeMetadata(meta: SrMetadata): Promise<void> {
-    await this.ensureMgt();
+  async writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void> {
+    await Promise.all([this.ensureMgt(), after]);
     await this.mgt().writeNext(JSON.stringify(meta));
   }
 

@@ -38,8 +38,9 @@ export class Repository {
     return meta;
   }
 
-  async saveMetadata(meta: SrMetadata): Promise<void> {
-    await this.backend.writeMetadata(meta);
+  /** With `after`: committed only once `after` (e.g. a barrier on the images) resolves. */
+  async saveMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void> {
+    await this.backend.writeMetadata(meta, after);
   }
 
   imagePath(uuid: string): string {

@@ -39,18 +39,18 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   // The steps below are made durable together by one barrier before the commit.
   await repo.backend.renameImage(uuid, base, false);
   faultPoint('snapshot-renamed');
-  const virtualSize = (await readImageSummary(repo.imagePath(base))).virtualSize;
-  const leafPath = await repo.backend.prepareImage(uuid, virtualSize);
-  await createDifferencing(leafPath, repo.imagePath(base));
-  faultPoint('snapshot-leaf-created');
-  if (snap !== base) {
-    const snapPath = await repo.backend.prepareImage(snap, virtualSize);
-    await createDifferencing(snapPath, repo.imagePath(base));
-    faultPoint('snapshot-child-created');
-    await setImageHidden(repo.imagePath(base), true, { sync: false });
-    faultPoint('snapshot-base-hidden');
-  }
-  await repo.backend.flushImages(snap === base ? [uuid, base] : [uuid, snap, base]);
+  const basePath = repo.imagePath(base);
+  const parent = await readImageSummary(basePath); // read once: the children need only its footer and header
+  const leafPath = await repo.backend.prepareImage(uuid, parent.virtualSize);
+  const snapPath = snap === base ? undefined : await repo.backend.prepareImage(snap, parent.virtualSize);
+  // Independent writes, issued together: the new leaf, the other child, the base's hidden flag.
+  await Promise.all([
+    createDifferencing(leafPath, basePath, { parent }).then(() => faultPoint('snapshot-leaf-created')),
+    snapPath &&
+      createDifferencing(snapPath, basePath, { parent }).then(() => faultPoint('snapshot-child-created')),
+    snapPath && setImageHidden(basePath, true, { sync: false }).then(() => faultPoint('snapshot-base-hidden')),
+  ]);
+  const barrier = repo.backend.flushImages(snap === base ? [uuid, base] : [uuid, snap, base]);
 
   const now = snapshotTime();
   if (snap !== base) {
@@ -72,7 +72,8 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
     read_only: mode === 'single' ? true : record.read_only,
     sm_config: { ...record.sm_config },
   });
-  await repo.saveMetadata(meta);
+  // The new metadata is staged while the barrier runs and committed after it.
+  await repo.saveMetadata(meta, barrier);
   faultPoint('snapshot-metadata-written');
   await endJournal(repo.backend, journal);
   // Names every image involved, so `sm log --vdi` finds the new VDI and its base copy.

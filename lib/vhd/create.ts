@@ -19,9 +19,10 @@ import { encodeHeader, newHeader } from './format/header.js';
 import { layoutFor } from './format/layout.js';
 import { encodeLocator } from './format/locator.js';
 import { VhdError } from './errors.js';
-import { parseUuid, VhdImage } from './image.js';
+import { parseUuid } from './image.js';
 import { FileIO } from './io.js';
 import { parentNameFor } from './parent.js';
+import { readImageSummary, type ImageSummary } from './summary.js';
 
 export interface CreateOptions {
   /** BAT room for growing up to this size without moving data (bytes). */
@@ -59,23 +60,26 @@ export async function createDynamic(path: string, size: number, opts: CreateOpti
   });
 }
 
-/** Creates `childPath` as an empty differencing child of `parentPath` (same directory). */
-export async function createDifferencing(childPath: string, parentPath: string, opts: CreateOptions = {}): Promise<void> {
+/**
+ * Creates `childPath` as an empty differencing child of `parentPath` (same
+ * directory). A child needs only the parent's footer and header: the caller may
+ * pass the summary it already read, saving a second read of the parent.
+ */
+export async function createDifferencing(
+  childPath: string,
+  parentPath: string,
+  opts: CreateOptions & { parent?: ImageSummary } = {},
+): Promise<void> {
   const parentName = parentNameFor(childPath, parentPath);
-  const parent = await VhdImage.open(parentPath, false);
-  try {
-    const mtime = (await stat(parentPath)).mtimeMs;
-    await writeNewImage(childPath, {
-      virtualSize: parent.virtualSize,
-      maxTableEntries: Math.max(parent.header.maxTableEntries, tableEntries(parent.virtualSize, opts.maxSize)),
-      diskType: DiskType.Differencing,
-      uuid: opts.uuid,
-      durable: opts.durable,
-      parent: { uuid: parent.footer.uuid, timestamp: vhdTimestamp(mtime), name: parentName },
-    });
-  } finally {
-    await parent.close();
-  }
+  const [parent, { mtimeMs }] = await Promise.all([opts.parent ?? readImageSummary(parentPath), stat(parentPath)]);
+  await writeNewImage(childPath, {
+    virtualSize: parent.virtualSize,
+    maxTableEntries: Math.max(parent.maxTableEntries, tableEntries(parent.virtualSize, opts.maxSize)),
+    diskType: DiskType.Differencing,
+    uuid: opts.uuid,
+    durable: opts.durable,
+    parent: { uuid: parseUuid(parent.uuid), timestamp: vhdTimestamp(mtimeMs), name: parentName },
+  });
 }
 
 interface NewImage {

@@ -19,6 +19,8 @@ export interface ImageSummary {
   /** The parent's file name as the header records it (differencing only). */
   parentName?: string;
   parentUuid?: string;
+  /** BAT entries the header provides room for (a child gets at least as many). */
+  maxTableEntries: number;
 }
 
 export async function readImageSummary(path: string): Promise<ImageSummary> {
@@ -35,22 +37,17 @@ export async function readImageSummary(path: string): Promise<ImageSummary> {
       throw new VhdError('unsupported', `disk type ${footer.diskType}`, path);
     }
     const differencing = footer.diskType === DiskType.Differencing;
-    let parentName: string | undefined;
-    let parentUuid: string | undefined;
-    if (differencing) {
-      const header = decodeHeader(head.subarray(HEADER_OFFSET));
-      if (typeof header === 'string') throw corrupt(header, path);
-      parentName = header.parentUnicodeName;
-      parentUuid = formatUuid(header.parentUuid);
-    }
+    const header = decodeHeader(head.subarray(HEADER_OFFSET));
+    if (typeof header === 'string') throw corrupt(header, path);
     return {
       uuid: formatUuid(footer.uuid),
       diskType: footer.diskType,
       virtualSize: footer.currentSize,
       physicalSize: size,
       hidden: footer.hidden !== 0,
-      parentName,
-      parentUuid,
+      parentName: differencing ? header.parentUnicodeName : undefined,
+      parentUuid: differencing ? formatUuid(header.parentUuid) : undefined,
+      maxTableEntries: header.maxTableEntries,
     };
   } finally {
     await io.close();
