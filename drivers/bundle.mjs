@@ -1,17 +1,22 @@
 // Build step: bundles each driver executable's entry (dist/drivers/<x>-main.js)
-// into one file, dist/bundle/<Type>SR.mjs: a process per toolstack call then
-// loads one file instead of ~60 modules.
+// into one file, dist/bundle/<Type>SR.mjs, and the collector into
+// dist/bundle/sm-gc.mjs: a process per call then loads one file instead of ~60 modules.
 import { build } from 'esbuild';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
-const entries = { FileSR: 'file-sr-main.js', NFSSR: 'nfs-sr-main.js', LVMoISCSISR: 'lvmoiscsi-sr-main.js' };
+const entries = {
+  FileSR: 'drivers/file-sr-main.js',
+  NFSSR: 'drivers/nfs-sr-main.js',
+  LVMoISCSISR: 'drivers/lvmoiscsi-sr-main.js',
+  'sm-gc': 'gc/sm-gc.js',
+};
 
 for (const [name, entry] of Object.entries(entries)) {
-  if (!existsSync(join(root, 'drivers', entry.replace(/\.js$/, '.ts')))) continue; // a driver not in this tree
-  const from = join(root, 'dist', 'drivers', entry);
+  if (!existsSync(join(root, entry.replace(/\.js$/, '.ts')))) continue; // not in this tree
+  const from = join(root, 'dist', entry);
   if (!existsSync(from)) throw new Error(`bundle: ${from} missing (run tsc first)`);
   await build({
     entryPoints: [from],

@@ -19,7 +19,8 @@ import { writeAt } from '../../lib/vhd/index.js';
 import { copyBaseline, mibps, MiB, report, timed, workDir } from './measure.js';
 
 const run = promisify(execFile);
-const SM_GC = fileURLToPath(new URL('../../gc/sm-gc.js', import.meta.url));
+// The bundled collector, as drivers start it.
+const SM_GC = fileURLToPath(new URL('../../bundle/sm-gc.mjs', import.meta.url));
 const SR = '5e1ec7ed-0000-4000-8000-0000000006cc';
 
 export async function runGcBenchmarks(): Promise<void> {
