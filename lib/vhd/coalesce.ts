@@ -76,6 +76,7 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
   const batchBytes = opts.batchBytes ?? 64 * 1024 * 1024;
   const result: CoalesceResult = { sectors: 0, blocks: 0, bytesCopied: 0, elapsedMs: 0 };
 
+  const pool = new BlockPool(child.bitmapBytes + child.blockSize);
   let pendingNew: BlockBuffer[] = [];
   let pendingNewBytes = 0;
   const full: number[] = [];
@@ -90,6 +91,7 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
     await appending;
     appending = (async () => {
       await parent.appendBlocks(batch);
+      pool.give(...batch);
       await parent.sync();
       await parent.writeBatEntries(batch.map((b) => b.index));
     })();
@@ -103,7 +105,7 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
   let nextRead = 0;
   const fillReads = () => {
     while (reads.length < READ_AHEAD && nextRead < order.length) {
-      const p = child.readBlock(order[nextRead++]);
+      const p = child.readBlock(order[nextRead++], pool.take());
       p.catch(() => undefined);
       reads.push(p);
     }
@@ -115,7 +117,10 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
     fillReads();
     const i = c.index;
     if (child.isBlockFull(i)) c.bitmap.fill(0xff);
-    if (noneSet(c.bitmap, spb)) continue;
+    if (noneSet(c.bitmap, spb)) {
+      pool.give(c);
+      continue;
+    }
     let sectors = 0;
     if (!parent.hasBlock(i)) {
       // New parent block: the child's sectors, zeros elsewhere (clear bits must read as zero).
@@ -125,7 +130,7 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
       pendingNewBytes += c.data.length;
       if (sectors === spb) full.push(i);
     } else {
-      const p = await parent.readBlock(i);
+      const p = await parent.readBlock(i, pool.take());
       if (parent.isBlockFull(i)) p.bitmap.fill(0xff);
       forEachSetRun(c.bitmap, 0, spb, (s, e) => {
         c.data.copy(p.data, s * SECTOR, s * SECTOR, e * SECTOR);
@@ -134,6 +139,7 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
       });
       await parent.writeBlock(p);
       if (allSet(p.bitmap, spb)) full.push(i);
+      pool.give(c, p);
     }
     result.sectors += sectors;
     result.blocks++;
@@ -158,6 +164,21 @@ export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: Co
   opts.onProgress?.({ blocksDone: order.length, blocksTotal: order.length, bytesCopied: result.bytesCopied, elapsedMs: result.elapsedMs });
   if (opts.signal?.aborted) throw new VhdError('aborted', 'coalesce aborted', child.path);
   return result;
+}
+
+/** Block buffers reused through the copy: coalescing GiBs must not churn GiBs of garbage. */
+class BlockPool {
+  private readonly free: Buffer[] = [];
+  constructor(private readonly span: number) {}
+
+  take(): Buffer {
+    return this.free.pop() ?? Buffer.allocUnsafe(this.span);
+  }
+
+  /** Back to the pool once nothing reads or writes them any more. */
+  give(...blocks: BlockBuffer[]): void {
+    for (const b of blocks) this.free.push(Buffer.from(b.bitmap.buffer, b.bitmap.byteOffset, this.span));
+  }
 }
 
 /** Bits of byte `b` that fall within sector range [s, e). */
