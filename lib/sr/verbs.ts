@@ -17,6 +17,7 @@ import {
   writeAttachRecord,
   writeVdiState,
 } from './attach-record.js';
+import { faultPoint } from './fault.js';
 import { kickGc } from './gc-trigger.js';
 import { requireUuid } from './ids.js';
 import { newSrMetadata, newVdiRecord } from './metadata.js';
@@ -77,9 +78,11 @@ export function srDriver(type: SrType): Driver {
       const sr = srUuidOf(req);
       return withSrLock(sr, async () => {
         await type.create(req, sr, async (spec) => {
+          faultPoint('sr-create-storage-made');
           const repo = new Repository(backendFor(sr, spec));
           if (await repo.backend.readMetadata().catch(() => undefined)) throw new SMError('SRExists', `SR metadata already present`);
           await repo.saveMetadata(newSrMetadata(sr, type.driver, req.sr_sm_config?.name_label ?? ''));
+          faultPoint('sr-create-metadata-written');
         });
         getLog().info(`SR ${sr} created`);
         return null;
@@ -112,6 +115,7 @@ export function srDriver(type: SrType): Driver {
           // collected (it never runs on a detached SR). As after the established driver's
           // forced GC, they go with the SR instead of making it undeletable.
           for (const uuid of leftovers) await backend.removeImage(uuid);
+          faultPoint('sr-delete-images-removed');
           await backend.destroy();
         });
         await removeAttachRecord(sr);
