@@ -14,6 +14,7 @@ import {
   readVdiState,
   type BackendSpec,
   removeAttachRecord,
+  sweepHostTemps,
   writeAttachRecord,
   writeVdiState,
 } from './attach-record.js';
@@ -52,7 +53,8 @@ function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Pro
     const sr = srUuidOf(req);
     return withSrLock(sr, async () => {
       const repo = new Repository(await attachedBackend(sr));
-      // A change interrupted by a crash is finished or undone before anything else (one readdir when none).
+      // What a crash left is cleared (temp files), finished or undone (changes) before anything else.
+      await sweepHostTemps(sr);
       await recoverSrJournals(repo);
       return fn(repo, sr, req);
     });
@@ -134,6 +136,7 @@ export function srDriver(type: SrType): Driver {
           await repo.saveMetadata(newSrMetadata(sr, type.driver));
         }
         await writeAttachRecord(sr, type.driver, spec);
+        await sweepHostTemps(sr);
         await recoverSrJournals(repo);
         return null;
       });

@@ -4,6 +4,7 @@
 // SR is deleted by a second sr_delete. Either way nothing is leaked, and the
 // location then holds a working SR again.
 import fs from 'node:fs';
+import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { SM_ERRORS } from '../../lib/smapi/errors.js';
 import { assertRecoveredAndUsable } from '../helpers/crash.js';
@@ -38,6 +39,10 @@ for (const [point, made] of [
     try {
       await killed(t, ctx, 'sr_create', SR_CREATE, point);
       t.true(fs.existsSync(ctx.location), `${point}: the storage was made`);
+      if (point === 'metadata-temp-written') {
+        const temps = fs.readdirSync(path.join(ctx.location, '.sm')).filter((n) => n.endsWith('.tmp'));
+        t.is(temps.length, 1, `${point}: the metadata's temp file was left, not renamed into place`);
+      }
       if (made) {
         // Complete: creating it again is refused (an SR is there), attaching works.
         const again = await xml(ctx, 'sr_create', SR_CREATE).catch((err: unknown) => err);
