@@ -97,7 +97,7 @@ test('driver verbs killed at random instants, recovered each time as a host woul
     for (let k = 0; k < 3; k++) startup = Math.min(startup, (await callVerb(w, 'sr_update', {})).ms);
     const killAt = (verb: VerbName) => {
       const from = 0.8 * Math.min(startup, took.get(verb)!);
-      return Math.floor(from + rnd() * (took.get(verb)! * 1.15 - from));
+      return Math.floor(from + rnd() * (took.get(verb)! * 1.05 - from));
     };
     t.log(`measured (ms): start-up ${startup}, ${[...took].map(([v, ms]) => `${v} ${ms}`).join(', ')}`);
 
