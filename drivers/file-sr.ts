@@ -5,7 +5,7 @@
 import { lstat, mkdir, readdir, unlink } from 'node:fs/promises';
 import { isAbsolute, normalize } from 'node:path';
 import { SMError, type Request } from '../lib/smapi/index.js';
-import { FileBackend } from '../lib/sr/file-backend.js';
+import { clearInterruptedCreate, FileBackend } from '../lib/sr/file-backend.js';
 import { linkSrMount } from '../lib/sr/mount-link.js';
 import { srMountPath } from '../lib/sr/paths.js';
 import type { SrType } from '../lib/sr/sr-type.js';
@@ -43,6 +43,7 @@ export const fileSrType: SrType = {
   async create(req, _sr, init) {
     const location = locationOf(req);
     if (await isDirectory(location)) {
+      await clearInterruptedCreate(location);
       if ((await readdir(location)).length > 0) throw new SMError('SRExists', `${location} is not empty`);
     } else {
       try {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { SMError, type Request } from '../lib/smapi/index.js';
 import { nfs, InvalidArgumentError } from '../lib/os/index.js';
 import type { BackendSpec } from '../lib/sr/attach-record.js';
-import { FileBackend } from '../lib/sr/file-backend.js';
+import { clearInterruptedCreate, FileBackend } from '../lib/sr/file-backend.js';
 import { isUuid } from '../lib/sr/ids.js';
 import { srMountPath } from '../lib/sr/paths.js';
 import type { SrType } from '../lib/sr/sr-type.js';
@@ -130,6 +130,7 @@ export const nfsSrType: SrType = {
     const cfg = configOf(req);
     await withExportRoot(cfg, sr, async (root) => {
       const dir = join(root, sr);
+      await clearInterruptedCreate(dir);
       const existing = await readdir(dir).catch(() => undefined);
       if (existing && existing.length > 0) throw new SMError('SRExists', `${cfg.server}:${cfg.serverpath}/${sr} is not empty`);
       if (!existing) {

@@ -3,6 +3,7 @@
  * delete garbage; else coalesce one node; else leaf-coalesce one leaf.
  */
 import { activeVdis } from '../lib/sr/attach-record.js';
+import { faultPoint } from '../lib/sr/fault.js';
 import { readJournals } from '../lib/sr/journal.js';
 import { recoverSrJournals } from '../lib/sr/recovery.js';
 import { nodeLabel } from '../lib/sr/tree-format.js';
@@ -85,13 +86,17 @@ async function deleteGarbage(ctx: GcContext): Promise<void> {
     const garbage = findGarbage(nodes, await activeVdis(repo.uuid));
     if (garbage.length === 0) return;
     log.info(`Found ${garbage.length} VDIs for deletion:\n${garbage.map((u) => `  ${nodeLabel(nodes.get(u)!, false)}`).join('\n')}`);
+    // Records first: a crash between the removals then leaves only hidden images
+    // without records (the next scan introduces them as base copies, the next
+    // run deletes them), never a record without its image.
     const meta = await repo.metadata();
+    for (const u of garbage) delete meta.vdis[u];
+    await repo.saveMetadata(meta);
     for (const u of garbage) {
-      await repo.backend.removeImage(u);
-      delete meta.vdis[u];
+      await repo.backend.removeImage(u); // children before parents: no image is ever left without its parent
       log.info(`Deleted ${u.slice(0, 8)}`);
       ctx.stats.deleted++;
+      faultPoint('garbage-removed');
     }
-    await repo.saveMetadata(meta);
   });
 }

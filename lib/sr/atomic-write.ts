@@ -1,6 +1,6 @@
 /** Files replaced as a whole: write beside, fsync, rename over, fsync the directory. */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, basename } from 'node:path';
 
 export interface AtomicWriteOptions {
@@ -10,11 +10,21 @@ export interface AtomicWriteOptions {
    * must follow a barrier costs one fsync round after it, not two.
    */
   after?: Promise<unknown>;
+  // Called between the steps, so a crash can be injected there (fault.ts).
+  /** The temp file is complete and synced, not yet renamed. */
+  tempWritten?: () => void;
+  /** Renamed into place, the directory not yet synced. */
+  renamed?: () => void;
 }
+
+/** Temp files carry the writer's pid: `.<name>.<pid>.<random>.tmp`. */
+const TEMP_NAME = /^\..+\.(\d+)\.[0-9a-f]+\.tmp$/;
+/** Temp files of another naming (an older version) are removed only once this old. */
+const FOREIGN_TEMP_AGE_MS = 10 * 60 * 1000;
 
 export async function writeFileAtomic(path: string, data: string | Buffer, opts: AtomicWriteOptions = {}): Promise<void> {
   const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
+  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   const staged = stageFile(tmp, data);
   // Both settle before anything is decided, so no rejection is left unobserved.
   const [stagedResult, afterResult] = await Promise.allSettled([staged, opts.after]);
@@ -22,7 +32,9 @@ export async function writeFileAtomic(path: string, data: string | Buffer, opts:
     await unlink(tmp).catch(() => undefined);
     throw stagedResult.status === 'rejected' ? stagedResult.reason : (afterResult as PromiseRejectedResult).reason;
   }
+  opts.tempWritten?.();
   await rename(tmp, path);
+  opts.renamed?.();
   await syncDir(dir);
 }
 
@@ -70,6 +82,42 @@ async function openNew(path: string): Promise<FileHandle> {
   // Every folder made, from the file's up to the first one, must be durable with the file.
   for (let dir = dirname(path); made && dir.length >= made.length; dir = dirname(dir)) await syncDir(dirname(dir));
   return open(path, 'wx', 0o644);
+}
+
+/**
+ * Removes the temp files of atomic writes a crash left behind in `dir` (never
+ * renamed into place, so never part of what the directory holds). A temp file
+ * whose writer is still running is left alone. The pid test is host-local:
+ * only the host that owns the SR (its master) writes these files.
+ */
+export async function sweepAtomicTemps(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!/^\..+\.tmp$/.test(name)) continue;
+    const pid = TEMP_NAME.exec(name)?.[1];
+    const abandoned = pid !== undefined ? !isRunning(Number(pid)) : await olderThan(join(dir, name), FOREIGN_TEMP_AGE_MS);
+    if (!abandoned) continue;
+    await unlink(join(dir, name)).then(
+      () => removed.push(name),
+      () => undefined,
+    );
+  }
+  return removed;
+}
+
+function isRunning(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function olderThan(path: string, ms: number): Promise<boolean> {
+  const st = await stat(path).catch(() => undefined);
+  return st !== undefined && st.mtimeMs < Date.now() - ms;
 }
 
 /** A rename or unlink is durable only once its directory is. */

@@ -4,8 +4,9 @@
  */
 import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
+import { dirname } from 'node:path';
 import { SMError } from '../smapi/errors.js';
-import { writeFileAtomic } from './atomic-write.js';
+import { sweepAtomicTemps, writeFileAtomic } from './atomic-write.js';
 import type { StorageBackend } from './backend.js';
 import { FileBackend } from './file-backend.js';
 import { LvmBackend } from './lvm-backend.js';
@@ -24,6 +25,12 @@ export interface AttachRecord {
 export async function writeAttachRecord(srUuid: string, driver: string, backend: BackendSpec): Promise<void> {
   const record: AttachRecord = { sr_uuid: srUuid, driver, backend, host: hostname(), attached_at: new Date().toISOString() };
   await writeFileAtomic(attachRecordPath(srUuid), JSON.stringify(record, null, 1) + '\n');
+}
+
+/** Removes the temp files of host-state writes a killed process left (see sweepAtomicTemps). */
+export async function sweepHostTemps(srUuid: string): Promise<void> {
+  await sweepAtomicTemps(dirname(attachRecordPath(srUuid)));
+  await sweepAtomicTemps(runStateDir('vdi', srUuid));
 }
 
 export async function readAttachRecord(srUuid: string): Promise<AttachRecord | undefined> {

@@ -4,14 +4,29 @@
  */
 import { open, readdir, readFile, rename, rm, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createFileDurably, writeFileAtomic, syncDir } from './atomic-write.js';
+import { getLog } from '../log/index.js';
+import { createFileDurably, sweepAtomicTemps, syncDir, writeFileAtomic } from './atomic-write.js';
 import type { StorageBackend } from './backend.js';
+import { faultPoint } from './fault.js';
 import { isUuid } from './ids.js';
 import { parseSrMetadata, type SrMetadata } from './metadata.js';
 
 const VHD_SUFFIX = '.vhd';
 const META_DIR = '.sm';
 const JOURNAL_NAME = /^[a-z]+-[0-9a-f-]{36}$/;
+
+/**
+ * An sr_create killed before its metadata was in place leaves the directory
+ * holding only `.sm/` without metadata (a temp file, an empty folder): that is
+ * no SR, so it is cleared and the directory counts as empty again.
+ */
+export async function clearInterruptedCreate(dir: string): Promise<void> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  if (names.length !== 1 || names[0] !== META_DIR) return;
+  if (await stat(join(dir, META_DIR, 'metadata.json')).catch(() => undefined)) return;
+  await rm(join(dir, META_DIR), { recursive: true, force: true });
+  getLog().info(`${dir}: leftovers of an interrupted sr_create removed`);
+}
 
 export class FileBackend implements StorageBackend {
   constructor(
@@ -85,6 +100,7 @@ export class FileBackend implements StorageBackend {
 
   async destroy(): Promise<void> {
     await rm(join(this.dir, META_DIR), { recursive: true, force: true });
+    faultPoint('sr-delete-metadata-gone');
     await rmdir(this.dir).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw err;
     });
@@ -111,7 +127,11 @@ export class FileBackend implements StorageBackend {
   }
 
   async writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void> {
-    await writeFileAtomic(this.metaPath('metadata.json'), JSON.stringify(meta, null, 1) + '\n', { after });
+    await writeFileAtomic(this.metaPath('metadata.json'), JSON.stringify(meta, null, 1) + '\n', {
+      after,
+      tempWritten: () => faultPoint('metadata-temp-written'),
+      renamed: () => faultPoint('metadata-renamed'),
+    });
   }
 
   async listJournals(): Promise<string[]> {
@@ -120,18 +140,10 @@ export class FileBackend implements StorageBackend {
     return names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -5)).filter((n) => JOURNAL_NAME.test(n)).sort();
   }
 
-  /**
-   * Removes temp files of atomic writes a crash left behind (not renamed into
-   * place). Only old ones: a young one may belong to a writer still running.
-   */
+  /** Removes the temp files of atomic writes a crash left behind (recovery lists journals first). */
   private async sweepScratch(): Promise<void> {
-    const cutoff = Date.now() - 10 * 60 * 1000;
     for (const dir of [this.metaPath(), this.metaPath('journal')]) {
-      for (const name of await readdir(dir).catch(() => [] as string[])) {
-        if (!/^\..+\.tmp$/.test(name)) continue;
-        const st = await stat(join(dir, name)).catch(() => undefined);
-        if (st && st.mtimeMs < cutoff) await unlink(join(dir, name)).catch(() => undefined);
-      }
+      for (const name of await sweepAtomicTemps(dir)) getLog().info(`recovery: removed ${name}, the temp file of an interrupted write`);
     }
   }
 

@@ -4,6 +4,7 @@ import { dirname, basename, join } from 'node:path';
 import { resizeImage } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
+import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
 
@@ -16,6 +17,7 @@ export async function resizeVdi(repo: Repository, uuid: string, size: number): P
   const journal: Journal = { kind: 'resize', vdi: uuid, size };
   await beginJournal(repo.backend, journal);
   await resizeImage(repo.imagePath(uuid), size);
+  faultPoint('resize-image-done');
   await endJournal(repo.backend, journal);
   getLog().info(`VDI ${uuid} resized: ${current} -> ${size} bytes`);
 }

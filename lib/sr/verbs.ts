@@ -14,9 +14,11 @@ import {
   readVdiState,
   type BackendSpec,
   removeAttachRecord,
+  sweepHostTemps,
   writeAttachRecord,
   writeVdiState,
 } from './attach-record.js';
+import { faultPoint } from './fault.js';
 import { kickGc } from './gc-trigger.js';
 import { requireUuid } from './ids.js';
 import { newSrMetadata, newVdiRecord } from './metadata.js';
@@ -51,7 +53,8 @@ function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Pro
     const sr = srUuidOf(req);
     return withSrLock(sr, async () => {
       const repo = new Repository(await attachedBackend(sr));
-      // A change interrupted by a crash is finished or undone before anything else (one readdir when none).
+      // What a crash left is cleared (temp files), finished or undone (changes) before anything else.
+      await sweepHostTemps(sr);
       await recoverSrJournals(repo);
       return fn(repo, sr, req);
     });
@@ -77,9 +80,11 @@ export function srDriver(type: SrType): Driver {
       const sr = srUuidOf(req);
       return withSrLock(sr, async () => {
         await type.create(req, sr, async (spec) => {
+          faultPoint('sr-create-storage-made');
           const repo = new Repository(backendFor(sr, spec));
           if (await repo.backend.readMetadata().catch(() => undefined)) throw new SMError('SRExists', `SR metadata already present`);
           await repo.saveMetadata(newSrMetadata(sr, type.driver, req.sr_sm_config?.name_label ?? ''));
+          faultPoint('sr-create-metadata-written');
         });
         getLog().info(`SR ${sr} created`);
         return null;
@@ -112,6 +117,7 @@ export function srDriver(type: SrType): Driver {
           // collected (it never runs on a detached SR). As after the established driver's
           // forced GC, they go with the SR instead of making it undeletable.
           for (const uuid of leftovers) await backend.removeImage(uuid);
+          faultPoint('sr-delete-images-removed');
           await backend.destroy();
         });
         await removeAttachRecord(sr);
@@ -130,6 +136,7 @@ export function srDriver(type: SrType): Driver {
           await repo.saveMetadata(newSrMetadata(sr, type.driver));
         }
         await writeAttachRecord(sr, type.driver, spec);
+        await sweepHostTemps(sr);
         await recoverSrJournals(repo);
         return null;
       });

@@ -7,141 +7,39 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { encodeMethodCall } from '../../lib/smapi/index.js';
-import { MiB, SparseDisk } from '../helpers/model.js';
-import { callDriver, createArgs, FILE_SR, gc, makeSmEnv, request, sleep, type SmEnv } from '../helpers/sm.js';
-import { diffVdi, hostLeftovers, journals, listImages, readMetadata, readTree } from '../helpers/sr-state.js';
+import { createCase, on, resizeOutcome, runFaults, snapshotCase, V_SIZE, vdiArgs, withSr, type FaultCase } from '../helpers/crash.js';
+import { MiB } from '../helpers/model.js';
+import { FILE_SR, makeSmEnv, request, sleep } from '../helpers/sm.js';
+import { diffVdi, readTree } from '../helpers/sr-state.js';
 import { World } from '../helpers/world.js';
 
-interface FaultCase {
-  point: string;
-  verb: string;
-  extra: Record<string, unknown>;
-  /** Updates the model once recovery is done; `committed`: the change survived. */
-  outcome(w: World, before: { images: string[]; records: string[] }): Promise<void>;
-}
-
-const V_SIZE = 16 * MiB;
-
-async function withSr(fn: (w: World, ctx: SmEnv) => Promise<void>): Promise<void> {
-  const ctx = await makeSmEnv();
-  const w = await World.open(ctx);
-  try {
-    await w.create('V', V_SIZE);
-    await w.fill('V', 0, 3 * MiB);
-    await w.snapshot('V', 'S0');
-    await w.fill('V', 5 * MiB + 100, 2 * MiB);
-    await fn(w, ctx);
-  } finally {
-    await w.close();
-    await ctx.cleanup();
-  }
-}
-
-/** Images and records that appeared since `before`. */
-function added(ctx: SmEnv, before: { images: string[]; records: string[] }) {
-  const meta = readMetadata(ctx);
-  return {
-    images: listImages(ctx).filter((u) => !before.images.includes(u)),
-    records: Object.keys(meta.vdis).filter((u) => !before.records.includes(u)),
-    meta,
-  };
-}
-
-async function runFaults(t: ExecutionContext, w: World, ctx: SmEnv, cases: FaultCase[]): Promise<void> {
-  for (const [i, c] of cases.entries()) {
-    const before = { images: listImages(ctx), records: Object.keys(readMetadata(ctx).vdis) };
-    const killed = await callDriver(c.verb, request(ctx, c.verb, c.extra), { ...ctx.env, SM_FAULT: c.point });
-    t.is(killed.signal, 'SIGKILL', `${c.point}: the driver died by SIGKILL (exit ${killed.code}: ${killed.stderr})`);
-    t.is(killed.stdout, '', `${c.point}: no response was sent`);
-    t.true(journals(ctx).length > 0, `${c.point}: the change was journaled`);
-
-    // Recovery as a host does it: re-attach, or scan.
-    const recoverBy = i % 2 === 0 ? 'sr_attach' : 'sr_scan';
-    await w.s.call(recoverBy);
-    await c.outcome(w, before);
-    t.deepEqual(journals(ctx), [], `${c.point}: recovered by ${recoverBy}`);
-    await w.check(t, { scanned: recoverBy === 'sr_scan' });
-    t.deepEqual(hostLeftovers(ctx), [], `${c.point}: nothing left behind on the host`);
-
-    // Usable afterwards: a snapshot, a write, the snapshot deleted, a GC.
-    const name = `after-${c.point}-${i}`;
-    await w.snapshot('V', name);
-    await w.fill('V', (i % 6) * 2 * MiB + 4096, MiB);
-    await w.delete(name);
-    await gc(ctx);
-    await w.scan();
-    await w.check(t, { scanned: true });
-  }
-}
-
-const vdiArgs = (w: World, name: string) => ({ vdi_uuid: w.uuid(name), vdi_location: w.uuid(name) });
-
-function createCase(point: string, committed: boolean): FaultCase {
-  return {
-    point,
-    verb: 'vdi_create',
-    extra: { args: createArgs(6 * MiB, `new at ${point}`), vdi_type: 'user' },
-    async outcome(w, before) {
-      const a = added(w.ctx, before);
-      if (!committed) {
-        if (a.images.length || a.records.length) throw new Error(`${point}: create not rolled back: ${JSON.stringify(a)}`);
-        return;
-      }
-      if (a.images.length !== 1 || a.records.length !== 1 || a.images[0] !== a.records[0]) throw new Error(`${point}: create not kept: ${JSON.stringify(a)}`);
-      w.models.set(a.images[0], new SparseDisk(6 * MiB));
-      w.names[a.images[0]] = `created-at-${point}`;
-    },
-  };
-}
-
-function snapshotCase(point: string, mode: 'double' | 'single' | 'clone', committed: boolean): FaultCase {
-  return {
-    point,
-    verb: mode === 'clone' ? 'vdi_clone' : 'vdi_snapshot',
-    extra: { vdi_uuid: '', ...(mode === 'single' ? { driver_params: { type: 'single' } } : {}) },
-    async outcome(w, before) {
-      const a = added(w.ctx, before);
-      if (!committed) {
-        if (a.images.length || a.records.length) throw new Error(`${point} (${mode}): snapshot not rolled back: ${JSON.stringify(a)}`);
-        return;
-      }
-      const visible = a.records.filter((u) => a.meta.vdis[u].managed);
-      if (visible.length !== 1) throw new Error(`${point} (${mode}): expected one new VDI, got ${JSON.stringify(a)}`);
-      w.models.set(visible[0], w.models.get(w.uuid('V'))!.copy());
-      w.names[visible[0]] = `${mode}-at-${point}`;
-    },
-  };
-}
-
-/** Fills in the VDI a case works on (known only once the SR is set up). */
-function on(w: World, c: FaultCase, name = 'V'): FaultCase {
-  return 'vdi_uuid' in c.extra ? { ...c, extra: { ...c.extra, ...vdiArgs(w, name) } } : c;
-}
-
 test('vdi_create killed at each fault point: rolled back unless committed', async (t) => {
-  await withSr((w, ctx) =>
-    runFaults(t, w, ctx, [
+  await withSr((w) =>
+    runFaults(t, w, [
       createCase('create-journaled', false),
       createCase('create-image-written', false),
+      createCase('metadata-temp-written', false),
+      createCase('metadata-renamed', true),
       createCase('create-metadata-written', true),
     ]),
   );
 });
 
 test('vdi_snapshot (double) killed at each fault point: rolled back unless committed', async (t) => {
-  await withSr((w, ctx) =>
+  await withSr((w) =>
     runFaults(
       t,
       w,
-      ctx,
       [
         snapshotCase('snapshot-journaled', 'double', false),
         snapshotCase('snapshot-renamed', 'double', false),
         snapshotCase('snapshot-leaf-created', 'double', false),
         snapshotCase('snapshot-child-created', 'double', false),
         snapshotCase('snapshot-base-hidden', 'double', false),
+        snapshotCase('metadata-temp-written', 'double', false),
+        snapshotCase('metadata-renamed', 'double', true),
         snapshotCase('snapshot-metadata-written', 'double', true),
       ].map((c) => on(w, c)),
     ),
@@ -149,11 +47,10 @@ test('vdi_snapshot (double) killed at each fault point: rolled back unless commi
 });
 
 test('vdi_clone and single snapshots killed at their fault points', async (t) => {
-  await withSr((w, ctx) =>
+  await withSr((w) =>
     runFaults(
       t,
       w,
-      ctx,
       [
         snapshotCase('snapshot-renamed', 'clone', false),
         snapshotCase('snapshot-child-created', 'clone', false),
@@ -168,7 +65,7 @@ test('vdi_clone and single snapshots killed at their fault points', async (t) =>
 });
 
 test('vdi_delete and vdi_resize killed at their fault points: delete completes, resize is before or after', async (t) => {
-  await withSr(async (w, ctx) => {
+  await withSr(async (w) => {
     const cases: FaultCase[] = [];
     for (const point of ['delete-journaled', 'delete-image-gone']) {
       // A leaf snapshot to delete, and a VDI whose single snapshot (the old image, with a child) is deleted.
@@ -192,20 +89,25 @@ test('vdi_delete and vdi_resize killed at their fault points: delete completes, 
         if (!(await readTree(w2.ctx)).get(single)?.hidden) throw new Error('a deleted image with children must stay, hidden');
       },
     });
-    cases.push({
-      point: 'resize-journaled',
-      verb: 'vdi_resize',
-      extra: { ...vdiArgs(w, 'V'), args: [String(2 * V_SIZE)] },
-      async outcome(w2) {
-        const size = (await readTree(w2.ctx)).get(w2.uuid('V'))!.virtualSize;
-        if (size !== V_SIZE && size !== 2 * V_SIZE) throw new Error(`resize left size ${size}`);
-        if (size === 2 * V_SIZE) w2.models.get(w2.uuid('V'))!.grow(size);
-      },
-    });
-    await runFaults(t, w, ctx, cases);
+    // Killed before the image changed: as before; after: as after (recovery neither redoes nor undoes).
+    for (const [point, target, committed] of [
+      ['resize-journaled', 2 * V_SIZE, false],
+      ['resize-image-done', 3 * V_SIZE, true],
+    ] as const) {
+      cases.push({
+        point,
+        verb: 'vdi_resize',
+        extra: { ...vdiArgs(w, 'V'), args: [String(target)] },
+        async outcome(w2) {
+          const grown = await resizeOutcome(w2, 'V', target);
+          if (grown !== committed) throw new Error(`${point}: resize ${grown ? 'done' : 'not done'}`);
+        },
+      });
+    }
+    await runFaults(t, w, cases);
     // The VDI can still be resized after all that.
-    await w.resize('V', 3 * V_SIZE);
-    await w.fill('V', 3 * V_SIZE - MiB, MiB);
+    await w.resize('V', 4 * V_SIZE);
+    await w.fill('V', 4 * V_SIZE - MiB, MiB);
     await w.check(t);
   });
 });

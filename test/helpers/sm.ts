@@ -138,14 +138,19 @@ export interface XmlCallResult extends RunResult {
   response: MethodResponse;
 }
 
-/** One XML-RPC call exactly as a toolstack makes it: `FileSR '<methodCall>'`. */
-export async function callDriver(verb: string, params: Record<string, unknown>, env: NodeJS.ProcessEnv): Promise<XmlCallResult> {
-  const xml = encodeMethodCall(verb, [params]);
-  return callDriverRaw(xml, env);
+export interface CallOptions {
+  /** SIGKILL the driver this many ms after it started, unless it has ended (random-instant crash tests). */
+  killAfterMs?: number;
 }
 
-export async function callDriverRaw(xml: string, env: NodeJS.ProcessEnv): Promise<XmlCallResult> {
-  const r = await run(FILE_SR, [xml], { env });
+/** One XML-RPC call exactly as a toolstack makes it: `FileSR '<methodCall>'`. */
+export async function callDriver(verb: string, params: Record<string, unknown>, env: NodeJS.ProcessEnv, opts: CallOptions = {}): Promise<XmlCallResult> {
+  const xml = encodeMethodCall(verb, [params]);
+  return callDriverRaw(xml, env, opts);
+}
+
+export async function callDriverRaw(xml: string, env: NodeJS.ProcessEnv, opts: CallOptions = {}): Promise<XmlCallResult> {
+  const r = await run(FILE_SR, [xml], { env, timeoutMs: opts.killAfterMs });
   // A driver killed by a signal (SM_FAULT) answers nothing; callers check `signal`.
   if (r.signal !== null && r.stdout === '') return { ...r, response: { kind: 'fault', faultCode: 0, faultString: `no response: killed by ${r.signal}` } };
   let response: MethodResponse;

@@ -16,11 +16,12 @@ export class World {
     readonly s: Server,
   ) {}
 
-  /** Starts a driver server and creates + attaches the SR. */
-  static async open(ctx: SmEnv): Promise<World> {
+  /** Starts a driver server and creates + attaches the SR (`create: false`: only attaches an existing one). */
+  static async open(ctx: SmEnv, { create = true } = {}): Promise<World> {
     const s = await startServer(ctx);
     try {
-      await createAttachedSr(s);
+      if (create) await createAttachedSr(s);
+      else await s.call('sr_attach');
     } catch (err) {
       await s.stop();
       throw err;
