@@ -6,7 +6,7 @@
  * it; after the replace only the record of P is left to drop.
  */
 import { setImageHidden } from '../lib/vhd/index.js';
-import { activeVdis } from '../lib/sr/attach-record.js';
+import { poolActivations } from '../lib/sr/activation.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
 import { underSrLock, type GcContext } from './context.js';
@@ -16,8 +16,9 @@ type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
 
 export async function leafCoalesce(ctx: GcContext, leaf: string, parent: string): Promise<'done' | 'skipped'> {
   return underSrLock(ctx, async () => {
-    if ((await activeVdis(ctx.repo.uuid)).has(leaf)) {
-      ctx.log.info(`Leaf-coalesce of ${leaf.slice(0, 8)} skipped: the VDI became active`);
+    const holder = (await poolActivations(ctx.repo.backend)).get(leaf);
+    if (holder) {
+      ctx.log.info(`Leaf-coalesce of ${leaf.slice(0, 8)} skipped: the VDI became active on host ${holder.host}`);
       return 'skipped';
     }
     const journal: LeafJournal = { kind: 'leaf', vdi: leaf, parent };
@@ -58,7 +59,7 @@ export async function recoverLeaf(ctx: GcContext, j: LeafJournal): Promise<strin
       await finish(ctx, j);
       return `leaf-coalesce of ${j.vdi} was complete`;
     }
-    if ((await activeVdis(repo.uuid)).has(j.vdi)) {
+    if ((await poolActivations(repo.backend)).has(j.vdi)) {
       // The VDI is in use now: abandon; the parent, hidden again, holds nothing anyone reads alone.
       await setImageHidden(repo.imagePath(j.parent), true);
       await endJournal(repo.backend, j);

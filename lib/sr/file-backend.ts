@@ -5,7 +5,8 @@
 import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic, syncDir } from './atomic-write.js';
-import type { StorageBackend } from './backend.js';
+import { listActivationsIn, removeActivationIn, writeActivationIn } from './activation-dir.js';
+import type { Activation, StorageBackend } from './backend.js';
 import { isUuid } from './ids.js';
 import { parseSrMetadata, type SrMetadata } from './metadata.js';
 
@@ -126,7 +127,7 @@ export class FileBackend implements StorageBackend {
    */
   private async sweepScratch(): Promise<void> {
     const cutoff = Date.now() - 10 * 60 * 1000;
-    for (const dir of [this.metaPath(), this.metaPath('journal')]) {
+    for (const dir of [this.metaPath(), this.metaPath('journal'), this.metaPath('active')]) {
       for (const name of await readdir(dir).catch(() => [] as string[])) {
         if (!/^\..+\.tmp$/.test(name)) continue;
         const st = await stat(join(dir, name)).catch(() => undefined);
@@ -147,5 +148,18 @@ export class FileBackend implements StorageBackend {
   async removeJournal(name: string): Promise<void> {
     // Not synced: a journal that reappears after a crash finds its change complete.
     await unlink(this.metaPath('journal', `${name}.json`)).catch(() => undefined);
+  }
+
+  /** In the SR's `.sm/active/`, so every host that mounts the SR sees them. */
+  listActivations(): Promise<Map<string, Activation>> {
+    return listActivationsIn(this.metaPath('active'));
+  }
+
+  writeActivation(vdi: string, activation: Activation): Promise<void> {
+    return writeActivationIn(this.metaPath('active'), vdi, activation);
+  }
+
+  removeActivation(vdi: string): Promise<void> {
+    return removeActivationIn(this.metaPath('active'), vdi);
   }
 }
