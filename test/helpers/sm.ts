@@ -171,13 +171,14 @@ export interface XmlCallResult extends RunResult {
 }
 
 /** One XML-RPC call exactly as a toolstack makes it: `FileSR '<methodCall>'`. */
-export async function callDriver(verb: string, params: Record<string, unknown>, env: NodeJS.ProcessEnv): Promise<XmlCallResult> {
+export async function callDriver(verb: string, params: Record<string, unknown>, env: NodeJS.ProcessEnv, timeoutMs?: number): Promise<XmlCallResult> {
   const xml = encodeMethodCall(verb, [params]);
-  return callDriverRaw(xml, env);
+  return callDriverRaw(xml, env, timeoutMs);
 }
 
-export async function callDriverRaw(xml: string, env: NodeJS.ProcessEnv): Promise<XmlCallResult> {
-  const r = await run(FILE_SR, [xml], { env });
+/** `timeoutMs`: the driver is SIGKILLed if it has not answered by then (default 120 s). */
+export async function callDriverRaw(xml: string, env: NodeJS.ProcessEnv, timeoutMs?: number): Promise<XmlCallResult> {
+  const r = await run(FILE_SR, [xml], { env, timeoutMs });
   // A driver killed by a signal (SM_FAULT) answers nothing; callers check `signal`.
   if (r.signal !== null && r.stdout === '') return { ...r, response: { kind: 'fault', faultCode: 0, faultString: `no response: killed by ${r.signal}` } };
   let response: MethodResponse;
