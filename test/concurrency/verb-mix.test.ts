@@ -119,7 +119,7 @@ async function worker(run: Run, id: number, deadline: number, models: Map<string
       resize: vdis.length > 0 ? 1 : 0,
       session: vdis.length > 0 ? 4 : 0,
       scan: 1,
-      srCycle: 0.25,
+      srCycle: 0.75,
     });
     run.ops++;
     const u = vdis.length ? rng.pick(vdis) : '';
