@@ -23,22 +23,31 @@ export async function leafCoalesce(ctx: GcContext, leaf: string, parent: string)
     }
     const journal: LeafJournal = { kind: 'leaf', vdi: leaf, parent };
     await beginJournal(ctx.repo.backend, journal);
-    await mergeAndSwap(ctx, journal);
+    if ((await mergeAndSwap(ctx, journal)) === 'skipped') return 'skipped';
     ctx.stats.leafCoalesced++;
     return 'done';
   });
 }
 
-async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<void> {
+async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<'done' | 'skipped'> {
   const { repo, log } = ctx;
   log.info(`Leaf-coalescing ${j.vdi.slice(0, 8)} into *${j.parent.slice(0, 8)}`);
   await copyIntoParent(ctx, j.vdi, j.parent, `Leaf-coalesce of ${j.vdi.slice(0, 8)}`);
   faultPoint('leaf-copied');
+  // The SR lock keeps this host's verbs out, not another host's vdi_activate: look again before the swap.
+  const holder = (await poolActivations(repo.backend)).get(j.vdi);
+  if (holder) {
+    // The parent, still hidden, only gained copies of the leaf's own blocks: the chain reads the same.
+    log.info(`Leaf-coalesce of ${j.vdi.slice(0, 8)} abandoned: the VDI became active on host ${holder.host}`);
+    await endJournal(repo.backend, j);
+    return 'skipped';
+  }
   await setImageHidden(repo.imagePath(j.parent), false);
   faultPoint('leaf-unhidden');
   await repo.backend.replaceImage(j.parent, j.vdi);
   faultPoint('leaf-renamed');
   await finish(ctx, j);
+  return 'done';
 }
 
 async function finish(ctx: GcContext, j: LeafJournal): Promise<void> {
@@ -65,7 +74,7 @@ export async function recoverLeaf(ctx: GcContext, j: LeafJournal): Promise<strin
       await endJournal(repo.backend, j);
       return `leaf-coalesce of ${j.vdi} abandoned: the VDI is active`;
     }
-    await mergeAndSwap(ctx, j);
+    if ((await mergeAndSwap(ctx, j)) === 'skipped') return `leaf-coalesce of ${j.vdi} abandoned: the VDI became active`;
     ctx.stats.leafCoalesced++;
     return `leaf-coalesce of ${j.vdi} redone`;
   });

@@ -20,8 +20,9 @@ import {
   startServer,
   type Server,
   type SmEnv,
+  waitFor,
 } from '../helpers/sm.js';
-import { activations, journals, snapshotDir } from '../helpers/sr-state.js';
+import { activations, diffVdi, journals, snapshotDir } from '../helpers/sr-state.js';
 import { World } from '../helpers/world.js';
 
 const vdiArgs = (uuid: string, extra: Record<string, unknown> = {}) => ({ vdi_uuid: uuid, vdi_location: uuid, ...extra });
@@ -217,6 +218,35 @@ test('the slave reads exact data from an active VDI while the master snapshots a
 
     await s.call('vdi_deactivate', vdiArgs(A));
     await s.call('vdi_detach', vdiArgs(A));
+    await w.check(t);
+  });
+});
+
+test('a VDI the slave activates while the master is leaf-coalescing it: the GC abandons before the swap', async (t) => {
+  await inPool(async (w, slave, s) => {
+    const master = w.ctx;
+    const A = await w.create('A', 32 * MiB);
+    await w.fill('A', 0, 4 * MiB);
+    await w.snapshot('A', 'S');
+    await w.fill('A', 8 * MiB, 16 * MiB);
+    await w.delete('S');
+    await s.call('sr_attach');
+    // A slow copy (4 MiB/s: about 4 s) leaves time to activate A on the slave meanwhile.
+    const collecting = smGc(master, ['-g'], { ...master.env, SM_GC_MAX_MIBPS: '4' });
+    await waitFor('the leaf copy to start', () => readSmlog(master).includes(`Leaf-coalescing ${A.slice(0, 8)}`), 30_000, 20);
+    await s.call('vdi_attach', vdiArgs(A, { args: ['true'] }));
+    await s.call('vdi_activate', vdiArgs(A, { args: ['true'] }));
+    const r = await collecting;
+    t.is(r.code, 0, r.stderr);
+    t.regex(readSmlog(master), new RegExp(`Leaf-coalesce of ${A.slice(0, 8)} abandoned: the VDI became active on host ${slave.hostId}`));
+    t.is(await w.shape(), '*?(A)', 'A was not swapped under the slave');
+    t.deepEqual(journals(master), []);
+    t.is(await diffVdi(master, A, w.models.get(A)!), undefined, 'A reads as before');
+
+    await s.call('vdi_deactivate', vdiArgs(A));
+    await s.call('vdi_detach', vdiArgs(A));
+    await gc(master);
+    t.is(await w.shape(), 'A');
     await w.check(t);
   });
 });
