@@ -148,7 +148,7 @@ export function request(ctx: SmEnv, verb: string, extra: Record<string, unknown>
     sr_ref: 'OpaqueRef:sr-1',
     subtask_of: 'DummyRef:|task|' + verb,
     ...rest,
-    device_config: { SRmaster: String(ctx.srMaster), location: ctx.location, ...(device_config ?? {}) },
+    device_config: { SRmaster: ctx.srMaster === false ? 'false' : 'true', location: ctx.location, ...(device_config ?? {}) },
   };
 }
 
