@@ -4,6 +4,7 @@
  * say it to every host, so the master's GC leaves another host's VDIs alone.
  */
 import { getLog } from '../log/index.js';
+import { SMError } from '../smapi/errors.js';
 import { readVdiState } from './attach-record.js';
 import type { Activation, StorageBackend } from './backend.js';
 import { hostId } from './host-id.js';
@@ -24,7 +25,16 @@ export async function activeHere(backend: StorageBackend): Promise<string[]> {
   return [...(await backend.listActivations())].filter(([, a]) => a.host === me).map(([vdi]) => vdi);
 }
 
+/** Removes the VDI's record if this host wrote it; another host's record is that host's to remove. */
+export async function dropActivation(backend: StorageBackend, vdi: string): Promise<void> {
+  const record = (await backend.listActivations()).get(vdi);
+  if (record?.host === hostId()) await backend.removeActivation(vdi);
+}
+
+/** Writes this host's record of the VDI; VDIInUse (24) if another host has it active. */
 export async function recordActivation(backend: StorageBackend, vdi: string, writable: boolean): Promise<void> {
+  const holder = (await backend.listActivations()).get(vdi);
+  if (holder && holder.host !== hostId()) throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}`);
   await backend.writeActivation(vdi, { host: hostId(), writable, since: new Date().toISOString() });
 }
 

@@ -6,7 +6,7 @@
 import { getLog } from '../log/index.js';
 import { encodeMethodCall, SMError, type Driver, type Request, type Verb } from '../smapi/index.js';
 import { askHolder, isLockHeld, lockOrFail } from './lock.js';
-import { activeHere, clearStaleActivations, poolActivations, recordActivation } from './activation.js';
+import { activeHere, clearStaleActivations, dropActivation, poolActivations, recordActivation } from './activation.js';
 import {
   attachedBackend,
   backendOf,
@@ -240,7 +240,7 @@ export function srDriver(type: SrType): Driver {
     }),
 
     vdi_detach: onVdi(async (repo, vdi, sr) => {
-      await repo.backend.removeActivation(vdi);
+      await dropActivation(repo.backend, vdi);
       await writeVdiState(sr, vdi, undefined);
       return null;
     }),
@@ -258,7 +258,7 @@ export function srDriver(type: SrType): Driver {
     vdi_deactivate: onVdi(async (repo, vdi, sr) => {
       const state = await readVdiState(sr, vdi);
       if (state) await writeVdiState(sr, vdi, { ...state, active: false });
-      await repo.backend.removeActivation(vdi);
+      await dropActivation(repo.backend, vdi);
       return null;
     }),
 

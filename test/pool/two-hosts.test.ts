@@ -112,6 +112,10 @@ test('a VDI active on the slave is not leaf-coalesced by the master; once deacti
     t.regex(tree.stdout, new RegExp(`${A.slice(0, 8)}\\[VHD\\]\\([^)]*\\|a\\)`), "the master's `sm tree` shows A active");
     t.is((await w.s.fault('vdi_delete', vdiArgs(A))).code, 24, 'the master does not delete a VDI active on the slave');
     t.is((await s.fault('sr_detach')).code, 16, 'the slave does not detach while its VDI is active');
+    await w.s.call('vdi_attach', vdiArgs(A, { args: ['false'] }));
+    t.is((await w.s.fault('vdi_activate', vdiArgs(A, { args: ['false'] }))).code, 24, 'the master cannot activate it as well');
+    await w.s.call('vdi_detach', vdiArgs(A));
+    t.is(activations(master).get(A)?.host, slave.hostId, "the master's detach left the slave's record alone");
 
     await w.delete('S');
     await gc(master);
