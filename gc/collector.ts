@@ -2,7 +2,7 @@
  * One collection: recover interrupted steps, then repeat until nothing is left:
  * delete garbage; else coalesce one node; else leaf-coalesce one leaf.
  */
-import { activeVdis } from '../lib/sr/attach-record.js';
+import { activeVdiSet, poolActivations } from '../lib/sr/activation.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { readJournals } from '../lib/sr/journal.js';
 import { recoverSrJournals } from '../lib/sr/recovery.js';
@@ -36,7 +36,8 @@ export async function collect(ctx: GcContext): Promise<void> {
     const meta = await repo.metadata();
     const { nodes, broken } = await repo.tree();
     for (const [u, why] of broken) log.warn(`image ${u.slice(0, 8)} unreadable, left alone: ${why}`);
-    const active = await activeVdis(repo.uuid);
+    const activations = await poolActivations(repo.backend);
+    const active = new Set(activations.keys());
     trees.logTrees(repo, meta.name_label, nodes, active, Object.keys(meta.vdis).length);
 
     // Active images are kept out of the garbage, or the loop would find them again and again.
@@ -52,7 +53,7 @@ export async function collect(ctx: GcContext): Promise<void> {
     const leaves = findLeafCoalesceable(nodes, skip);
     const leaf = leaves.find((l) => {
       if (!active.has(l.uuid)) return true;
-      log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active (attached and activated)`);
+      log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active on host ${activations.get(l.uuid)!.host}`);
       skip.add(l.uuid);
       return false;
     });
@@ -83,7 +84,7 @@ async function deleteGarbage(ctx: GcContext): Promise<void> {
     const { repo, log } = ctx;
     const { nodes } = await repo.tree();
     // Not only the active images themselves: also the parents they read through.
-    const garbage = findGarbage(nodes, await activeVdis(repo.uuid));
+    const garbage = findGarbage(nodes, await activeVdiSet(repo.backend));
     if (garbage.length === 0) return;
     log.info(`Found ${garbage.length} VDIs for deletion:\n${garbage.map((u) => `  ${nodeLabel(nodes.get(u)!, false)}`).join('\n')}`);
     // Records first: a crash between the removals then leaves only hidden images

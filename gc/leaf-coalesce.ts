@@ -6,7 +6,7 @@
  * it; after the replace only the record of P is left to drop.
  */
 import { setImageHidden } from '../lib/vhd/index.js';
-import { activeVdis } from '../lib/sr/attach-record.js';
+import { poolActivations } from '../lib/sr/activation.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
 import { underSrLock, type GcContext } from './context.js';
@@ -16,28 +16,38 @@ type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
 
 export async function leafCoalesce(ctx: GcContext, leaf: string, parent: string): Promise<'done' | 'skipped'> {
   return underSrLock(ctx, async () => {
-    if ((await activeVdis(ctx.repo.uuid)).has(leaf)) {
-      ctx.log.info(`Leaf-coalesce of ${leaf.slice(0, 8)} skipped: the VDI became active`);
+    const holder = (await poolActivations(ctx.repo.backend)).get(leaf);
+    if (holder) {
+      ctx.log.info(`Leaf-coalesce of ${leaf.slice(0, 8)} skipped: the VDI became active on host ${holder.host}`);
       return 'skipped';
     }
     const journal: LeafJournal = { kind: 'leaf', vdi: leaf, parent };
     await beginJournal(ctx.repo.backend, journal);
-    await mergeAndSwap(ctx, journal);
+    if ((await mergeAndSwap(ctx, journal)) === 'skipped') return 'skipped';
     ctx.stats.leafCoalesced++;
     return 'done';
   });
 }
 
-async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<void> {
+async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<'done' | 'skipped'> {
   const { repo, log } = ctx;
   log.info(`Leaf-coalescing ${j.vdi.slice(0, 8)} into *${j.parent.slice(0, 8)}`);
   await copyIntoParent(ctx, j.vdi, j.parent, `Leaf-coalesce of ${j.vdi.slice(0, 8)}`);
   faultPoint('leaf-copied');
+  // The SR lock keeps this host's verbs out, not another host's vdi_activate: look again before the swap.
+  const holder = (await poolActivations(repo.backend)).get(j.vdi);
+  if (holder) {
+    // The parent, still hidden, only gained copies of the leaf's own blocks: the chain reads the same.
+    log.info(`Leaf-coalesce of ${j.vdi.slice(0, 8)} abandoned: the VDI became active on host ${holder.host}`);
+    await endJournal(repo.backend, j);
+    return 'skipped';
+  }
   await setImageHidden(repo.imagePath(j.parent), false);
   faultPoint('leaf-unhidden');
   await repo.backend.replaceImage(j.parent, j.vdi);
   faultPoint('leaf-renamed');
   await finish(ctx, j);
+  return 'done';
 }
 
 async function finish(ctx: GcContext, j: LeafJournal): Promise<void> {
@@ -58,13 +68,13 @@ export async function recoverLeaf(ctx: GcContext, j: LeafJournal): Promise<strin
       await finish(ctx, j);
       return `leaf-coalesce of ${j.vdi} was complete`;
     }
-    if ((await activeVdis(repo.uuid)).has(j.vdi)) {
+    if ((await poolActivations(repo.backend)).has(j.vdi)) {
       // The VDI is in use now: abandon; the parent, hidden again, holds nothing anyone reads alone.
       await setImageHidden(repo.imagePath(j.parent), true);
       await endJournal(repo.backend, j);
       return `leaf-coalesce of ${j.vdi} abandoned: the VDI is active`;
     }
-    await mergeAndSwap(ctx, j);
+    if ((await mergeAndSwap(ctx, j)) === 'skipped') return `leaf-coalesce of ${j.vdi} abandoned: the VDI became active`;
     ctx.stats.leafCoalesced++;
     return `leaf-coalesce of ${j.vdi} redone`;
   });

@@ -9,7 +9,8 @@
  */
 import { parseArgs } from 'node:util';
 import { initLog, describeError } from '../lib/log/index.js';
-import { activeVdis, attachedBackend } from '../lib/sr/attach-record.js';
+import { activeVdiSet } from '../lib/sr/activation.js';
+import { attachedBackend, readAttachRecord } from '../lib/sr/attach-record.js';
 import { isUuid } from '../lib/sr/ids.js';
 import { acquireLock, askHolder, isLockHeld } from '../lib/sr/lock.js';
 import { Repository } from '../lib/sr/repository.js';
@@ -20,8 +21,16 @@ import { findCoalesceable, findGarbage, findLeafCoalesceable } from './plan.js';
 
 const USAGE = 'usage: sm-gc -u SR_UUID (-g | -a | -q | --dry-run)\n';
 
+/** The GC runs on the SR master only; on a slave it says so and leaves the SR alone. */
+async function attachedAsSlave(sr: string, say: (line: string) => void): Promise<boolean> {
+  if ((await readAttachRecord(sr))?.role !== 'slave') return false;
+  say(`SR ${sr} is attached here as a pool slave: the GC runs on the master`);
+  return true;
+}
+
 async function runGc(sr: string): Promise<number> {
   const log = initLog('SMGC');
+  if (await attachedAsSlave(sr, (line) => log.info(line))) return 0;
   const lock = await acquireLock(sr, 'gc_active');
   if (!lock) {
     log.info('Another GC instance already active, exiting');
@@ -80,10 +89,11 @@ async function abortGc(sr: string): Promise<number> {
 }
 
 async function dryRun(sr: string): Promise<number> {
+  if (await attachedAsSlave(sr, (line) => process.stdout.write(line + '\n'))) return 0;
   const repo = new Repository(await attachedBackend(sr));
   const meta = await repo.metadata();
   const { nodes, broken } = await repo.tree();
-  const active = await activeVdis(sr);
+  const active = await activeVdiSet(repo.backend);
   const out = (s: string) => process.stdout.write(s + '\n');
   for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, active, Object.keys(meta.vdis).length)) out(line);
   for (const [u, why] of broken) out(`unreadable: ${u}: ${why}`);

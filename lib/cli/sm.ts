@@ -8,7 +8,8 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { initLog, smlogPath } from '../log/index.js';
-import { activeVdis, attachedBackend } from '../sr/attach-record.js';
+import { activeVdiSet } from '../sr/activation.js';
+import { attachedBackend } from '../sr/attach-record.js';
 import { isUuid } from '../sr/ids.js';
 import { lockOrFail } from '../sr/lock.js';
 import { runStateDir } from '../sr/paths.js';
@@ -52,7 +53,7 @@ async function tree(args: string[]): Promise<number> {
   const repo = new Repository(await attachedBackend(sr));
   const meta = await repo.metadata();
   const { nodes, broken } = await repo.tree();
-  for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, await activeVdis(sr), Object.keys(meta.vdis).length)) out(line);
+  for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, await activeVdiSet(repo.backend), Object.keys(meta.vdis).length)) out(line);
   for (const [u, why] of broken) out(`unreadable: ${u}: ${why}`);
   return 0;
 }

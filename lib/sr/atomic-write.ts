@@ -88,13 +88,13 @@ async function openNew(path: string): Promise<FileHandle> {
  * Removes the temp files of atomic writes a crash left behind in `dir` (never
  * renamed into place, so never part of what the directory holds). A temp file
  * whose writer is still running is left alone. The pid test is host-local:
- * only the host that owns the SR (its master) writes these files.
+ * `byAge` for folders several hosts write (only old temp files go).
  */
-export async function sweepAtomicTemps(dir: string): Promise<string[]> {
+export async function sweepAtomicTemps(dir: string, opts: { byAge?: boolean } = {}): Promise<string[]> {
   const removed: string[] = [];
   for (const name of await readdir(dir).catch(() => [] as string[])) {
     if (!/^\..+\.tmp$/.test(name)) continue;
-    const pid = TEMP_NAME.exec(name)?.[1];
+    const pid = opts.byAge ? undefined : TEMP_NAME.exec(name)?.[1];
     const abandoned = pid !== undefined ? !isRunning(Number(pid)) : await olderThan(join(dir, name), FOREIGN_TEMP_AGE_MS);
     if (!abandoned) continue;
     await unlink(join(dir, name)).then(

@@ -2,14 +2,15 @@
  * Host-local runtime state: the record sr_attach leaves (read by the GC and the
  * operator CLI to open the SR without a driver) and each VDI's attach state.
  */
-import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
-import { hostname } from 'node:os';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { SMError } from '../smapi/errors.js';
 import { sweepAtomicTemps, writeFileAtomic } from './atomic-write.js';
 import type { StorageBackend } from './backend.js';
 import { FileBackend } from './file-backend.js';
+import { hostId } from './host-id.js';
 import { LvmBackend } from './lvm-backend.js';
+import type { PoolRole } from './pool-role.js';
 import { attachRecordPath, runStateDir } from './paths.js';
 
 export type BackendSpec = { kind: 'file'; dir: string } | { kind: 'lvm'; vg: string; devices: string[] };
@@ -19,11 +20,13 @@ export interface AttachRecord {
   driver: string;
   backend: BackendSpec;
   host: string;
+  /** This host's role for the SR when it was attached (absent in records of older versions: master). */
+  role?: PoolRole;
   attached_at: string;
 }
 
-export async function writeAttachRecord(srUuid: string, driver: string, backend: BackendSpec): Promise<void> {
-  const record: AttachRecord = { sr_uuid: srUuid, driver, backend, host: hostname(), attached_at: new Date().toISOString() };
+export async function writeAttachRecord(srUuid: string, driver: string, backend: BackendSpec, role: PoolRole): Promise<void> {
+  const record: AttachRecord = { sr_uuid: srUuid, driver, backend, host: hostId(), role, attached_at: new Date().toISOString() };
   await writeFileAtomic(attachRecordPath(srUuid), JSON.stringify(record, null, 1) + '\n');
 }
 
@@ -85,14 +88,4 @@ export async function writeVdiState(sr: string, vdi: string, state: VdiState | u
   }
   await mkdir(runStateDir('vdi', sr), { recursive: true });
   await writeFileAtomic(vdiStatePath(sr, vdi), JSON.stringify(state) + '\n');
-}
-
-export async function activeVdis(sr: string): Promise<Set<string>> {
-  const names = await readdir(runStateDir('vdi', sr)).catch(() => [] as string[]);
-  const out = new Set<string>();
-  for (const n of names) {
-    const vdi = n.replace(/\.json$/, '');
-    if ((await readVdiState(sr, vdi))?.active) out.add(vdi);
-  }
-  return out;
 }

@@ -5,6 +5,13 @@
  */
 import type { SrMetadata } from './metadata.js';
 
+/** A VDI active on some host of the pool: who activated it, how, and when. */
+export interface Activation {
+  host: string;
+  writable: boolean;
+  since: string;
+}
+
 export interface StorageBackend {
   readonly srUuid: string;
   /** Path the VHD library opens for the image of `uuid` (a file or a device node). */
@@ -48,4 +55,12 @@ export interface StorageBackend {
   readJournal(name: string): Promise<string | undefined>;
   writeJournal(name: string, text: string): Promise<void>;
   removeJournal(name: string): Promise<void>;
+
+  /**
+   * VDI activations, where every host of the pool sees them: one small record
+   * per VDI, written and removed only by the host that activated it.
+   */
+  listActivations(): Promise<Map<string, Activation>>;
+  writeActivation(vdi: string, activation: Activation): Promise<void>;
+  removeActivation(vdi: string): Promise<void>;
 }

@@ -6,7 +6,8 @@ import { open, readdir, readFile, rename, rm, rmdir, stat, statfs, unlink } from
 import { join } from 'node:path';
 import { getLog } from '../log/index.js';
 import { createFileDurably, sweepAtomicTemps, syncDir, writeFileAtomic } from './atomic-write.js';
-import type { StorageBackend } from './backend.js';
+import { listActivationsIn, removeActivationIn, writeActivationIn } from './activation-dir.js';
+import type { Activation, StorageBackend } from './backend.js';
 import { faultPoint } from './fault.js';
 import { isUuid } from './ids.js';
 import { parseSrMetadata, type SrMetadata } from './metadata.js';
@@ -142,8 +143,10 @@ export class FileBackend implements StorageBackend {
 
   /** Removes the temp files of atomic writes a crash left behind (recovery lists journals first). */
   private async sweepScratch(): Promise<void> {
-    for (const dir of [this.metaPath(), this.metaPath('journal')]) {
-      for (const name of await sweepAtomicTemps(dir)) getLog().info(`recovery: removed ${name}, the temp file of an interrupted write`);
+    // Activation records are written by every host of a pool: a writer's pid means nothing here, only age does.
+    const dirs: [string, boolean][] = [[this.metaPath(), false], [this.metaPath('journal'), false], [this.metaPath('active'), true]];
+    for (const [dir, byAge] of dirs) {
+      for (const name of await sweepAtomicTemps(dir, { byAge })) getLog().info(`recovery: removed ${name}, the temp file of an interrupted write`);
     }
   }
 
@@ -161,5 +164,18 @@ export class FileBackend implements StorageBackend {
   async removeJournal(name: string): Promise<void> {
     // Not synced: a journal that reappears after a crash finds its change complete.
     await unlink(this.metaPath('journal', `${name}.json`)).catch(() => undefined);
+  }
+
+  /** In the SR's `.sm/active/`, so every host that mounts the SR sees them. */
+  listActivations(): Promise<Map<string, Activation>> {
+    return listActivationsIn(this.metaPath('active'));
+  }
+
+  writeActivation(vdi: string, activation: Activation): Promise<void> {
+    return writeActivationIn(this.metaPath('active'), vdi, activation);
+  }
+
+  removeActivation(vdi: string): Promise<void> {
+    return removeActivationIn(this.metaPath('active'), vdi);
   }
 }

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, unlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
+import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
 import { lockDir } from './paths.js';
 
@@ -53,10 +54,14 @@ export async function acquireLock(srUuid: string, name: string, opts: AcquireOpt
   }
 }
 
-/** Takes the lock or throws LockErr (37) after the wait. */
+/** Takes the lock or throws LockErr (37) after the wait; a wait is logged, so lock contention shows in SMlog. */
 export async function lockOrFail(srUuid: string, name: string, timeoutMs: number): Promise<HeldLock> {
+  const free = await acquireLock(srUuid, name);
+  if (free) return free;
+  const started = Date.now();
   const held = await acquireLock(srUuid, name, { timeoutMs });
   if (!held) throw new SMError('LockErr', `${name} lock of SR ${srUuid} still busy after ${timeoutMs} ms`);
+  getLog().debug(`${name} lock of SR ${srUuid} taken after waiting ${Date.now() - started} ms`);
   return held;
 }
 

@@ -15,10 +15,12 @@ import { BLOCK_SIZE, FileIO, VhdImage } from '../vhd/index.js';
 import { FOOTER_SIZE, HEADER_OFFSET, HEADER_SIZE } from '../vhd/format/constants.js';
 import { decodeFooter } from '../vhd/format/footer.js';
 import { decodeHeader } from '../vhd/format/header.js';
-import type { StorageBackend } from './backend.js';
+import { listActivationsIn, removeActivationIn, writeActivationIn } from './activation-dir.js';
+import type { Activation, StorageBackend } from './backend.js';
 import { isUuid } from './ids.js';
 import { parseSrMetadata, type SrMetadata } from './metadata.js';
 import { MGT_BYTES, MgtVolume } from './mgt-volume.js';
+import { runStateDir } from './paths.js';
 import { batRoomFor } from './sizes.js';
 
 import { deflatedSizeFor, thickSizeFor } from './lvm-sizes.js';
@@ -232,6 +234,26 @@ export class LvmBackend implements StorageBackend {
 
   async removeJournal(name: string): Promise<void> {
     await this.mgt().removeJournal(name).catch(() => undefined);
+  }
+
+  /**
+   * Host-local for now: a pool-wide record on LVM needs a write to the MGT
+   * volume, which only the master may make (see docs/architecture.md).
+   */
+  private activationDir(): string {
+    return runStateDir('active', this.srUuid);
+  }
+
+  listActivations(): Promise<Map<string, Activation>> {
+    return listActivationsIn(this.activationDir());
+  }
+
+  writeActivation(vdi: string, activation: Activation): Promise<void> {
+    return writeActivationIn(this.activationDir(), vdi, activation);
+  }
+
+  removeActivation(vdi: string): Promise<void> {
+    return removeActivationIn(this.activationDir(), vdi);
   }
 }
 

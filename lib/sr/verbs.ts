@@ -6,8 +6,8 @@
 import { getLog } from '../log/index.js';
 import { encodeMethodCall, SMError, type Driver, type Request, type Verb } from '../smapi/index.js';
 import { askHolder, isLockHeld, lockOrFail } from './lock.js';
+import { activeHere, clearStaleActivations, dropActivation, poolActivations, recordActivation } from './activation.js';
 import {
-  activeVdis,
   attachedBackend,
   backendOf,
   readAttachRecord,
@@ -25,6 +25,7 @@ import { newSrMetadata, newVdiRecord } from './metadata.js';
 import { recoverSrJournals } from './recovery.js';
 import { Repository } from './repository.js';
 import { scanSr } from './scan.js';
+import { roleOf, requireMaster } from './pool-role.js';
 import { parseVdiSize } from './sizes.js';
 import type { SrType } from './sr-type.js';
 import { snapshotVdi, type SnapshotMode } from './snapshot.js';
@@ -47,15 +48,42 @@ async function withSrLock<T>(sr: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Runs `fn` on an attached SR under its lock, after completing interrupted changes. */
+/**
+ * The verbs that change the SR's metadata or images: only the SR master runs
+ * them, a slave's call faults LVMMaster (58) before touching anything.
+ */
+const MASTER_ONLY = [
+  'sr_create',
+  'sr_delete',
+  'sr_scan',
+  'sr_update',
+  'vdi_create',
+  'vdi_delete',
+  'vdi_snapshot',
+  'vdi_clone',
+  'vdi_resize',
+  'vdi_resize_online',
+  'vdi_update',
+  'vdi_introduce',
+] as const;
+
+function masterOnly(verb: string, fn: Verb): Verb {
+  return async (req) => {
+    requireMaster(req, verb);
+    return fn(req);
+  };
+}
+
+/** Runs `fn` on an attached SR under its lock; on the master, after completing interrupted changes. */
 function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Promise<T>): Verb {
   return async (req) => {
     const sr = srUuidOf(req);
     return withSrLock(sr, async () => {
       const repo = new Repository(await attachedBackend(sr));
-      // What a crash left is cleared (temp files), finished or undone (changes) before anything else.
+      // What a crash left is cleared (host temp files), finished or undone (changes) before anything else.
+      // Journals never on a slave: one may be the master's change in progress.
       await sweepHostTemps(sr);
-      await recoverSrJournals(repo);
+      if (roleOf(req) === 'master') await recoverSrJournals(repo);
       return fn(repo, sr, req);
     });
   };
@@ -106,8 +134,8 @@ export function srDriver(type: SrType): Driver {
         });
         if (await readAttachRecord(sr)) {
           // Deleting an attached SR detaches it first, as the toolstack's SR.destroy does.
-          const busy = await activeVdis(sr);
-          if (busy.size > 0) throw new SMError('SRInUse', `VDIs still active: ${[...busy].join(', ')}`);
+          const busy = [...(await poolActivations(await attachedBackend(sr))).keys()];
+          if (busy.length > 0) throw new SMError('SRInUse', `VDIs still active: ${busy.join(', ')}`);
           await type.detach(req, sr);
           await removeAttachRecord(sr);
         }
@@ -131,13 +159,15 @@ export function srDriver(type: SrType): Driver {
       return withSrLock(sr, async () => {
         const spec = await type.attach(req, sr);
         const repo = new Repository(backendFor(sr, spec));
-        if (!(await repo.backend.readMetadata().catch(() => undefined))) {
+        const role = roleOf(req);
+        if (role === 'master' && !(await repo.backend.readMetadata().catch(() => undefined))) {
           // Storage without our metadata (e.g. made by another SM): adopt it; scan introduces its images.
           await repo.saveMetadata(newSrMetadata(sr, type.driver));
         }
-        await writeAttachRecord(sr, type.driver, spec);
+        await writeAttachRecord(sr, type.driver, spec, role);
         await sweepHostTemps(sr);
-        await recoverSrJournals(repo);
+        await clearStaleActivations(repo.backend);
+        if (role === 'master') await recoverSrJournals(repo);
         return null;
       });
     },
@@ -146,8 +176,10 @@ export function srDriver(type: SrType): Driver {
       const sr = srUuidOf(req);
       await stopGc(sr);
       return withSrLock(sr, async () => {
-        const busy = await activeVdis(sr);
-        if (busy.size > 0) throw new SMError('SRInUse', `VDIs still active: ${[...busy].join(', ')}`);
+        // This host's VDIs only: the other hosts of the pool keep theirs, and the SR, attached.
+        const record = await readAttachRecord(sr);
+        const busy = record ? await activeHere(backendOf(record)) : [];
+        if (busy.length > 0) throw new SMError('SRInUse', `VDIs still active: ${busy.join(', ')}`);
         await type.detach(req, sr);
         await removeAttachRecord(sr);
         return null;
@@ -156,7 +188,7 @@ export function srDriver(type: SrType): Driver {
 
     sr_scan: async (req) => {
       const records = await onAttachedSr((repo) => scanSr(repo))(req);
-      kickGc(srUuidOf(req));
+      await kickGc(srUuidOf(req));
       return records;
     },
 
@@ -190,9 +222,11 @@ export function srDriver(type: SrType): Driver {
     vdi_delete: async (req) => {
       await onVdi(async (repo, vdi, sr) => {
         if (await readVdiState(sr, vdi)) throw new SMError('VDIInUse', `${vdi} is attached`);
+        const elsewhere = (await poolActivations(repo.backend)).get(vdi);
+        if (elsewhere) throw new SMError('VDIInUse', `${vdi} is active on host ${elsewhere.host}`);
         await deleteVdi(repo, vdi);
       })(req);
-      kickGc(srUuidOf(req));
+      await kickGc(srUuidOf(req));
       return null;
     },
 
@@ -212,21 +246,26 @@ export function srDriver(type: SrType): Driver {
       };
     }),
 
-    vdi_detach: onVdi(async (_repo, vdi, sr) => {
+    vdi_detach: onVdi(async (repo, vdi, sr) => {
+      await dropActivation(repo.backend, vdi);
       await writeVdiState(sr, vdi, undefined);
       return null;
     }),
 
-    vdi_activate: onVdi(async (_repo, vdi, sr, req) => {
+    vdi_activate: onVdi(async (repo, vdi, sr, req) => {
       const state = await readVdiState(sr, vdi);
       if (!state) throw new SMError('VDIUnavailable', `${vdi} must be attached before it is activated`);
-      await writeVdiState(sr, vdi, { ...state, writable: boolArg(req.args[0]) || state.writable, active: true });
+      const writable = boolArg(req.args[0]) || state.writable;
+      // The pool-wide record first: a crash in between leaves a record too many (cleared on the next sr_attach), never one too few.
+      await recordActivation(repo.backend, vdi, writable);
+      await writeVdiState(sr, vdi, { ...state, writable, active: true });
       return null;
     }),
 
-    vdi_deactivate: onVdi(async (_repo, vdi, sr) => {
+    vdi_deactivate: onVdi(async (repo, vdi, sr) => {
       const state = await readVdiState(sr, vdi);
       if (state) await writeVdiState(sr, vdi, { ...state, active: false });
+      await dropActivation(repo.backend, vdi);
       return null;
     }),
 
@@ -274,6 +313,7 @@ export function srDriver(type: SrType): Driver {
       ]);
     }),
   };
+  for (const verb of MASTER_ONLY) verbs[verb] = masterOnly(verb, verbs[verb]!);
   return { info: type.info, verbs };
 }
 

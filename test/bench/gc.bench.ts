@@ -32,7 +32,7 @@ export async function runGcBenchmarks(): Promise<void> {
     mkdirSync(location, { recursive: true });
     const repo = new Repository(new FileBackend(SR, location));
     await repo.saveMetadata(newSrMetadata(SR, 'FileSR', 'gc-bench'));
-    await writeAttachRecord(SR, 'FileSR', { kind: 'file', dir: location });
+    await writeAttachRecord(SR, 'FileSR', { kind: 'file', dir: location }, 'master');
     const vdi = await createVdi(repo, 2048 * MiB, { name_label: 'chain' });
     const delta = Buffer.alloc(100 * MiB);
     for (let layer = 0; layer < 10; layer++) {

@@ -32,6 +32,10 @@ export interface SmEnv {
   smlog: string;
   /** Path of the attached SR as the drivers see it. */
   mount: string;
+  /** This host's INSTALLATION_UUID (in `$SM_ROOT/etc/xensource-inventory`). */
+  hostId: string;
+  /** Sent as device_config.SRmaster: true for the SR master (and a host on its own). */
+  srMaster: boolean;
   /** A fresh scratch file name inside base. */
   scratch(name: string): string;
   cleanup(): Promise<void>;
@@ -63,8 +67,36 @@ export async function makeSmEnv(opts: EnvOptions = {}): Promise<SmEnv> {
     env,
     smlog: path.join(root, 'var', 'log', 'SMlog'),
     mount: path.join(root, 'run', 'sr-mount', sr),
+    hostId: writeInventory(root),
+    srMaster: true,
     scratch: (name) => path.join(base, `${n++}-${name}`),
     cleanup: () => rm(base, { recursive: true, force: true }),
+  };
+}
+
+/** A host's xensource-inventory with a fresh INSTALLATION_UUID, as the established SM reads it. */
+function writeInventory(root: string): string {
+  const id = randomUUID();
+  fs.mkdirSync(path.join(root, 'etc'), { recursive: true });
+  fs.writeFileSync(path.join(root, 'etc', 'xensource-inventory'), `PRODUCT_BRAND='XCP-ng'\nINSTALLATION_UUID='${id}'\n`);
+  return id;
+}
+
+/**
+ * Another host of the same pool: its own SM_ROOT (locks, attach state, SMlog,
+ * inventory), the same SR directory and SR uuid; `master` sets SRmaster.
+ */
+export function poolHost(ctx: SmEnv, name: string, master: boolean): SmEnv {
+  const root = path.join(ctx.base, `${name}-root`);
+  fs.mkdirSync(root);
+  return {
+    ...ctx,
+    root,
+    env: { ...ctx.env, SM_ROOT: root },
+    smlog: path.join(root, 'var', 'log', 'SMlog'),
+    mount: path.join(root, 'run', 'sr-mount', ctx.sr),
+    hostId: writeInventory(root),
+    srMaster: master,
   };
 }
 
@@ -116,7 +148,7 @@ export function request(ctx: SmEnv, verb: string, extra: Record<string, unknown>
     sr_ref: 'OpaqueRef:sr-1',
     subtask_of: 'DummyRef:|task|' + verb,
     ...rest,
-    device_config: { SRmaster: 'true', location: ctx.location, ...(device_config ?? {}) },
+    device_config: { SRmaster: ctx.srMaster === false ? 'false' : 'true', location: ctx.location, ...(device_config ?? {}) },
   };
 }
 
@@ -139,7 +171,10 @@ export interface XmlCallResult extends RunResult {
 }
 
 export interface CallOptions {
-  /** SIGKILL the driver this many ms after it started, unless it has ended (random-instant crash tests). */
+  /**
+   * SIGKILL the driver this many ms after it started, unless it has ended: a
+   * random-instant crash, or a bound on a call that must not hang (default 120 s).
+   */
   killAfterMs?: number;
 }
 

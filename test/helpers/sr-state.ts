@@ -86,7 +86,17 @@ export function journals(ctx: SmEnv): string[] {
   }
 }
 
-/** Anything in the SR directory besides images and the metadata document (and the journal folder, which must be empty). */
+/** The pool-wide activation records in the SR (`.sm/active/<vdi>.json`): vdi -> record. */
+export function activations(ctx: SmEnv): Map<string, { host: string; writable: boolean; since: string }> {
+  const dir = path.join(ctx.location, '.sm', 'active');
+  const names = fs.existsSync(dir) ? fs.readdirSync(dir).filter((n) => n.endsWith('.json')) : [];
+  return new Map(names.map((n) => [n.slice(0, -5), JSON.parse(fs.readFileSync(path.join(dir, n), 'utf8'))]));
+}
+
+/**
+ * Anything in the SR directory besides images and the metadata document (and
+ * the journal and activation folders, which must be empty).
+ */
 export function strayFiles(ctx: SmEnv): string[] {
   const out: string[] = [];
   for (const n of fs.readdirSync(ctx.location)) {
@@ -95,10 +105,11 @@ export function strayFiles(ctx: SmEnv): string[] {
     out.push(n);
   }
   for (const n of fs.readdirSync(path.join(ctx.location, '.sm'))) {
-    if (n === 'metadata.json' || n === 'journal') continue;
+    if (n === 'metadata.json' || n === 'journal' || n === 'active') continue;
     out.push(`.sm/${n}`);
   }
   for (const j of journals(ctx)) out.push(`.sm/journal/${j}`);
+  for (const a of fs.existsSync(path.join(ctx.location, '.sm', 'active')) ? fs.readdirSync(path.join(ctx.location, '.sm', 'active')) : []) out.push(`.sm/active/${a}`);
   return out;
 }
 
@@ -226,11 +237,11 @@ export async function writeVdi(ctx: SmEnv, uuid: string, offset: number, data: B
 }
 
 /**
- * Files under SM_ROOT besides SMlog, the SR's attach record and its sr-mount
+ * Files under SM_ROOT besides SMlog, the inventory, the SR's attach record and its sr-mount
  * link: e.g. a lock's holder file left by a killed process, VDI state files.
  */
 export function hostLeftovers(ctx: SmEnv): string[] {
-  const keep = new Set(['var/log/SMlog', `run/sm/sr/${ctx.sr}.json`, `run/sr-mount/${ctx.sr}`]);
+  const keep = new Set(['var/log/SMlog', 'etc/xensource-inventory', `run/sm/sr/${ctx.sr}.json`, `run/sr-mount/${ctx.sr}`]);
   const out: string[] = [];
   const walk = (rel: string) => {
     const abs = path.join(ctx.root, rel);
