@@ -7,6 +7,8 @@ import { coalesceExtraSpace } from './space.js';
 export async function copyIntoParent(ctx: GcContext, child: string, parent: string, what: string): Promise<void> {
   const childPath = ctx.repo.imagePath(child);
   await growParentForChild(ctx, child, parent);
+  // A deflated parent (LVM) has no room for new blocks: inflate it first (idempotent, redone on recovery).
+  await ctx.repo.backend.prepareWrite(parent);
   const { childBytes } = await coalesceExtraSpace(childPath, ctx.repo.imagePath(parent));
   const progress = progressReporter(ctx.log, what, childBytes);
   const limit = Number(process.env.SM_GC_MAX_MIBPS);

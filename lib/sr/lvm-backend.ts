@@ -20,6 +20,7 @@ import { isUuid } from './ids.js';
 import { parseSrMetadata, type SrMetadata } from './metadata.js';
 import { MGT_BYTES, MgtVolume } from './mgt-volume.js';
 import { batRoomFor } from './sizes.js';
+import { faultPoint } from './fault.js';
 
 import { deflatedSizeFor, thickSizeFor } from './lvm-sizes.js';
 
@@ -123,7 +124,8 @@ export class LvmBackend implements StorageBackend {
 
   /**
    * Deflates a read-only image (a hidden base copy) to what it uses: the
-   * footer moves first, so a valid footer is at the device's end at every instant.
+   * footer moves first, so a valid footer is at the device's end at every
+   * instant; calling it again after a crash finishes the job.
    */
   async deflate(uuid: string): Promise<number> {
     const image = await VhdImage.open(this.imagePath(uuid), true);
@@ -136,8 +138,11 @@ export class LvmBackend implements StorageBackend {
     } finally {
       await image.close();
     }
+    faultPoint('lvm-deflating');
     this.sizes = undefined;
-    return this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
+    const size = await this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
+    faultPoint('lvm-deflated');
+    return size;
   }
 
   /**
@@ -154,6 +159,8 @@ export class LvmBackend implements StorageBackend {
     this.sizes = undefined;
     const size = bytes >= target ? bytes : await this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
     if (size === bytes && footer.atEnd) return size;
+    // Grown, footer not yet at the new end: the image cannot be opened until this completes.
+    faultPoint('lvm-inflated');
     const fh = await open(path, 'r+');
     try {
       await fh.write(footer.buf, 0, FOOTER_SIZE, size - FOOTER_SIZE);
@@ -235,7 +242,11 @@ export class LvmBackend implements StorageBackend {
   }
 }
 
-/** The footer of a VHD on a device, read raw: the last sector's when valid, else the copy at offset 0. */
+/**
+ * The footer of a VHD on a device, read raw: the last sector's when it is valid
+ * and equal to the copy at offset 0 (a grown LV's new last sector may hold a
+ * stale footer, even of this image before a deflate), else the copy.
+ */
 async function readDeviceFooter(path: string): Promise<{
   footer: { buf: Buffer; atEnd: boolean };
   bytes: number;
@@ -249,8 +260,10 @@ async function readDeviceFooter(path: string): Promise<{
     await io.read(end, bytes - FOOTER_SIZE);
     const copy = Buffer.alloc(FOOTER_SIZE);
     await io.read(copy, 0);
-    const atEnd = typeof decodeFooter(end) !== 'string';
-    const decoded = decodeFooter(atEnd ? end : copy);
+    const endFooter = decodeFooter(end);
+    const copyFooter = decodeFooter(copy);
+    const atEnd = typeof endFooter !== 'string' && (typeof copyFooter === 'string' || end.equals(copy));
+    const decoded = atEnd ? endFooter : copyFooter;
     if (typeof decoded === 'string') throw new Error(`${path}: no valid VHD footer (${decoded})`);
     const hbuf = Buffer.alloc(HEADER_SIZE);
     await io.read(hbuf, HEADER_OFFSET);
