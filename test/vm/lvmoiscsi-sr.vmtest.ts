@@ -13,7 +13,8 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import * as iscsi from '../../lib/os/iscsi.js';
 import { Lvm } from '../../lib/os/lvm.js';
 import { encodeMethodCall, parseMethodResponse, type MethodResponse } from '../../lib/smapi/index.js';
-import { thickSizeFor } from '../../lib/sr/lvm-sizes.js';
+import { deflatedSizeFor, thickSizeFor } from '../../lib/sr/lvm-sizes.js';
+import { VhdImage } from '../../lib/vhd/index.js';
 import { batRoomFor } from '../../lib/sr/sizes.js';
 import { OUT, requireGuest, sparseFile, startDaemon, until } from './support/guest.js';
 import type { Daemon } from './support/guest.js';
@@ -81,6 +82,60 @@ async function fault(verb: string, code: number, extra: Record<string, unknown> 
   if (c.response.kind === 'fault') assert.equal(c.response.faultCode, code, c.response.faultString);
   return c;
 }
+
+/** Runs argv with SM_FAULT=point and expects the process to kill itself there. */
+async function killedAt(point: string, file: string, args: string[]): Promise<void> {
+  const r = await pexec(file, args, { env: { ...env(), SM_FAULT: point }, maxBuffer: 64 * MiB }).then(
+    () => undefined,
+    (e: { signal?: string }) => e.signal,
+  );
+  assert.equal(r, 'SIGKILL', `${file} ${args[0]?.slice(0, 40)} should die at ${point}`);
+}
+
+const driverArgv = (verb: string, extra: Record<string, unknown>, dc: Record<string, string>) => [
+  encodeMethodCall(verb, [
+    {
+      host_ref: 'OpaqueRef:host-1',
+      session_ref: 'OpaqueRef:session-1',
+      command: verb,
+      args: [],
+      sr_uuid: SR,
+      sr_ref: 'OpaqueRef:sr-1',
+      subtask_of: 'DummyRef:|task|' + verb,
+      ...extra,
+      device_config: { SRmaster: 'true', ...dc },
+    },
+  ]),
+];
+
+/** Every VHD LV of the SR: size, hidden flag, parent and the bytes its VHD uses. */
+async function vhdLvs(): Promise<Map<string, { size: number; hidden: boolean; parent: string; used: number }>> {
+  const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
+  const out = new Map<string, { size: number; hidden: boolean; parent: string; used: number }>();
+  for (const lv of await new Lvm({ devices: rec.backend.devices }).lvs(VG)) {
+    const m = /^VHD-(.+)$/.exec(lv.name);
+    if (!m) continue;
+    const image = await VhdImage.open(lvPath(m[1]!));
+    try {
+      const parent = image.footer.diskType === 4 ? image.header.parentUnicodeName : '';
+      out.set(m[1]!, { size: lv.sizeBytes, hidden: image.footer.hidden === 1, parent, used: image.usedBytes });
+    } finally {
+      await image.close();
+    }
+  }
+  return out;
+}
+
+/** Thick provisioning: hidden (read-only) images deflated to what they use, every other one fully inflated. */
+async function assertProvisioning(): Promise<void> {
+  for (const [u, lv] of await vhdLvs()) {
+    const want = lv.hidden ? deflatedSizeFor(lv.used) : thickSizeFor(SIZE_OF.get(u) ?? SIZE, batRoomFor(SIZE_OF.get(u) ?? SIZE));
+    assert.equal(lv.size, want, `LV of ${lv.hidden ? 'hidden' : 'visible'} ${u} (uses ${lv.used} bytes)`);
+  }
+}
+/** Virtual sizes of VDIs not of the suite's default size. */
+const SIZE_OF = new Map<string, number>();
+const SIZE = 64 * MiB;
 
 const createArgs = (size: number, label: string) => [String(size), label, '', '', 'false', '', '', 'false'];
 const lvPath = (vdi: string) => `/dev/${VG}/VHD-${vdi}`;
@@ -185,7 +240,6 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
   let vdi = '';
   let snap = '';
   let clone = '';
-  const SIZE = 64 * MiB;
 
   it('sr_create makes the VG and MGT on the LUN; probe then lists the SR', async () => {
     const { ms } = await ok('sr_create', { args: ['0'], sr_sm_config: { name_label: 'lvm test SR' } }, full());
@@ -221,6 +275,14 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
     timing('vdi_snapshot', s.ms);
     snap = (s.value as { uuid: string }).uuid;
     models.set(snap, models.get(vdi)!.copy());
+    const lvs = await vhdLvs();
+    const [base] = [...lvs.keys()].filter((u) => u !== vdi && u !== snap);
+    const b = lvs.get(base!)!;
+    assert.ok(b.hidden && lvs.get(vdi)!.parent.length > 0, 'the old image became the hidden base');
+    assert.equal(b.size, deflatedSizeFor(b.used), 'the base is deflated to the extents its VHD uses');
+    assert.ok(b.size < lvs.get(vdi)!.size, `base ${b.size} < leaf ${lvs.get(vdi)!.size}`);
+    console.log(`LVMOISCSI SIZE base ${b.size} (uses ${b.used}) leaf ${lvs.get(vdi)!.size} snapshot ${lvs.get(snap)!.size}`);
+    await assertProvisioning();
     const d3 = randomBytes(2 * MiB + 4096);
     await writeVdi(vdi, 5 * MiB + 512, d3);
     models.get(vdi)!.write(5 * MiB + 512, d3);
@@ -246,13 +308,62 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
   it('GC (sm-gc -g) collects and coalesces; data unchanged', async () => {
     const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
     const lvm = new Lvm({ devices: rec.backend.devices });
-    const vhdLvs = async () => (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length;
-    assert.equal(await vhdLvs(), 4, 'two hidden bases, the VDI and its clone');
+    const countVhdLvs = async () => (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length;
+    assert.equal(await countVhdLvs(), 4, 'two hidden bases, the VDI and its clone');
     const start = performance.now();
     await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
     timing('sm-gc -g', performance.now() - start);
-    assert.equal(await vhdLvs(), 3, 'the base left with one child was coalesced away');
+    assert.equal(await countVhdLvs(), 3, 'the base left with one child was coalesced away');
     for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model after GC`);
+    await assertProvisioning(); // the base that took the coalesce was inflated for it and deflated again
+  });
+
+  it('killed at lvm-deflating (snapshot), lvm-inflated and mgt-written (GC): sr_scan and sm-gc recover; one thick LV, data identical', async () => {
+    const size = 32 * MiB;
+    const c = await ok('vdi_create', { args: createArgs(size, 'crash') }, full());
+    const w = (c.value as { uuid: string }).uuid;
+    SIZE_OF.set(w, size);
+    const m = Model.zero(size);
+    const d = randomBytes(5 * MiB);
+    await writeVdi(w, 3 * MiB, d);
+    m.write(3 * MiB, d);
+    const before = new Set((await vhdLvs()).keys());
+
+    // Snapshot committed, the base's footer moved for the smaller size, the LV not yet shrunk.
+    await killedAt('lvm-deflating', DRIVER, driverArgv('vdi_snapshot', { vdi_uuid: w, vdi_location: w }, full()));
+    let start = performance.now();
+    await ok('sr_scan', {}, full());
+    timing('sr_scan (recovering a snapshot killed while deflating)', performance.now() - start);
+    await assertProvisioning();
+    const added = [...(await vhdLvs())].filter(([u]) => !before.has(u));
+    assert.equal(added.length, 2, 'the snapshot committed: a base and the snapshot');
+    const snapOfW = added.find(([, lv]) => !lv.hidden)?.[0];
+    assert.ok(snapOfW && added.some(([, lv]) => lv.hidden), 'one hidden base, one visible snapshot');
+    SIZE_OF.set(snapOfW, size);
+    assert.ok((await exportVdi(w)).equals(m.bytes) && (await exportVdi(snapOfW!)).equals(m.bytes), 'VDI and snapshot read as the model');
+    const d2 = randomBytes(MiB);
+    await writeVdi(w, 20 * MiB, d2);
+    m.write(20 * MiB, d2);
+    await ok('vdi_delete', { vdi_uuid: snapOfW, vdi_location: snapOfW }, full());
+
+    // Leaf-coalesce of w into its base: the base LV grown, its footer not yet at the new end.
+    await killedAt('lvm-inflated', 'node', [SM_GC, '-u', SR, '-g']);
+    start = performance.now();
+    await ok('sr_scan', {}, full()); // the SR's own recovery makes the parent readable again
+    timing('sr_scan (repairing a parent killed while inflating)', performance.now() - start);
+    assert.ok((await exportVdi(w)).equals(m.bytes), 'VDI reads as its model after the kill');
+    // The GC's recovery redoes the leaf-coalesce; killed again once the metadata is written.
+    await killedAt('mgt-written', 'node', [SM_GC, '-u', SR, '-g']);
+    start = performance.now();
+    await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
+    timing('sm-gc -g (recovering)', performance.now() - start);
+    const after = await vhdLvs();
+    const chain = [...after.keys()].filter((u) => !before.has(u) || u === w);
+    assert.deepEqual(chain, [w], 'the VDI is one image: its base was merged into it');
+    assert.equal(after.get(w)!.parent, '', 'no parent left');
+    await assertProvisioning();
+    assert.ok((await exportVdi(w)).equals(m.bytes), 'VDI reads as its model after recovery');
+    await ok('vdi_delete', { vdi_uuid: w, vdi_location: w }, full());
   });
 
   it('sr_detach deactivates and logs out; sr_attach again; every VDI reads as its model', async () => {
