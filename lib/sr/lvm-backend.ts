@@ -1,7 +1,8 @@
 /**
- * An LVM volume group on the SR's device(s) (LVMoISCSI SR): each image is a
- * thick LV `VHD-<uuid>` holding a VHD (metadata at the start, the footer in the
- * LV's last sector); SR metadata and journals live in the `MGT` LV
+ * An LVM volume group on the SR's device(s) (LVMoISCSI SR): each image is an
+ * LV `VHD-<uuid>` holding a VHD (metadata at the start, the footer in the LV's
+ * last sector), thick (inflated) while writable, deflated to what it uses once
+ * read-only (lvm-sizes.ts); SR metadata and journals live in the `MGT` LV
  * (mgt-volume.ts). Every LVM command is confined to the SR's devices (lib/os/lvm).
  *
  * Activation: LVs are kept active while the SR is attached (the SR type runs
@@ -146,16 +147,17 @@ export class LvmBackend implements StorageBackend {
   }
 
   /**
-   * Inflates an image back to the thick size (before anything is written into
-   * it, e.g. a coalesce). Idempotent and self-completing: the footer to place at
-   * the new end is the valid one at the current end, or else the copy at offset
-   * 0, so calling it again after a crash between the resize and the footer
-   * write finishes the job.
+   * Inflates an image to the thick size of its virtual size, or of `growTo`
+   * when larger (before anything is written into it, e.g. a coalesce, or before
+   * a resize). Idempotent and self-completing: the footer to place at the new
+   * end is the valid one at the current end, or else the copy at offset 0, so
+   * calling it again after a crash between the resize and the footer write
+   * finishes the job.
    */
-  async inflate(uuid: string): Promise<number> {
+  async inflate(uuid: string, growTo = 0): Promise<number> {
     const path = this.imagePath(uuid);
     const { footer, bytes, maxTableEntries, virtualSize } = await readDeviceFooter(path);
-    const target = thickSizeFor(virtualSize, maxTableEntries * BLOCK_SIZE);
+    const target = thickSizeFor(Math.max(virtualSize, growTo), maxTableEntries * BLOCK_SIZE);
     this.sizes = undefined;
     const size = bytes >= target ? bytes : await this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
     if (size === bytes && footer.atEnd) return size;
@@ -171,9 +173,12 @@ export class LvmBackend implements StorageBackend {
     return size;
   }
 
-  async prepareWrite(uuid: string): Promise<void> {
-    await this.inflate(uuid);
+  async prepareWrite(uuid: string, virtualSize?: number): Promise<void> {
+    await this.inflate(uuid, virtualSize);
   }
+
+  /** An LV cannot hold a second copy of itself to rename over it. */
+  readonly canRewriteImages = false;
 
   async settleReadOnly(uuid: string): Promise<void> {
     await this.deflate(uuid);

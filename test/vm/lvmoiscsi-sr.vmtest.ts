@@ -1,7 +1,9 @@
 // (d) The LVMoISCSI SR through its executable, as a toolstack calls it
 // (`drivers/LVMoISCSISR '<methodCall>'`), against tgtd in the guest: the probe
-// ladder, the whole SR/VDI lifecycle on LVM, GC, re-attach with data checked
-// against a model, delete; and the failure paths (wrong IQN, wrong SCSIid).
+// ladder (several target addresses too), the whole SR/VDI lifecycle on LVM, thick
+// provisioning (LV sizes after snapshot, GC and resize), kills at the LVM steps
+// recovered by sr_scan and sm-gc, GC, re-attach with data checked against a
+// model, delete; and the failure paths (wrong IQN, wrong SCSIid).
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { appendFileSync, existsSync } from 'node:fs';
@@ -14,7 +16,7 @@ import * as iscsi from '../../lib/os/iscsi.js';
 import { Lvm } from '../../lib/os/lvm.js';
 import { encodeMethodCall, parseMethodResponse, type MethodResponse } from '../../lib/smapi/index.js';
 import { deflatedSizeFor, thickSizeFor } from '../../lib/sr/lvm-sizes.js';
-import { VhdImage } from '../../lib/vhd/index.js';
+import { BLOCK_SIZE, VhdImage } from '../../lib/vhd/index.js';
 import { batRoomFor } from '../../lib/sr/sizes.js';
 import { OUT, requireGuest, sparseFile, startDaemon, until } from './support/guest.js';
 import type { Daemon } from './support/guest.js';
@@ -108,17 +110,35 @@ const driverArgv = (verb: string, extra: Record<string, unknown>, dc: Record<str
   ]),
 ];
 
-/** Every VHD LV of the SR: size, hidden flag, parent and the bytes its VHD uses. */
-async function vhdLvs(): Promise<Map<string, { size: number; hidden: boolean; parent: string; used: number }>> {
+interface VhdLv {
+  size: number;
+  hidden: boolean;
+  parent: string;
+  virtualSize: number;
+  /** Bytes the VHD uses (a deflated LV holds these). */
+  used: number;
+  /** The inflated LV size for the VHD's virtual size and BAT room. */
+  thick: number;
+}
+
+/** Every VHD LV of the SR, as lvs and the VHD inside it tell. */
+async function vhdLvs(): Promise<Map<string, VhdLv>> {
   const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
-  const out = new Map<string, { size: number; hidden: boolean; parent: string; used: number }>();
+  const out = new Map<string, VhdLv>();
   for (const lv of await new Lvm({ devices: rec.backend.devices }).lvs(VG)) {
     const m = /^VHD-(.+)$/.exec(lv.name);
     if (!m) continue;
     const image = await VhdImage.open(lvPath(m[1]!));
     try {
       const parent = image.footer.diskType === 4 ? image.header.parentUnicodeName : '';
-      out.set(m[1]!, { size: lv.sizeBytes, hidden: image.footer.hidden === 1, parent, used: image.usedBytes });
+      out.set(m[1]!, {
+        size: lv.sizeBytes,
+        hidden: image.footer.hidden === 1,
+        parent,
+        virtualSize: image.virtualSize,
+        used: image.usedBytes,
+        thick: thickSizeFor(image.virtualSize, image.header.maxTableEntries * BLOCK_SIZE),
+      });
     } finally {
       await image.close();
     }
@@ -129,12 +149,10 @@ async function vhdLvs(): Promise<Map<string, { size: number; hidden: boolean; pa
 /** Thick provisioning: hidden (read-only) images deflated to what they use, every other one fully inflated. */
 async function assertProvisioning(): Promise<void> {
   for (const [u, lv] of await vhdLvs()) {
-    const want = lv.hidden ? deflatedSizeFor(lv.used) : thickSizeFor(SIZE_OF.get(u) ?? SIZE, batRoomFor(SIZE_OF.get(u) ?? SIZE));
+    const want = lv.hidden ? deflatedSizeFor(lv.used) : lv.thick;
     assert.equal(lv.size, want, `LV of ${lv.hidden ? 'hidden' : 'visible'} ${u} (uses ${lv.used} bytes)`);
   }
 }
-/** Virtual sizes of VDIs not of the suite's default size. */
-const SIZE_OF = new Map<string, number>();
 const SIZE = 64 * MiB;
 
 const createArgs = (size: number, label: string) => [String(size), label, '', '', 'false', '', '', 'false'];
@@ -210,6 +228,11 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
     assert.ok(m, 'a SCSIid in the LUN list');
     scsiId = m[1]!;
     assert.equal(await iscsi.findSession(IQN, ADDR, PORT), undefined, 'probe logs out of what it logged in to');
+    // Several addresses: an unreachable one (TEST-NET-1) first, then the target's.
+    const multi = await fault('sr_probe', 107, {}, { target: `192.0.2.1,${ADDR}`, targetIQN: IQN });
+    assert.match(multi.stderr, new RegExp(`<SCSIid>${scsiId}</SCSIid>`), 'the second address answered');
+    timing('sr_probe (first of two addresses unreachable)', multi.ms);
+    assert.equal(await iscsi.findSession(IQN, ADDR, PORT), undefined);
   });
 
   it('probe complete on an empty LUN: empty SRlist', async () => {
@@ -322,7 +345,6 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
     const size = 32 * MiB;
     const c = await ok('vdi_create', { args: createArgs(size, 'crash') }, full());
     const w = (c.value as { uuid: string }).uuid;
-    SIZE_OF.set(w, size);
     const m = Model.zero(size);
     const d = randomBytes(5 * MiB);
     await writeVdi(w, 3 * MiB, d);
@@ -339,7 +361,6 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
     assert.equal(added.length, 2, 'the snapshot committed: a base and the snapshot');
     const snapOfW = added.find(([, lv]) => !lv.hidden)?.[0];
     assert.ok(snapOfW && added.some(([, lv]) => lv.hidden), 'one hidden base, one visible snapshot');
-    SIZE_OF.set(snapOfW, size);
     assert.ok((await exportVdi(w)).equals(m.bytes) && (await exportVdi(snapOfW!)).equals(m.bytes), 'VDI and snapshot read as the model');
     const d2 = randomBytes(MiB);
     await writeVdi(w, 20 * MiB, d2);
@@ -364,6 +385,48 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
     await assertProvisioning();
     assert.ok((await exportVdi(w)).equals(m.bytes), 'VDI reads as its model after recovery');
     await ok('vdi_delete', { vdi_uuid: w, vdi_location: w }, full());
+  });
+
+  it('vdi_resize grows the LV and the VHD; killed with the LV grown (lvm-inflated), sr_scan finishes it; vdi_resize_online; data reads back', async () => {
+    const c = await ok('vdi_create', { args: createArgs(16 * MiB, 'grow') }, full());
+    const g = (c.value as { uuid: string }).uuid;
+    let m = Model.zero(16 * MiB);
+    const d = randomBytes(MiB);
+    await writeVdi(g, 15 * MiB, d);
+    m.write(15 * MiB, d);
+    const grown = (size: number) => {
+      const n = Model.zero(size);
+      m.bytes.copy(n.bytes);
+      return n;
+    };
+
+    const r = await ok('vdi_resize', { vdi_uuid: g, vdi_location: g, args: [String(40 * MiB)] }, full());
+    timing('vdi_resize', r.ms);
+    m = grown(40 * MiB);
+    let lv = (await vhdLvs()).get(g)!;
+    assert.equal(lv.virtualSize, 40 * MiB);
+    assert.equal(lv.size, lv.thick, 'the LV holds every block of the new size');
+    console.log(`LVMOISCSI SIZE resized 16->40 MiB: LV ${lv.size}`);
+    const tail = randomBytes(MiB);
+    await writeVdi(g, 39 * MiB, tail); // the last block of the new size fits without any further grow
+    m.write(39 * MiB, tail);
+
+    await killedAt('lvm-inflated', DRIVER, driverArgv('vdi_resize', { vdi_uuid: g, vdi_location: g, args: [String(72 * MiB)] }, full()));
+    await ok('sr_scan', {}, full());
+    m = grown(72 * MiB);
+    lv = (await vhdLvs()).get(g)!;
+    assert.equal(lv.virtualSize, 72 * MiB, 'recovery rolled the resize forward');
+    assert.equal(lv.size, lv.thick);
+
+    const o = await ok('vdi_resize_online', { vdi_uuid: g, vdi_location: g, args: [String(80 * MiB)] }, full());
+    timing('vdi_resize_online', o.ms);
+    m = grown(80 * MiB);
+    await writeVdi(g, 79 * MiB, tail);
+    m.write(79 * MiB, tail);
+    lv = (await vhdLvs()).get(g)!;
+    assert.equal(lv.size, lv.thick);
+    assert.ok((await exportVdi(g)).equals(m.bytes), 'the resized VDI reads as its model');
+    await ok('vdi_delete', { vdi_uuid: g, vdi_location: g }, full());
   });
 
   it('sr_detach deactivates and logs out; sr_attach again; every VDI reads as its model', async () => {
