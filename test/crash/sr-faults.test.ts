@@ -1,7 +1,7 @@
 // A driver killed (SIGKILL, by SM_FAULT) at every fault point of the SR layer,
 // then recovered as a host would (sr_attach or sr_scan). Afterwards every VDI
 // reads as the model says (create and snapshot roll back unless their metadata
-// was committed, delete completes, resize is before or after), every image
+// was committed, delete completes, a journaled resize is rolled forward), every image
 // passes check, nothing is leaked, metadata matches the images, and the SR is
 // usable: a further snapshot and a GC succeed.
 import { spawn } from 'node:child_process';
@@ -167,7 +167,7 @@ test('vdi_clone and single snapshots killed at their fault points', async (t) =>
   );
 });
 
-test('vdi_delete and vdi_resize killed at their fault points: delete completes, resize is before or after', async (t) => {
+test('vdi_delete and vdi_resize killed at their fault points: delete completes, resize is rolled forward', async (t) => {
   await withSr(async (w, ctx) => {
     const cases: FaultCase[] = [];
     for (const point of ['delete-journaled', 'delete-image-gone']) {
@@ -192,20 +192,22 @@ test('vdi_delete and vdi_resize killed at their fault points: delete completes, 
         if (!(await readTree(w2.ctx)).get(single)?.hidden) throw new Error('a deleted image with children must stay, hidden');
       },
     });
-    cases.push({
-      point: 'resize-journaled',
-      verb: 'vdi_resize',
-      extra: { ...vdiArgs(w, 'V'), args: [String(2 * V_SIZE)] },
-      async outcome(w2) {
-        const size = (await readTree(w2.ctx)).get(w2.uuid('V'))!.virtualSize;
-        if (size !== V_SIZE && size !== 2 * V_SIZE) throw new Error(`resize left size ${size}`);
-        if (size === 2 * V_SIZE) w2.models.get(w2.uuid('V'))!.grow(size);
-      },
-    });
+    for (const [point, target] of [['resize-journaled', 2 * V_SIZE], ['resize-room-made', 3 * V_SIZE]] as const) {
+      cases.push({
+        point,
+        verb: 'vdi_resize',
+        extra: { ...vdiArgs(w, 'V'), args: [String(target)] },
+        async outcome(w2) {
+          const size = (await readTree(w2.ctx)).get(w2.uuid('V'))!.virtualSize;
+          if (size !== target) throw new Error(`resize left size ${size}, not rolled forward to ${target}`);
+          w2.models.get(w2.uuid('V'))!.grow(size);
+        },
+      });
+    }
     await runFaults(t, w, ctx, cases);
     // The VDI can still be resized after all that.
-    await w.resize('V', 3 * V_SIZE);
-    await w.fill('V', 3 * V_SIZE - MiB, MiB);
+    await w.resize('V', 4 * V_SIZE);
+    await w.fill('V', 4 * V_SIZE - MiB, MiB);
     await w.check(t);
   });
 });

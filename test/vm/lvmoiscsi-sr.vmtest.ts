@@ -187,7 +187,7 @@ class Model {
   }
 }
 
-describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
+describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
   let tgt: Tgt | undefined;
   let iscsid: Daemon | undefined;
   let scsiId = '';
