@@ -1,8 +1,7 @@
 /**
  * vdi_resize / vdi_resize_online: grow only. The backend makes room first (LVM:
- * grow the LV, footer to its new end), then the VHD's size changes. Journaled:
- * an interrupted resize is rolled forward by recovery (both steps are
- * idempotent), or abandoned with the image left whole when that fails.
+ * grow the LV, footer to its new end), then the VHD's size changes. Journaled;
+ * see recoverResize for what a crash leaves.
  */
 import { rm } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
@@ -35,20 +34,28 @@ async function grow(repo: Repository, uuid: string, size: number): Promise<void>
   await resizeImage(repo.imagePath(uuid), size);
 }
 
-/** Interrupted resize: drop a scratch copy, then finish the grow; if that fails, leave the image whole at its old size. */
+/**
+ * Interrupted resize. Within the BAT room the rest is cheap (make room, rewrite
+ * the footer; both idempotent): rolled forward. A rewrite beside the image
+ * replaced it atomically or not at all: its scratch copy is dropped and the
+ * resize abandoned. If rolling forward fails, the image is left whole at its
+ * old size (LVM: the footer put at the end of an LV grown before the crash).
+ */
 export async function recoverResize(repo: Repository, j: Extract<Journal, { kind: 'resize' }>): Promise<string> {
   const path = repo.imagePath(j.vdi);
   await rm(join(dirname(path), `.${basename(path)}.resize`), { force: true });
-  if (!(await repo.backend.hasImage(j.vdi))) {
-    await endJournal(repo.backend, j);
-    return `resize of ${j.vdi}: the VDI is gone`;
-  }
-  let outcome = `resize of ${j.vdi} to ${j.size} bytes completed`;
-  try {
-    await grow(repo, j.vdi, j.size);
-  } catch (e) {
-    await repo.backend.prepareWrite(j.vdi); // an LV grown but without its footer at the end gets it there
-    outcome = `resize of ${j.vdi} abandoned (${e instanceof Error ? e.message : String(e)})`;
+  let outcome = `resize of ${j.vdi} finished or abandoned cleanly`;
+  if (await repo.backend.hasImage(j.vdi)) {
+    try {
+      const { virtualSize, maxVirtualSize } = await repo.info(j.vdi);
+      if (virtualSize < j.size && j.size <= maxVirtualSize) {
+        await grow(repo, j.vdi, j.size);
+        outcome = `resize of ${j.vdi} to ${j.size} bytes completed`;
+      }
+    } catch (e) {
+      await repo.backend.prepareWrite(j.vdi);
+      outcome = `resize of ${j.vdi} abandoned (${e instanceof Error ? e.message : String(e)})`;
+    }
   }
   await endJournal(repo.backend, j);
   return outcome;

@@ -1,7 +1,7 @@
 // A driver killed (SIGKILL, by SM_FAULT) at every fault point of the SR layer,
 // then recovered as a host would (sr_attach or sr_scan). Afterwards every VDI
 // reads as the model says (create and snapshot roll back unless their metadata
-// was committed, delete completes, a journaled resize is rolled forward), every image
+// was committed, delete completes, a resize within the BAT room is rolled forward, a rewrite is before or after), every image
 // passes check, nothing is leaked, metadata matches the images, and the SR is
 // usable: a further snapshot and a GC succeed.
 import { spawn } from 'node:child_process';
@@ -167,7 +167,7 @@ test('vdi_clone and single snapshots killed at their fault points', async (t) =>
   );
 });
 
-test('vdi_delete and vdi_resize killed at their fault points: delete completes, resize is rolled forward', async (t) => {
+test('vdi_delete and vdi_resize killed at their fault points: delete completes, a resize within the BAT room is rolled forward', async (t) => {
   await withSr(async (w, ctx) => {
     const cases: FaultCase[] = [];
     for (const point of ['delete-journaled', 'delete-image-gone']) {
