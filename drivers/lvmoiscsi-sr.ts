@@ -1,7 +1,8 @@
 /**
  * The LVMoISCSI SR: an LVM volume group `VG_XenStorage-<sr>` on one iSCSI LUN
  * (device_config target, targetIQN, SCSIid, port, chapuser/chappassword,
- * incoming_chapuser/incoming_chappassword). Images are thick LVs (lib/sr/lvm-backend).
+ * incoming_chapuser/incoming_chappassword). Images are LVs, inflated while writable,
+ * deflated once read-only (lib/sr/lvm-backend).
  *
  * `target` may list several addresses of the target (comma-separated): each is
  * tried in turn until discovery and login work; that one is used (no multipath).
