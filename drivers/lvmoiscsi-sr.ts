@@ -1,21 +1,24 @@
 /**
  * The LVMoISCSI SR: an LVM volume group `VG_XenStorage-<sr>` on one iSCSI LUN
  * (device_config target, targetIQN, SCSIid, port, chapuser/chappassword,
- * incoming_chapuser/incoming_chappassword). Images are thick LVs (lib/sr/lvm-backend).
+ * incoming_chapuser/incoming_chappassword). Images are LVs, inflated while writable,
+ * deflated once read-only (lib/sr/lvm-backend).
  *
- * Limits of this round: the first address of `target` is used (no multipath);
- * detach logs out of the target even if another SR uses it (no session refcount);
- * LVs stay active while the SR is attached (no per-VDI activation).
+ * `target` may list several addresses of the target (comma-separated): each is
+ * tried in turn until discovery and login work; that one is used (no multipath).
+ * Detach logs out only of sessions no other SR attached on this host uses.
+ * Limit: LVs stay active while the SR is attached (no per-VDI activation).
  */
 import { unlink } from 'node:fs/promises';
-import { SMError, type Driver, type Request } from '../lib/smapi/index.js';
+import { SMError, type Request } from '../lib/smapi/index.js';
 import * as iscsi from '../lib/os/iscsi.js';
 import { Lvm, vgNameForSr } from '../lib/os/lvm.js';
 import { runTool } from '../lib/os/run.js';
 import { byIdPath, checkScsiId, readScsiId, scsiDiskInfo, scsiIdFromLinks } from '../lib/os/scsi.js';
 import { udevRunning, waitFor, waitForPath } from '../lib/os/udev.js';
 import { checkHost, checkPort, checkIqn, InvalidArgumentError } from '../lib/os/validate.js';
-import { readAttachRecord, type BackendSpec } from '../lib/sr/attach-record.js';
+import { listAttachRecords, readAttachRecord, type BackendSpec, type IscsiTargetRef } from '../lib/sr/attach-record.js';
+import { loginFirstPortal, logoutPortal, type PortalLogin } from '../lib/os/iscsi-portals.js';
 import { LvmBackend } from '../lib/sr/lvm-backend.js';
 import { linkSrMount } from '../lib/sr/mount-link.js';
 import { srMountPath } from '../lib/sr/paths.js';
@@ -26,14 +29,10 @@ import { getLog } from '../lib/log/index.js';
 const VG_PREFIX = 'VG_XenStorage-';
 const LUN_WAIT_MS = Number(process.env.SM_ISCSI_LUN_WAIT_MS ?? 20_000);
 
-interface Portal {
-  address: string;
-  port: number;
-}
-
 /** The validated device_config (every value checked before it reaches a tool). */
 interface Config {
-  portal: Portal;
+  /** One per address of `target`, in the order given. */
+  portals: iscsi.Portal[];
   iqn?: string;
   scsiId?: string;
   chap?: iscsi.Chap;
@@ -43,8 +42,10 @@ function configOf(req: Request): Config {
   const dc = req.device_config;
   try {
     if (!dc.target) throw new SMError('ConfigTargetMissing');
-    const address = checkHost(dc.target.split(',')[0]!.trim(), 'target');
     const port = dc.port ? checkPort(dc.port) : iscsi.ISCSI_PORT;
+    const addresses = [...new Set(dc.target.split(',').map((a) => a.trim()).filter((a) => a !== ''))];
+    if (addresses.length === 0) throw new SMError('ConfigTargetMissing', 'target names no address');
+    const portals = addresses.map((a) => ({ address: checkHost(a, 'target'), port }));
     const iqn = dc.targetIQN ? (dc.targetIQN === '*' ? '*' : checkIqn(dc.targetIQN, 'targetIQN')) : undefined;
     const scsiId = dc.SCSIid ? checkScsiId(dc.SCSIid) : undefined;
     let chap: iscsi.Chap | undefined;
@@ -56,7 +57,7 @@ function configOf(req: Request): Config {
       }
       iscsi.chapSettings(chap); // validates (secrets are never echoed)
     }
-    return { portal: { address, port }, ...(iqn ? { iqn } : {}), ...(scsiId ? { scsiId } : {}), ...(chap ? { chap } : {}) };
+    return { portals, ...(iqn ? { iqn } : {}), ...(scsiId ? { scsiId } : {}), ...(chap ? { chap } : {}) };
   } catch (e) {
     if (e instanceof InvalidArgumentError) {
       const name = /SCSIid/.test(e.what) ? 'ConfigSCSIid' : /IQN/i.test(e.what) ? 'ConfigTargetIQNMissing' : 'ConfigTargetMissing';
@@ -71,36 +72,36 @@ function loginError(e: unknown): never {
   throw new SMError('ISCSILogin', (e as Error).message);
 }
 
-/** The target IQNs to log in to: the configured one (checked against discovery), or all of them for `*`. */
-async function targetsOf(cfg: Config): Promise<string[]> {
-  const found = await iscsi.discover(cfg.portal.address, cfg.portal.port).catch(loginError);
-  const iqns = [...new Set(found.map((t) => t.iqn))];
-  if (cfg.iqn === '*') return iqns;
-  if (!iqns.includes(cfg.iqn!)) {
-    throw new SMError('ISCSILogin', `target ${cfg.iqn} is not offered by ${cfg.portal.address}:${cfg.portal.port} (offered: ${iqns.join(', ') || 'none'})`);
+/** Logs in to the configured target (or all of them for `*`) at the first of its addresses that works. */
+async function loginAll(cfg: Config): Promise<PortalLogin> {
+  return loginFirstPortal(cfg.portals, cfg.iqn!, cfg.chap).catch(loginError);
+}
+
+async function logoutFresh(logged: PortalLogin): Promise<void> {
+  await logoutPortal(logged);
+}
+
+/** Discovery at the first address that answers (probe without an IQN). */
+async function discoverAny(cfg: Config): Promise<iscsi.DiscoveredTarget[]> {
+  const failures: string[] = [];
+  for (const p of cfg.portals) {
+    try {
+      return await iscsi.discover(p.address, p.port);
+    } catch (e) {
+      failures.push(`${p.address}:${p.port}: ${(e as Error).message}`);
+    }
   }
-  return [cfg.iqn!];
+  throw new SMError('ISCSILogin', failures.join('; '));
 }
 
-interface Logged {
-  iqns: string[];
-  /** The IQNs this call logged in to (and should log out of when done). */
-  fresh: string[];
-}
-
-async function loginAll(cfg: Config): Promise<Logged> {
-  const iqns = await targetsOf(cfg);
-  const fresh: string[] = [];
-  for (const iqn of iqns) {
-    if (await iscsi.findSession(iqn, cfg.portal.address, cfg.portal.port)) continue;
-    await iscsi.login(iqn, cfg.portal.address, cfg.portal.port, cfg.chap).catch(loginError);
-    fresh.push(iqn);
-  }
-  return { iqns, fresh };
-}
-
-async function logoutFresh(cfg: Config, logged: Logged): Promise<void> {
-  for (const iqn of logged.fresh) await iscsi.logout(iqn, cfg.portal.address, cfg.portal.port).catch(() => undefined);
+/**
+ * The sessions of `mine` that no other SR attached on this host depends on:
+ * only those may be logged out when this SR detaches.
+ */
+export function unsharedTargets(mine: readonly IscsiTargetRef[], others: ReadonlyArray<{ backend: BackendSpec }>): IscsiTargetRef[] {
+  const key = (t: IscsiTargetRef) => `${t.iqn} ${t.address} ${t.port}`;
+  const used = new Set(others.flatMap((r) => (r.backend.kind === 'lvm' ? (r.backend.targets ?? []) : [])).map(key));
+  return mine.filter((t) => !used.has(key(t)));
 }
 
 interface Lun {
@@ -109,11 +110,11 @@ interface Lun {
   scsiId: string;
 }
 
-/** The disks the sessions to `iqns` bring, once the kernel has attached them. */
-async function lunsOf(cfg: Config, iqns: string[]): Promise<Lun[]> {
+/** The disks the logged-in sessions bring, once the kernel has attached them. */
+async function lunsOf(logged: PortalLogin): Promise<Lun[]> {
   const out: Lun[] = [];
-  for (const iqn of iqns) {
-    const s = await iscsi.findSession(iqn, cfg.portal.address, cfg.portal.port);
+  for (const iqn of logged.iqns) {
+    const s = await iscsi.findSession(iqn, logged.portal.address, logged.portal.port);
     if (!s) continue;
     // LUN 0 of tgt is its controller (no disk): wait until some disk is attached.
     const luns =
@@ -132,9 +133,9 @@ async function lunsOf(cfg: Config, iqns: string[]): Promise<Lun[]> {
 }
 
 /** The SR's device: the by-id link when udev makes one, else the sd node. ConfigSCSIid when no LUN has the id. */
-async function deviceOf(cfg: Config, iqns: string[]): Promise<string> {
-  const lun = (await lunsOf(cfg, iqns)).find((l) => l.scsiId === cfg.scsiId);
-  if (!lun) throw new SMError('ConfigSCSIid', `no LUN with SCSIid ${cfg.scsiId} on ${iqns.join(', ')}`);
+async function deviceOf(cfg: Config, logged: PortalLogin): Promise<string> {
+  const lun = (await lunsOf(logged)).find((l) => l.scsiId === cfg.scsiId);
+  if (!lun) throw new SMError('ConfigSCSIid', `no LUN with SCSIid ${cfg.scsiId} on ${logged.iqns.join(', ')}`);
   const link = byIdPath(lun.scsiId);
   if (udevRunning() && (await waitForPath(link, 10_000))) return link;
   return lun.device;
@@ -189,10 +190,10 @@ async function withLun<T>(cfg: Config, fn: (device: string, lvm: Lvm) => Promise
   requireComplete(cfg);
   const logged = await loginAll(cfg);
   try {
-    const device = await deviceOf(cfg, logged.iqns);
+    const device = await deviceOf(cfg, logged);
     return await fn(device, new Lvm({ devices: [device] }));
   } finally {
-    await logoutFresh(cfg, logged);
+    await logoutFresh(logged);
   }
 }
 
@@ -260,15 +261,16 @@ export const lvmoiscsiSrType: SrType = {
     const vg = vgNameForSr(sr);
     const logged = await loginAll(cfg);
     try {
-      const device = await deviceOf(cfg, logged.iqns);
+      const device = await deviceOf(cfg, logged);
       const lvm = new Lvm({ devices: [device] });
       if ((await lvm.vgs().catch(() => [])).every((v) => v.name !== vg)) throw new SMError('SRUnavailable', `no volume group ${vg} on LUN ${cfg.scsiId}`);
       await lvm.vgchange(vg, true);
       await linkSrMount(sr, `/dev/${vg}`); // for operators; the backend uses /dev paths
-      getLog().info(`SR ${sr}: ${vg} active on ${device}`);
-      return { kind: 'lvm', vg, devices: [device] };
+      getLog().info(`SR ${sr}: ${vg} active on ${device} via ${logged.portal.address}:${logged.portal.port}`);
+      const targets = logged.iqns.map((iqn) => ({ iqn, ...logged.portal }));
+      return { kind: 'lvm', vg, devices: [device], targets };
     } catch (e) {
-      await logoutFresh(cfg, logged);
+      await logoutFresh(logged);
       throw e;
     }
   },
@@ -283,24 +285,29 @@ export const lvmoiscsiSrType: SrType = {
     }
     await unlink(srMountPath(sr)).catch(() => undefined);
     const cfg = configOf(req);
-    if (cfg.iqn && cfg.iqn !== '*') await iscsi.logout(cfg.iqn, cfg.portal.address, cfg.portal.port).catch(() => undefined);
-    else if (cfg.iqn === '*') {
-      for (const s of await iscsi.sessions().catch(() => [])) {
-        if (s.address === cfg.portal.address && s.port === cfg.portal.port) await iscsi.logout(s.iqn, s.address, s.port).catch(() => undefined);
-      }
-    }
+    // What attach recorded; without a record (a host that crashed), every session of the configured target.
+    const mine =
+      record?.backend.kind === 'lvm' && record.backend.targets
+        ? record.backend.targets
+        : (await iscsi.sessions().catch(() => [])).filter(
+            (s) => (cfg.iqn === '*' || s.iqn === cfg.iqn) && cfg.portals.some((p) => p.address === s.address && p.port === s.port),
+          );
+    const others = (await listAttachRecords()).filter((r) => r.sr_uuid !== sr);
+    const free = unsharedTargets(mine, others);
+    for (const t of mine) if (!free.includes(t)) getLog().info(`SR ${sr}: staying logged in to ${t.iqn} at ${t.address}:${t.port}: another SR uses it`);
+    for (const t of free) await iscsi.logout(t.iqn, t.address, t.port).catch(() => undefined);
   },
 
   async probe(req) {
     const cfg = configOf(req);
     if (!cfg.iqn) {
-      const found = await iscsi.discover(cfg.portal.address, cfg.portal.port).catch(loginError);
+      const found = await discoverAny(cfg);
       process.stderr.write(iqnListXml(found.map((t) => ({ address: t.address, iqn: t.iqn }))));
       throw new SMError('ConfigTargetIQNMissing');
     }
     const logged = await loginAll(cfg);
     try {
-      const luns = await lunsOf(cfg, logged.iqns);
+      const luns = await lunsOf(logged);
       if (!cfg.scsiId) {
         const rows = [];
         for (const l of luns) {
@@ -318,23 +325,12 @@ export const lvmoiscsiSrType: SrType = {
         vgs.filter((v) => v.name.startsWith(VG_PREFIX)).map((v) => ({ uuid: v.name.slice(VG_PREFIX.length), device, size: v.sizeBytes })),
       );
     } finally {
-      await logoutFresh(cfg, logged);
+      await logoutFresh(logged);
     }
   },
 };
 
-/**
- * vdi_resize is withheld: a thick LV must grow with the virtual size, and the
- * shared resize (lib/sr/vdi-resize.ts) has no backend hook for that yet.
- */
-function withoutResize(driver: Driver): Driver {
-  const verbs = { ...driver.verbs };
-  delete verbs.vdi_resize;
-  delete verbs.vdi_resize_online;
-  return { ...driver, verbs };
-}
-
-export const lvmoiscsiSrDriver = withoutResize(srDriver(lvmoiscsiSrType));
+export const lvmoiscsiSrDriver = srDriver(lvmoiscsiSrType);
 
 // The backend class is part of this driver's surface for tests.
 export { LvmBackend };

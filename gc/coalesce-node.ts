@@ -1,7 +1,8 @@
 /**
- * Coalescing a hidden node X into its parent P: copy X's sectors into P, relink
- * X's children onto P, delete X. Journaled (`coalesce`, then `relink`): each
- * step is idempotent, so recovery simply runs the rest again.
+ * Coalescing a hidden node X into its parent P: inflate P, copy X's sectors
+ * into P, relink X's children onto P, delete X, deflate P again (it stays a
+ * read-only parent). Journaled (`coalesce`, then `relink`): each step is
+ * idempotent, so recovery simply runs the rest again.
  */
 import { setParent } from '../lib/vhd/index.js';
 import { faultPoint } from '../lib/sr/fault.js';
@@ -24,9 +25,15 @@ export async function coalesceNode(ctx: GcContext, x: string, p: string): Promis
     const relink: RelinkJournal = { kind: 'relink', vdi: x, parent: p, children: nodes.get(x)?.children ?? [] };
     await beginJournal(ctx.repo.backend, relink);
     await relinkAndRemove(ctx, relink);
+    await settleParent(ctx, journal);
   });
-  await endJournal(ctx.repo.backend, journal);
   ctx.stats.coalesced++;
+}
+
+/** P keeps X's children, so it stays read-only: give back the room the copy did not use (LVM: deflate). */
+async function settleParent(ctx: GcContext, j: CoalesceJournal): Promise<void> {
+  if (await ctx.repo.backend.hasImage(j.parent)) await ctx.repo.backend.settleReadOnly(j.parent);
+  await endJournal(ctx.repo.backend, j);
 }
 
 /** Points every child of X at P, then deletes X and its record. */
@@ -52,8 +59,10 @@ async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> 
 }
 
 export async function recoverRelink(ctx: GcContext, j: RelinkJournal): Promise<string> {
-  await underSrLock(ctx, () => relinkAndRemove(ctx, j));
-  await endJournal(ctx.repo.backend, { kind: 'coalesce', vdi: j.vdi, parent: j.parent });
+  await underSrLock(ctx, async () => {
+    await relinkAndRemove(ctx, j);
+    await settleParent(ctx, { kind: 'coalesce', vdi: j.vdi, parent: j.parent });
+  });
   return `relink of ${j.vdi} completed`;
 }
 
@@ -63,6 +72,6 @@ export async function recoverCoalesce(ctx: GcContext, j: CoalesceJournal): Promi
     await coalesceNode(ctx, j.vdi, j.parent); // the copy is idempotent: run it all again
     return `coalesce of ${j.vdi} redone`;
   }
-  await endJournal(ctx.repo.backend, j);
+  await underSrLock(ctx, () => settleParent(ctx, j));
   return `coalesce of ${j.vdi} was complete`;
 }

@@ -2,7 +2,7 @@
  * Host-local runtime state: the record sr_attach leaves (read by the GC and the
  * operator CLI to open the SR without a driver) and each VDI's attach state.
  */
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { SMError } from '../smapi/errors.js';
 import { sweepAtomicTemps, writeFileAtomic } from './atomic-write.js';
@@ -13,7 +13,17 @@ import { LvmBackend } from './lvm-backend.js';
 import type { PoolRole } from './pool-role.js';
 import { attachRecordPath, runStateDir } from './paths.js';
 
-export type BackendSpec = { kind: 'file'; dir: string } | { kind: 'lvm'; vg: string; devices: string[] };
+/** An iSCSI session an SR's storage depends on. */
+export interface IscsiTargetRef {
+  iqn: string;
+  address: string;
+  port: number;
+}
+
+export type BackendSpec =
+  | { kind: 'file'; dir: string }
+  /** `targets`: the iSCSI sessions the devices come through (LVMoISCSI), so detach keeps those another SR still uses. */
+  | { kind: 'lvm'; vg: string; devices: string[]; targets?: IscsiTargetRef[] };
 
 export interface AttachRecord {
   sr_uuid: string;
@@ -42,6 +52,17 @@ export async function readAttachRecord(srUuid: string): Promise<AttachRecord | u
   } catch {
     return undefined;
   }
+}
+
+/** Every SR attached on this host. */
+export async function listAttachRecords(): Promise<AttachRecord[]> {
+  const names = await readdir(runStateDir('sr')).catch(() => [] as string[]);
+  const out: AttachRecord[] = [];
+  for (const n of names.filter((x) => x.endsWith('.json')).sort()) {
+    const r = await readAttachRecord(n.slice(0, -'.json'.length));
+    if (r) out.push(r);
+  }
+  return out;
 }
 
 export async function removeAttachRecord(srUuid: string): Promise<void> {

@@ -30,10 +30,18 @@ export interface StorageBackend {
   replaceImage(from: string, to: string): Promise<void>;
   /**
    * Before data is written into an existing, possibly shrunk image (the GC
-   * coalescing a child into its parent): makes room for every block of the
-   * virtual size. LVM: inflate the LV. Files: nothing to do.
+   * coalescing a child into its parent), or before its virtual size grows to
+   * `virtualSize`: makes room for every block of its virtual size, or of
+   * `virtualSize` when larger. LVM: inflate the LV (grow it, then move the
+   * footer to its new end). Files: nothing to do. Idempotent, so recovery may
+   * run it again.
    */
-  prepareWrite(uuid: string): Promise<void>;
+  prepareWrite(uuid: string, virtualSize?: number): Promise<void>;
+  /**
+   * Whether an image can be rewritten beside itself and renamed over (a grow
+   * past the BAT room reserved at creation). Files: yes. LVM: no.
+   */
+  readonly canRewriteImages: boolean;
   /**
    * The image became a read-only parent (a snapshot's hidden base): gives back
    * the room it does not use. LVM: deflate the LV. Files: nothing to do.

@@ -92,6 +92,8 @@ export class FileBackend implements StorageBackend {
   /** Files grow as they are written. */
   async prepareWrite(): Promise<void> {}
 
+  readonly canRewriteImages = true;
+
   /** A file holds only what was written. */
   async settleReadOnly(): Promise<void> {}
 

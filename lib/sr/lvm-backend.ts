@@ -1,7 +1,8 @@
 /**
- * An LVM volume group on the SR's device(s) (LVMoISCSI SR): each image is a
- * thick LV `VHD-<uuid>` holding a VHD (metadata at the start, the footer in the
- * LV's last sector); SR metadata and journals live in the `MGT` LV
+ * An LVM volume group on the SR's device(s) (LVMoISCSI SR): each image is an
+ * LV `VHD-<uuid>` holding a VHD (metadata at the start, the footer in the LV's
+ * last sector), thick (inflated) while writable, deflated to what it uses once
+ * read-only (lvm-sizes.ts); SR metadata and journals live in the `MGT` LV
  * (mgt-volume.ts). Every LVM command is confined to the SR's devices (lib/os/lvm).
  *
  * Activation: LVs are kept active while the SR is attached (the SR type runs
@@ -22,6 +23,7 @@ import { parseSrMetadata, type SrMetadata } from './metadata.js';
 import { MGT_BYTES, MgtVolume } from './mgt-volume.js';
 import { runStateDir } from './paths.js';
 import { batRoomFor } from './sizes.js';
+import { faultPoint } from './fault.js';
 
 import { deflatedSizeFor, thickSizeFor } from './lvm-sizes.js';
 
@@ -125,7 +127,8 @@ export class LvmBackend implements StorageBackend {
 
   /**
    * Deflates a read-only image (a hidden base copy) to what it uses: the
-   * footer moves first, so a valid footer is at the device's end at every instant.
+   * footer moves first, so a valid footer is at the device's end at every
+   * instant; calling it again after a crash finishes the job.
    */
   async deflate(uuid: string): Promise<number> {
     const image = await VhdImage.open(this.imagePath(uuid), true);
@@ -138,24 +141,30 @@ export class LvmBackend implements StorageBackend {
     } finally {
       await image.close();
     }
+    faultPoint('lvm-deflating');
     this.sizes = undefined;
-    return this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
+    const size = await this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
+    faultPoint('lvm-deflated');
+    return size;
   }
 
   /**
-   * Inflates an image back to the thick size (before anything is written into
-   * it, e.g. a coalesce). Idempotent and self-completing: the footer to place at
-   * the new end is the valid one at the current end, or else the copy at offset
-   * 0, so calling it again after a crash between the resize and the footer
-   * write finishes the job.
+   * Inflates an image to the thick size of its virtual size, or of `growTo`
+   * when larger (before anything is written into it, e.g. a coalesce, or before
+   * a resize). Idempotent and self-completing: the footer to place at the new
+   * end is the valid one at the current end, or else the copy at offset 0, so
+   * calling it again after a crash between the resize and the footer write
+   * finishes the job.
    */
-  async inflate(uuid: string): Promise<number> {
+  async inflate(uuid: string, growTo = 0): Promise<number> {
     const path = this.imagePath(uuid);
     const { footer, bytes, maxTableEntries, virtualSize } = await readDeviceFooter(path);
-    const target = thickSizeFor(virtualSize, maxTableEntries * BLOCK_SIZE);
+    const target = thickSizeFor(Math.max(virtualSize, growTo), maxTableEntries * BLOCK_SIZE);
     this.sizes = undefined;
     const size = bytes >= target ? bytes : await this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
     if (size === bytes && footer.atEnd) return size;
+    // Grown, footer not yet at the new end: the image cannot be opened until this completes.
+    faultPoint('lvm-inflated');
     const fh = await open(path, 'r+');
     try {
       await fh.write(footer.buf, 0, FOOTER_SIZE, size - FOOTER_SIZE);
@@ -166,9 +175,12 @@ export class LvmBackend implements StorageBackend {
     return size;
   }
 
-  async prepareWrite(uuid: string): Promise<void> {
-    await this.inflate(uuid);
+  async prepareWrite(uuid: string, virtualSize?: number): Promise<void> {
+    await this.inflate(uuid, virtualSize);
   }
+
+  /** An LV cannot hold a second copy of itself to rename over it. */
+  readonly canRewriteImages = false;
 
   async settleReadOnly(uuid: string): Promise<void> {
     await this.deflate(uuid);
@@ -257,7 +269,11 @@ export class LvmBackend implements StorageBackend {
   }
 }
 
-/** The footer of a VHD on a device, read raw: the last sector's when valid, else the copy at offset 0. */
+/**
+ * The footer of a VHD on a device, read raw: the last sector's when it is valid
+ * and equal to the copy at offset 0 (a grown LV's new last sector may hold a
+ * stale footer, even of this image before a deflate), else the copy.
+ */
 async function readDeviceFooter(path: string): Promise<{
   footer: { buf: Buffer; atEnd: boolean };
   bytes: number;
@@ -271,8 +287,10 @@ async function readDeviceFooter(path: string): Promise<{
     await io.read(end, bytes - FOOTER_SIZE);
     const copy = Buffer.alloc(FOOTER_SIZE);
     await io.read(copy, 0);
-    const atEnd = typeof decodeFooter(end) !== 'string';
-    const decoded = decodeFooter(atEnd ? end : copy);
+    const endFooter = decodeFooter(end);
+    const copyFooter = decodeFooter(copy);
+    const atEnd = typeof endFooter !== 'string' && (typeof copyFooter === 'string' || end.equals(copy));
+    const decoded = atEnd ? endFooter : copyFooter;
     if (typeof decoded === 'string') throw new Error(`${path}: no valid VHD footer (${decoded})`);
     const hbuf = Buffer.alloc(HEADER_SIZE);
     await io.read(hbuf, HEADER_OFFSET);

@@ -13,6 +13,7 @@
  *   journal.ts already treats as "the change never started".
  * Writers are serialised by the SR lock (verbs and the GC journal under it).
  */
+import { faultPoint } from './fault.js';
 import { createHash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
 
@@ -134,6 +135,7 @@ export class MgtVolume {
       const buf = encodeMetaSlot(seq, payload);
       await fh.write(buf, 0, buf.length, slot * SLOT_BYTES);
       await fh.sync();
+      faultPoint('mgt-written');
       return { slot, seq, payload };
     });
   }

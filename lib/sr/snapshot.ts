@@ -4,7 +4,8 @@
  * empty children of that base take the VDI's uuid and (for a double snapshot or
  * a clone) the new VDI's uuid. A `single` snapshot makes the base itself the
  * snapshot. Journaled: an interrupted one is rolled back unless its metadata
- * was committed.
+ * was committed; after the commit the read-only base is settled (LVM: deflated),
+ * which recovery finishes when it was cut short.
  */
 import { randomUUID } from 'node:crypto';
 import { createDifferencing, readImageSummary, setImageHidden } from '../vhd/index.js';
@@ -75,10 +76,24 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   // The new metadata is staged while the barrier runs and committed after it.
   await repo.saveMetadata(meta, barrier);
   faultPoint('snapshot-metadata-written');
+  await settleBase(repo, base);
   await endJournal(repo.backend, journal);
   // Names every image involved, so `sm log --vdi` finds the new VDI and its base copy.
   getLog().info(`VDI ${uuid}: ${mode} snapshot made ${snap}${snap === base ? ' (the old image itself)' : `, base copy ${base}`}`);
   return snap;
+}
+
+/**
+ * Committed: the base is read-only from now on and gives back what it does not
+ * use (LVM: deflate). A failure only costs space (the image is valid at every
+ * step), so it is logged, never turned into a failed snapshot.
+ */
+async function settleBase(repo: Repository, base: string): Promise<void> {
+  try {
+    await repo.backend.settleReadOnly(base);
+  } catch (e) {
+    getLog().warn(`base copy ${base} keeps its full size: ${e instanceof Error ? e.message : String(e)}`);
+  }
 }
 
 /** `20261122T01:37:00Z`, the toolstack's snapshot_time format. */
@@ -94,6 +109,7 @@ export async function recoverSnapshot(repo: Repository, j: Extract<Journal, { ki
   const meta = await repo.metadata();
   const has = (u: string) => repo.backend.hasImage(u);
   if (meta.vdis[j.snap]) {
+    if (await has(j.base)) await settleBase(repo, j.base); // idempotent: finishes a deflate cut short
     await endJournal(repo.backend, j);
     return `snapshot of ${j.vdi} was complete`;
   }

@@ -1,4 +1,8 @@
-/** vdi_resize / vdi_resize_online: grow only. */
+/**
+ * vdi_resize / vdi_resize_online: grow only. The backend makes room first (LVM:
+ * grow the LV, footer to its new end), then the VHD's size changes. Journaled;
+ * see recoverResize for what a crash leaves.
+ */
 import { rm } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 import { resizeImage } from '../vhd/index.js';
@@ -9,23 +13,51 @@ import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
 
 export async function resizeVdi(repo: Repository, uuid: string, size: number): Promise<void> {
-  const current = (await repo.info(uuid)).virtualSize;
+  const { virtualSize: current, maxVirtualSize } = await repo.info(uuid);
   if (size < current) throw new SMError('VDISize', `shrinking is not supported (${current} -> ${size})`);
   if (size === current) return;
+  if (size > maxVirtualSize && !repo.backend.canRewriteImages) {
+    throw new SMError('VDISize', `${size} bytes is past the ${maxVirtualSize} bytes the image's BAT has room for, and this SR cannot rewrite an image`);
+  }
   const { free } = await repo.backend.space();
   if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
   const journal: Journal = { kind: 'resize', vdi: uuid, size };
   await beginJournal(repo.backend, journal);
-  await resizeImage(repo.imagePath(uuid), size);
+  await grow(repo, uuid, size);
   faultPoint('resize-image-done');
   await endJournal(repo.backend, journal);
   getLog().info(`VDI ${uuid} resized: ${current} -> ${size} bytes`);
 }
 
-/** Interrupted resize: the image was replaced atomically or not at all; drop the scratch copy. */
+async function grow(repo: Repository, uuid: string, size: number): Promise<void> {
+  await repo.backend.prepareWrite(uuid, size);
+  faultPoint('resize-room-made');
+  await resizeImage(repo.imagePath(uuid), size);
+}
+
+/**
+ * Interrupted resize. Within the BAT room the rest is cheap (make room, rewrite
+ * the footer; both idempotent): rolled forward. A rewrite beside the image
+ * replaced it atomically or not at all: its scratch copy is dropped and the
+ * resize abandoned. If rolling forward fails, the image is left whole at its
+ * old size (LVM: the footer put at the end of an LV grown before the crash).
+ */
 export async function recoverResize(repo: Repository, j: Extract<Journal, { kind: 'resize' }>): Promise<string> {
   const path = repo.imagePath(j.vdi);
   await rm(join(dirname(path), `.${basename(path)}.resize`), { force: true });
+  let outcome = `resize of ${j.vdi} finished or abandoned cleanly`;
+  if (await repo.backend.hasImage(j.vdi)) {
+    try {
+      const { virtualSize, maxVirtualSize } = await repo.info(j.vdi);
+      if (virtualSize < j.size && j.size <= maxVirtualSize) {
+        await grow(repo, j.vdi, j.size);
+        outcome = `resize of ${j.vdi} to ${j.size} bytes completed`;
+      }
+    } catch (e) {
+      await repo.backend.prepareWrite(j.vdi);
+      outcome = `resize of ${j.vdi} abandoned (${e instanceof Error ? e.message : String(e)})`;
+    }
+  }
   await endJournal(repo.backend, j);
-  return `resize of ${j.vdi} finished or abandoned cleanly`;
+  return outcome;
 }

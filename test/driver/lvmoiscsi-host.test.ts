@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { parseStringPromise } from 'xml2js';
-import { iqnListXml, lunListXml, srListXml } from '../../drivers/lvmoiscsi-sr.js';
+import { iqnListXml, lunListXml, srListXml, unsharedTargets } from '../../drivers/lvmoiscsi-sr.js';
+import { listAttachRecords, writeAttachRecord } from '../../lib/sr/attach-record.js';
 import { EXTENT_BYTES } from '../../lib/os/lvm.js';
 import { deflatedSizeFor, fullImageBytes, thickSizeFor } from '../../lib/sr/lvm-sizes.js';
 import { JOURNAL_AREA, JOURNAL_SLOT_BYTES, JOURNAL_SLOTS, MGT_BYTES, MgtVolume, SLOT_BYTES } from '../../lib/sr/mgt-volume.js';
@@ -140,4 +141,26 @@ test('MGT journals: write, rewrite, list, remove; a torn journal reads as absent
   await v.writeNext('{"m":1}');
   t.is((await v.readNewest())?.payload, '{"m":1}');
   t.is((await v.listJournals()).size, JOURNAL_SLOTS);
+});
+
+test('detach keeps a session another attached SR uses: unsharedTargets over the host\'s attach records', async (t) => {
+  const dir = await scratch(t);
+  const saved = process.env.SM_ROOT;
+  process.env.SM_ROOT = dir;
+  t.teardown(() => {
+    if (saved === undefined) delete process.env.SM_ROOT;
+    else process.env.SM_ROOT = saved;
+  });
+  const a = { iqn: 'iqn.2024-01.test:a', address: '10.0.0.1', port: 3260 };
+  const b = { iqn: 'iqn.2024-01.test:b', address: '10.0.0.1', port: 3260 };
+  const aOther = { ...a, address: '10.0.0.2' };
+  await writeAttachRecord('11111111-1111-4111-8111-111111111111', 'LVMoISCSISR', { kind: 'lvm', vg: 'VG_XenStorage-1', devices: ['/dev/sdb'], targets: [a, b] }, 'master');
+  await writeAttachRecord('22222222-2222-4222-8222-222222222222', 'LVMoISCSISR', { kind: 'lvm', vg: 'VG_XenStorage-2', devices: ['/dev/sdc'], targets: [a] }, 'master');
+  await writeAttachRecord('33333333-3333-4333-8333-333333333333', 'FileSR', { kind: 'file', dir: '/srv/x' }, 'master');
+  const records = await listAttachRecords();
+  t.is(records.length, 3);
+  const others = records.filter((r) => r.sr_uuid !== '11111111-1111-4111-8111-111111111111');
+  t.deepEqual(unsharedTargets([a, b], others), [b], 'a stays: the second SR uses it');
+  t.deepEqual(unsharedTargets([aOther], others), [aOther], 'the same IQN at another address is another session');
+  t.deepEqual(unsharedTargets([a, b], []), [a, b]);
 });

@@ -1,7 +1,9 @@
 // (d) The LVMoISCSI SR through its executable, as a toolstack calls it
 // (`drivers/LVMoISCSISR '<methodCall>'`), against tgtd in the guest: the probe
-// ladder, the whole SR/VDI lifecycle on LVM, GC, re-attach with data checked
-// against a model, delete; and the failure paths (wrong IQN, wrong SCSIid).
+// ladder (several target addresses too), the whole SR/VDI lifecycle on LVM, thick
+// provisioning (LV sizes after snapshot, GC and resize), kills at the LVM steps
+// recovered by sr_scan and sm-gc, GC, re-attach with data checked against a
+// model, delete; and the failure paths (wrong IQN, wrong SCSIid).
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { appendFileSync, existsSync } from 'node:fs';
@@ -13,7 +15,8 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import * as iscsi from '../../lib/os/iscsi.js';
 import { Lvm } from '../../lib/os/lvm.js';
 import { encodeMethodCall, parseMethodResponse, type MethodResponse } from '../../lib/smapi/index.js';
-import { thickSizeFor } from '../../lib/sr/lvm-sizes.js';
+import { deflatedSizeFor, thickSizeFor } from '../../lib/sr/lvm-sizes.js';
+import { BLOCK_SIZE, VhdImage } from '../../lib/vhd/index.js';
 import { batRoomFor } from '../../lib/sr/sizes.js';
 import { OUT, requireGuest, sparseFile, startDaemon, until } from './support/guest.js';
 import type { Daemon } from './support/guest.js';
@@ -82,6 +85,76 @@ async function fault(verb: string, code: number, extra: Record<string, unknown> 
   return c;
 }
 
+/** Runs argv with SM_FAULT=point and expects the process to kill itself there. */
+async function killedAt(point: string, file: string, args: string[]): Promise<void> {
+  const r = await pexec(file, args, { env: { ...env(), SM_FAULT: point }, maxBuffer: 64 * MiB }).then(
+    () => undefined,
+    (e: { signal?: string }) => e.signal,
+  );
+  assert.equal(r, 'SIGKILL', `${file} ${args[0]?.slice(0, 40)} should die at ${point}`);
+}
+
+const driverArgv = (verb: string, extra: Record<string, unknown>, dc: Record<string, string>) => [
+  encodeMethodCall(verb, [
+    {
+      host_ref: 'OpaqueRef:host-1',
+      session_ref: 'OpaqueRef:session-1',
+      command: verb,
+      args: [],
+      sr_uuid: SR,
+      sr_ref: 'OpaqueRef:sr-1',
+      subtask_of: 'DummyRef:|task|' + verb,
+      ...extra,
+      device_config: { SRmaster: 'true', ...dc },
+    },
+  ]),
+];
+
+interface VhdLv {
+  size: number;
+  hidden: boolean;
+  parent: string;
+  virtualSize: number;
+  /** Bytes the VHD uses (a deflated LV holds these). */
+  used: number;
+  /** The inflated LV size for the VHD's virtual size and BAT room. */
+  thick: number;
+}
+
+/** Every VHD LV of the SR, as lvs and the VHD inside it tell. */
+async function vhdLvs(): Promise<Map<string, VhdLv>> {
+  const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
+  const out = new Map<string, VhdLv>();
+  for (const lv of await new Lvm({ devices: rec.backend.devices }).lvs(VG)) {
+    const m = /^VHD-(.+)$/.exec(lv.name);
+    if (!m) continue;
+    const image = await VhdImage.open(lvPath(m[1]!));
+    try {
+      const parent = image.footer.diskType === 4 ? image.header.parentUnicodeName : '';
+      out.set(m[1]!, {
+        size: lv.sizeBytes,
+        hidden: image.footer.hidden === 1,
+        parent,
+        virtualSize: image.virtualSize,
+        used: image.usedBytes,
+        thick: thickSizeFor(image.virtualSize, image.header.maxTableEntries * BLOCK_SIZE),
+      });
+    } finally {
+      await image.close();
+    }
+  }
+  return out;
+}
+
+/** Thick provisioning: hidden (read-only) images deflated to what they use, every other one fully inflated. */
+async function assertProvisioning(): Promise<void> {
+  for (const [u, lv] of await vhdLvs()) {
+    const want = lv.hidden ? deflatedSizeFor(lv.used) : lv.thick;
+    assert.equal(lv.size, want, `LV of ${lv.hidden ? 'hidden' : 'visible'} ${u} (uses ${lv.used} bytes)`);
+  }
+}
+const SIZE = 64 * MiB;
+
 const createArgs = (size: number, label: string) => [String(size), label, '', '', 'false', '', '', 'false'];
 const lvPath = (vdi: string) => `/dev/${VG}/VHD-${vdi}`;
 
@@ -114,7 +187,7 @@ class Model {
   }
 }
 
-describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
+describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
   let tgt: Tgt | undefined;
   let iscsid: Daemon | undefined;
   let scsiId = '';
@@ -155,6 +228,11 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
     assert.ok(m, 'a SCSIid in the LUN list');
     scsiId = m[1]!;
     assert.equal(await iscsi.findSession(IQN, ADDR, PORT), undefined, 'probe logs out of what it logged in to');
+    // Several addresses: an unreachable one (TEST-NET-1) first, then the target's.
+    const multi = await fault('sr_probe', 107, {}, { target: `192.0.2.1,${ADDR}`, targetIQN: IQN });
+    assert.match(multi.stderr, new RegExp(`<SCSIid>${scsiId}</SCSIid>`), 'the second address answered');
+    timing('sr_probe (first of two addresses unreachable)', multi.ms);
+    assert.equal(await iscsi.findSession(IQN, ADDR, PORT), undefined);
   });
 
   it('probe complete on an empty LUN: empty SRlist', async () => {
@@ -185,7 +263,6 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
   let vdi = '';
   let snap = '';
   let clone = '';
-  const SIZE = 64 * MiB;
 
   it('sr_create makes the VG and MGT on the LUN; probe then lists the SR', async () => {
     const { ms } = await ok('sr_create', { args: ['0'], sr_sm_config: { name_label: 'lvm test SR' } }, full());
@@ -221,6 +298,14 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
     timing('vdi_snapshot', s.ms);
     snap = (s.value as { uuid: string }).uuid;
     models.set(snap, models.get(vdi)!.copy());
+    const lvs = await vhdLvs();
+    const [base] = [...lvs.keys()].filter((u) => u !== vdi && u !== snap);
+    const b = lvs.get(base!)!;
+    assert.ok(b.hidden && lvs.get(vdi)!.parent.length > 0, 'the old image became the hidden base');
+    assert.equal(b.size, deflatedSizeFor(b.used), 'the base is deflated to the extents its VHD uses');
+    assert.ok(b.size < lvs.get(vdi)!.size, `base ${b.size} < leaf ${lvs.get(vdi)!.size}`);
+    console.log(`LVMOISCSI SIZE base ${b.size} (uses ${b.used}) leaf ${lvs.get(vdi)!.size} snapshot ${lvs.get(snap)!.size}`);
+    await assertProvisioning();
     const d3 = randomBytes(2 * MiB + 4096);
     await writeVdi(vdi, 5 * MiB + 512, d3);
     models.get(vdi)!.write(5 * MiB + 512, d3);
@@ -246,13 +331,102 @@ describe('lvmoiscsi-sr', { timeout: 900_000 }, () => {
   it('GC (sm-gc -g) collects and coalesces; data unchanged', async () => {
     const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
     const lvm = new Lvm({ devices: rec.backend.devices });
-    const vhdLvs = async () => (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length;
-    assert.equal(await vhdLvs(), 4, 'two hidden bases, the VDI and its clone');
+    const countVhdLvs = async () => (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length;
+    assert.equal(await countVhdLvs(), 4, 'two hidden bases, the VDI and its clone');
     const start = performance.now();
     await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
     timing('sm-gc -g', performance.now() - start);
-    assert.equal(await vhdLvs(), 3, 'the base left with one child was coalesced away');
+    assert.equal(await countVhdLvs(), 3, 'the base left with one child was coalesced away');
     for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model after GC`);
+    await assertProvisioning(); // the base that took the coalesce was inflated for it and deflated again
+  });
+
+  it('killed at lvm-deflating (snapshot), lvm-inflated and mgt-written (GC): sr_scan and sm-gc recover; one thick LV, data identical', async () => {
+    const size = 32 * MiB;
+    const c = await ok('vdi_create', { args: createArgs(size, 'crash') }, full());
+    const w = (c.value as { uuid: string }).uuid;
+    const m = Model.zero(size);
+    const d = randomBytes(5 * MiB);
+    await writeVdi(w, 3 * MiB, d);
+    m.write(3 * MiB, d);
+    const before = new Set((await vhdLvs()).keys());
+
+    // Snapshot committed, the base's footer moved for the smaller size, the LV not yet shrunk.
+    await killedAt('lvm-deflating', DRIVER, driverArgv('vdi_snapshot', { vdi_uuid: w, vdi_location: w }, full()));
+    let start = performance.now();
+    await ok('sr_scan', {}, full());
+    timing('sr_scan (recovering a snapshot killed while deflating)', performance.now() - start);
+    await assertProvisioning();
+    const added = [...(await vhdLvs())].filter(([u]) => !before.has(u));
+    assert.equal(added.length, 2, 'the snapshot committed: a base and the snapshot');
+    const snapOfW = added.find(([, lv]) => !lv.hidden)?.[0];
+    assert.ok(snapOfW && added.some(([, lv]) => lv.hidden), 'one hidden base, one visible snapshot');
+    assert.ok((await exportVdi(w)).equals(m.bytes) && (await exportVdi(snapOfW!)).equals(m.bytes), 'VDI and snapshot read as the model');
+    const d2 = randomBytes(MiB);
+    await writeVdi(w, 20 * MiB, d2);
+    m.write(20 * MiB, d2);
+    await ok('vdi_delete', { vdi_uuid: snapOfW, vdi_location: snapOfW }, full());
+
+    // Leaf-coalesce of w into its base: the base LV grown, its footer not yet at the new end.
+    await killedAt('lvm-inflated', 'node', [SM_GC, '-u', SR, '-g']);
+    start = performance.now();
+    await ok('sr_scan', {}, full()); // the SR's own recovery makes the parent readable again
+    timing('sr_scan (repairing a parent killed while inflating)', performance.now() - start);
+    assert.ok((await exportVdi(w)).equals(m.bytes), 'VDI reads as its model after the kill');
+    // The GC's recovery redoes the leaf-coalesce; killed again once the metadata is written.
+    await killedAt('mgt-written', 'node', [SM_GC, '-u', SR, '-g']);
+    start = performance.now();
+    await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
+    timing('sm-gc -g (recovering)', performance.now() - start);
+    const after = await vhdLvs();
+    const chain = [...after.keys()].filter((u) => !before.has(u) || u === w);
+    assert.deepEqual(chain, [w], 'the VDI is one image: its base was merged into it');
+    assert.equal(after.get(w)!.parent, '', 'no parent left');
+    await assertProvisioning();
+    assert.ok((await exportVdi(w)).equals(m.bytes), 'VDI reads as its model after recovery');
+    await ok('vdi_delete', { vdi_uuid: w, vdi_location: w }, full());
+  });
+
+  it('vdi_resize grows the LV and the VHD; killed with the LV grown (lvm-inflated), sr_scan finishes it; vdi_resize_online; data reads back', async () => {
+    const c = await ok('vdi_create', { args: createArgs(16 * MiB, 'grow') }, full());
+    const g = (c.value as { uuid: string }).uuid;
+    let m = Model.zero(16 * MiB);
+    const d = randomBytes(MiB);
+    await writeVdi(g, 15 * MiB, d);
+    m.write(15 * MiB, d);
+    const grown = (size: number) => {
+      const n = Model.zero(size);
+      m.bytes.copy(n.bytes);
+      return n;
+    };
+
+    const r = await ok('vdi_resize', { vdi_uuid: g, vdi_location: g, args: [String(40 * MiB)] }, full());
+    timing('vdi_resize', r.ms);
+    m = grown(40 * MiB);
+    let lv = (await vhdLvs()).get(g)!;
+    assert.equal(lv.virtualSize, 40 * MiB);
+    assert.equal(lv.size, lv.thick, 'the LV holds every block of the new size');
+    console.log(`LVMOISCSI SIZE resized 16->40 MiB: LV ${lv.size}`);
+    const tail = randomBytes(MiB);
+    await writeVdi(g, 39 * MiB, tail); // the last block of the new size fits without any further grow
+    m.write(39 * MiB, tail);
+
+    await killedAt('lvm-inflated', DRIVER, driverArgv('vdi_resize', { vdi_uuid: g, vdi_location: g, args: [String(72 * MiB)] }, full()));
+    await ok('sr_scan', {}, full());
+    m = grown(72 * MiB);
+    lv = (await vhdLvs()).get(g)!;
+    assert.equal(lv.virtualSize, 72 * MiB, 'recovery rolled the resize forward');
+    assert.equal(lv.size, lv.thick);
+
+    const o = await ok('vdi_resize_online', { vdi_uuid: g, vdi_location: g, args: [String(80 * MiB)] }, full());
+    timing('vdi_resize_online', o.ms);
+    m = grown(80 * MiB);
+    await writeVdi(g, 79 * MiB, tail);
+    m.write(79 * MiB, tail);
+    lv = (await vhdLvs()).get(g)!;
+    assert.equal(lv.size, lv.thick);
+    assert.ok((await exportVdi(g)).equals(m.bytes), 'the resized VDI reads as its model');
+    await ok('vdi_delete', { vdi_uuid: g, vdi_location: g }, full());
   });
 
   it('sr_detach deactivates and logs out; sr_attach again; every VDI reads as its model', async () => {
