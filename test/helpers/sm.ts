@@ -233,7 +233,7 @@ export async function callJson(
   env: NodeJS.ProcessEnv = ctx.env,
 ): Promise<{ responses: JsonRpcResponse[]; run: RunResult }> {
   const batch = calls.map((c, i) => ({ jsonrpc: '2.0', id: i + 1, method: c.verb, params: request(ctx, c.verb, c.extra) }));
-  const r = await run(FILE_SR, ['--json'], { env, input: JSON.stringify(batch) });
+  const r = await run(FILE_SR, ['--json'], { env, input: JSON.stringify(batch), measure: true });
   if (r.signal) return { responses: [], run: r };
   const responses = JSON.parse(r.stdout) as JsonRpcResponse[];
   return { responses, run: r };
