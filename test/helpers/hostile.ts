@@ -56,6 +56,7 @@ export async function expectArgvFaults(t: ExecutionContext, ctx: SmEnv, driver: 
     const r = await run(c.file ?? driver, c.argv, { env, measure: true, timeoutMs: 30_000 });
     const fault = onlyFault(r);
     const right = typeof fault !== 'string' && c.codes.includes(fault.code);
+    if (!right) t.log(`${c.what}: ${typeof fault === 'string' ? fault : `fault ${fault.code} (${fault.faultString.slice(0, 300)})`}`);
     t.true(right, `${c.what}: ${typeof fault === 'string' ? fault : `fault ${fault.code} (${fault.faultString.slice(0, 300)})`}, expected ${c.codes.join(' or ')}`);
     for (const s of secrets) {
       t.false(r.stdout.includes(s) || r.stderr.includes(s), `${c.what}: ${s} not in stdout/stderr`);

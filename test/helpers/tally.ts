@@ -5,8 +5,8 @@
 import fs from 'node:fs';
 import type { ExecutionContext } from 'ava';
 
-/** Bounds every hostile case must stay under. */
-export const MAX_CASE_MS = 10_000;
+/** Bounds every hostile case must stay under (a case takes well under a second alone; the margin is for a loaded CI host). */
+export const MAX_CASE_MS = 15_000;
 export const MAX_PEAK_RSS_KIB = 384 * 1024;
 
 export class Tally {
