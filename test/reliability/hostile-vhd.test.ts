@@ -3,7 +3,8 @@
 // parent locators, truncations, and parent locators aimed outside the SR
 // (/etc/passwd, ../../x, a valid image outside the SR, a FIFO outside the SR
 // that blocks whoever opens it). Then sr_scan, vdi_attach/detach, vdi_snapshot,
-// vdi_clone, vdi_resize, vdi_delete on the damaged VDI and `sm-gc -g`: every
+// vdi_clone, vdi_resize, vdi_delete on the damaged VDI, `sm-gc -g`, `sm-vhd
+// check -p`, `sm-vhd query -p` and `sm tree`: every
 // verb answers (a result, or an SM fault other than 1200) in bounded time, the
 // collector ends by itself, nothing outside the SR is opened, and the healthy
 // VDI keeps its data and still works.
@@ -14,7 +15,7 @@ import test from 'ava';
 import { decodeHeader } from '../../lib/vhd/format/header.js';
 import { VhdChain } from '../../lib/vhd/index.js';
 import { MiB, pattern } from '../helpers/model.js';
-import { callJson, createAttachedSr, createVdi, makeSmEnv, run, smGc, snapshot, tailOfLog, withServer, type SmEnv } from '../helpers/sm.js';
+import { callJson, createAttachedSr, createVdi, makeSmEnv, run, smCli, smGc, smVhd, snapshot, tailOfLog, withServer, type SmEnv } from '../helpers/sm.js';
 import { imagePath, writeVdi } from '../helpers/sr-state.js';
 import { seeded, soak, Tally, within } from '../helpers/tally.js';
 import { pointLocatorsAt } from '../vhd/helpers.js';
@@ -162,6 +163,16 @@ test('damaged images and escaping parent locators: every verb answers with an SM
         t.is(g.signal, null, `${d.what}: sm-gc ends by itself`);
         t.false(/TypeError|RangeError|ReferenceError/.test(g.stderr), `${d.what}: sm-gc has no uncaught error: ${g.stderr.slice(-300)}`);
         within(t, tally, `${d.what} (sm-gc -g)`, g.signal === null, g);
+        // The other readers of images: sm-vhd check/query with parents, and sm tree.
+        for (const [what, res] of [
+          ['sm-vhd check -p', await smVhd(['check', '-n', leaf, '-p'], ctx.env)],
+          ['sm-vhd query -p', await smVhd(['query', '-n', leaf, '-p'], ctx.env)],
+          ['sm tree', await smCli(ctx, ['tree', ctx.sr])],
+        ] as const) {
+          const clean = res.signal === null && !/TypeError|RangeError|ReferenceError|Uncaught/.test(res.stderr);
+          t.true(clean, `${d.what}: ${what} ends by itself with no uncaught error: ${res.code} ${res.stderr.slice(-300)}`);
+          within(t, tally, `${d.what} (${what})`, clean, res);
+        }
         // The healthy VDI: same data, and its verbs still work.
         const digestNow = await vdiDigest(ctx, healthy).catch((e: Error) => e.message);
         if (digestNow !== healthyDigest) tally.dataLost++;
