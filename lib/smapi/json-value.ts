@@ -25,3 +25,19 @@ export function toJsonValue(value: unknown, depth = 0): unknown {
   }
   return out;
 }
+
+/**
+ * Whether parsed JSON nests arrays/objects deeper than `limit`. Iterative:
+ * JSON.parse accepts any depth, and every later recursive walk (request
+ * parsing, secret masking for the log) would overflow the stack on it.
+ */
+export function nestedDeeperThan(value: unknown, limit: number): boolean {
+  const stack: Array<[unknown, number]> = [[value, 0]];
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (typeof v !== 'object' || v === null) continue;
+    if (depth >= limit) return true;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) stack.push([child, depth + 1]);
+  }
+  return false;
+}

@@ -21,8 +21,8 @@ import {
 import type { Driver } from './driver.js';
 import { dispatch } from './dispatch.js';
 import { toSMError, type SMError } from './errors.js';
-import { toJsonValue } from './json-value.js';
-import { MAX_REQUEST_BYTES } from './limits.js';
+import { nestedDeeperThan, toJsonValue } from './json-value.js';
+import { MAX_REQUEST_BYTES, MAX_VALUE_DEPTH } from './limits.js';
 
 export function smErrorResponse(id: JSONRPCID, err: SMError): JSONRPCErrorResponse {
   return createJSONRPCErrorResponse(id, err.code, err.description, { name: err.name, opterr: err.opterr ?? null });
@@ -77,6 +77,10 @@ export async function runJsonRpc(driver: Driver, text: string): Promise<string> 
   } catch {
     return JSON.stringify(createJSONRPCErrorResponse(null, JSONRPCErrorCode.ParseError, 'Parse error'));
   }
+  // A batch, a request and its params add three levels above the SM values.
+  if (nestedDeeperThan(payload, MAX_VALUE_DEPTH + 3)) {
+    return JSON.stringify(createJSONRPCErrorResponse(null, JSONRPCErrorCode.InvalidRequest, 'Request nested too deep'));
+  }
   const response = await answer(driver, payload);
   return response === null ? '' : JSON.stringify(response);
 }
@@ -96,10 +100,17 @@ export async function answer(driver: Driver, payload: unknown): Promise<JSONRPCR
 
 async function answerOne(driver: Driver, item: unknown): Promise<JSONRPCResponse | null> {
   if (!isStruct(item)) return createJSONRPCErrorResponse(null, JSONRPCErrorCode.InvalidRequest, 'Invalid Request');
+  // JSON-RPC 2.0: a method that is not a string, or an id that is not a string,
+  // number or null, makes the request invalid (json-rpc-2.0 would run it anyway).
+  const badId = item.id !== undefined && item.id !== null && typeof item.id !== 'string' && typeof item.id !== 'number';
+  if (typeof item.method !== 'string' || badId) return createJSONRPCErrorResponse(idOf(item), JSONRPCErrorCode.InvalidRequest, 'Invalid Request');
   try {
     return await jsonRpcServerFor(driver).receive(item as unknown as JSONRPCRequest);
   } catch (err) {
-    const id = typeof item.id === 'string' || typeof item.id === 'number' ? item.id : null;
-    return smErrorResponse(id, toSMError(err));
+    return smErrorResponse(idOf(item), toSMError(err));
   }
+}
+
+function idOf(item: Record<string, unknown>): JSONRPCID {
+  return typeof item.id === 'string' || typeof item.id === 'number' ? item.id : null;
 }

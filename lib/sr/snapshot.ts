@@ -8,7 +8,7 @@
  * which recovery finishes when it was cut short.
  */
 import { randomUUID } from 'node:crypto';
-import { createDifferencing, readImageSummary, setImageHidden } from '../vhd/index.js';
+import { createDifferencing, readImageSummary, setImageHidden, VhdImage } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
@@ -31,6 +31,10 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   }
   const { free } = await repo.backend.space();
   if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
+
+  // A damaged image fails here, before anything is journaled: rolling back
+  // would have to open it again, and a failing rollback blocks every verb on the SR.
+  await (await VhdImage.open(repo.imagePath(uuid))).close();
 
   const base = randomUUID();
   const snap = mode === 'single' ? base : randomUUID();

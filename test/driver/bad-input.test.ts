@@ -22,21 +22,11 @@ import {
   withServer,
   type SmEnv,
 } from '../helpers/sm.js';
-import { depthOf, readTree, snapshotDir, writeVdi } from '../helpers/sr-state.js';
+import { depthOf, diskState, readTree, writeVdi } from '../helpers/sr-state.js';
 
 const CHAP_SECRET = 'chap-SECRET-a9e3';
 const INCOMING_SECRET = 'incoming-SECRET-77b0';
 const secretConfig = { chappassword: CHAP_SECRET, incoming_chappassword: INCOMING_SECRET, chapuser: 'admin' };
-
-/**
- * Everything a host keeps: the whole test directory (SM_ROOT and the SR's parent
- * directory with the SR in it, plus canaries next to them), except SMlog (it
- * records the failures) and the lock directory (a lock's holder file comes and
- * goes; a lock for a new sr_uuid makes its directory).
- */
-function diskState(ctx: SmEnv): Record<string, string> {
-  return snapshotDir(ctx.base, (rel) => rel === 'root/var/log/SMlog' || rel === 'root/var/lock' || rel.endsWith('.sock'));
-}
 
 interface Case {
   what: string;

@@ -7,36 +7,9 @@ import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { encodeMethodCall, parseMethodResponse } from '../../lib/smapi/index.js';
 import { makeSmEnv, REPO, run, type SmEnv } from '../helpers/sm.js';
+import { spyOn, type Spy } from '../helpers/spy.js';
 
 const NFS_SR = path.join(REPO, 'drivers', 'NFSSR');
-const SPIED = ['mount', 'umount', 'mount.nfs', 'mount.nfs4', 'showmount', 'rpcinfo', 'sh', 'bash', 'touch', 'exportfs'];
-
-interface Spy {
-  env: NodeJS.ProcessEnv;
-  /** Lines `<tool> <args>` of every spied tool that ran. */
-  calls(): string[];
-  /** A file a successful injection would create. */
-  canary: string;
-}
-
-function spyOn(ctx: SmEnv): Spy {
-  const bin = path.join(ctx.base, 'spy-bin');
-  const log = path.join(ctx.base, 'spy.log');
-  fs.mkdirSync(bin);
-  for (const tool of SPIED) {
-    // no shell in the stand-in (sh itself is spied): node records the call
-    fs.writeFileSync(
-      path.join(bin, tool),
-      `#!${process.execPath}\nrequire('fs').appendFileSync(${JSON.stringify(log)}, ${JSON.stringify(tool)} + ' ' + process.argv.slice(2).join(' ') + '\\n'); process.exit(1);\n`,
-      { mode: 0o755 },
-    );
-  }
-  return {
-    env: { ...ctx.env, PATH: `${bin}:${ctx.env.PATH ?? ''}` },
-    calls: () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean) : []),
-    canary: path.join(ctx.base, 'injected'),
-  };
-}
 
 async function call(ctx: SmEnv, env: NodeJS.ProcessEnv, verb: string, dc: Record<string, string>, extra: Record<string, unknown> = {}) {
   const params = { host_ref: 'OpaqueRef:host-1', command: verb, args: verb === 'sr_create' ? ['0'] : [], sr_uuid: ctx.sr, ...extra, device_config: { SRmaster: 'true', ...dc } };

@@ -106,12 +106,62 @@ export interface RunResult {
   stdout: string;
   stderr: string;
   ms: number;
+  /** Highest VmHWM (peak RSS, KiB) of the child or any descendant, sampled; set when `measure` was asked for. */
+  peakRssKiB?: number;
 }
 
 export interface RunOptions {
   env?: NodeJS.ProcessEnv;
-  input?: string;
+  input?: string | Buffer;
   timeoutMs?: number;
+  /** Sample the peak RSS of the child and its descendants (see peakRssKiB). */
+  measure?: boolean;
+}
+
+/** VmHWM of a process in KiB (0 once it is gone: a zombie has no memory lines). */
+function vmHwmKiB(pid: number): number {
+  try {
+    return Number(/^VmHWM:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** A process and its descendants, from /proc/<pid>/task/<tid>/children. */
+function processTree(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    try {
+      for (const tid of fs.readdirSync(`/proc/${out[i]}/task`)) {
+        const kids = fs.readFileSync(`/proc/${out[i]}/task/${tid}/children`, 'utf8').trim();
+        if (kids) out.push(...kids.split(/\s+/).map(Number));
+      }
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+/**
+ * Samples the peak RSS of a process tree every few milliseconds until stopped.
+ * VmHWM is the kernel's own high-water mark, so only growth in the last
+ * interval before exit can be missed.
+ */
+export function watchPeakRss(pid: number, everyMs = 5): { stop(): number } {
+  let peak = 0;
+  const sample = () => {
+    for (const p of processTree(pid)) peak = Math.max(peak, vmHwmKiB(p));
+  };
+  sample();
+  const timer = setInterval(sample, everyMs);
+  return {
+    stop() {
+      sample();
+      clearInterval(timer);
+      return peak;
+    },
+  };
 }
 
 /** Runs an executable (argv array), collecting everything; never rejects for a failure of the child. */
@@ -119,15 +169,18 @@ export function run(file: string, args: readonly string[], opts: RunOptions = {}
   const started = Date.now();
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const rss = opts.measure && child.pid !== undefined ? watchPeakRss(child.pid) : undefined;
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
     child.on('error', reject);
+    child.on('exit', () => rss?.stop());
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, ms: Date.now() - started });
+      const peakRssKiB = rss?.stop();
+      resolve({ code, signal, stdout, stderr, ms: Date.now() - started, ...(peakRssKiB === undefined ? {} : { peakRssKiB }) });
     });
     child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
@@ -184,8 +237,14 @@ export async function callDriver(verb: string, params: Record<string, unknown>, 
   return callDriverRaw(xml, env, opts);
 }
 
-export async function callDriverRaw(xml: string, env: NodeJS.ProcessEnv, opts: CallOptions = {}): Promise<XmlCallResult> {
-  const r = await run(FILE_SR, [xml], { env, timeoutMs: opts.killAfterMs });
+/** `driver`: another driver executable than FileSR; the rest as for run(). */
+export async function callDriverRaw(
+  xml: string,
+  env: NodeJS.ProcessEnv,
+  opts: CallOptions & Omit<RunOptions, 'env'> & { driver?: string } = {},
+): Promise<XmlCallResult> {
+  const { driver = FILE_SR, killAfterMs, ...runOpts } = opts;
+  const r = await run(driver, [xml], { env, timeoutMs: killAfterMs, ...runOpts });
   // A driver killed by a signal (SM_FAULT) answers nothing; callers check `signal`.
   if (r.signal !== null && r.stdout === '') return { ...r, response: { kind: 'fault', faultCode: 0, faultString: `no response: killed by ${r.signal}` } };
   let response: MethodResponse;
@@ -219,7 +278,7 @@ export async function callJson(
   env: NodeJS.ProcessEnv = ctx.env,
 ): Promise<{ responses: JsonRpcResponse[]; run: RunResult }> {
   const batch = calls.map((c, i) => ({ jsonrpc: '2.0', id: i + 1, method: c.verb, params: request(ctx, c.verb, c.extra) }));
-  const r = await run(FILE_SR, ['--json'], { env, input: JSON.stringify(batch) });
+  const r = await run(FILE_SR, ['--json'], { env, input: JSON.stringify(batch), measure: true });
   if (r.signal) return { responses: [], run: r };
   const responses = JSON.parse(r.stdout) as JsonRpcResponse[];
   return { responses, run: r };

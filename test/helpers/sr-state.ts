@@ -252,3 +252,13 @@ export function hostLeftovers(ctx: SmEnv): string[] {
   walk('');
   return out;
 }
+
+/**
+ * Everything a host keeps: the whole test directory (SM_ROOT and the SR's parent
+ * directory with the SR in it, plus canaries next to them), except SMlog (it
+ * records the failures) and the lock directory (a lock's holder file comes and
+ * goes; a lock for a new sr_uuid makes its directory).
+ */
+export function diskState(ctx: SmEnv): Record<string, string> {
+  return snapshotDir(ctx.base, (rel) => rel === 'root/var/log/SMlog' || rel === 'root/var/lock' || rel.endsWith('.sock'));
+}

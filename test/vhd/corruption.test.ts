@@ -13,6 +13,7 @@ import {
   ByteModel,
   GiB,
   MiB,
+  pointLocatorsAt,
   readBytes,
   Rng,
   SECTOR,
@@ -311,24 +312,6 @@ test('parent locator damage: reported by check; the parent is still found by ano
 });
 
 /** Rewrites every locator of `child` (and the header's parent name) to `target`, keeping checksums valid. */
-async function pointLocatorsAt(child: string, targets: { macx: string; w2ku: string; w2ru: string; name: string }): Promise<void> {
-  const hbuf = await readBytes(child, 512, 1024);
-  const h = decodeHeader(hbuf);
-  if (typeof h === 'string') throw new Error(h);
-  for (const l of h.locators) {
-    let data: Buffer | undefined;
-    if (l.code === 0x4d616358) data = Buffer.from(targets.macx, 'utf8');
-    else if (l.code === 0x57326b75) data = Buffer.from(targets.w2ku, 'utf16le');
-    else if (l.code === 0x57327275) data = Buffer.from(targets.w2ru, 'utf16le');
-    if (!data) continue;
-    const sector = Buffer.alloc(512);
-    data.copy(sector);
-    await writeBytes(child, l.dataOffset, sector);
-    l.dataLength = data.length;
-  }
-  h.parentUnicodeName = targets.name;
-  await writeBytes(child, 512, encodeHeader(h));
-}
 
 test('locators pointing outside the directory are refused (kind "chain"), never followed', async (t) => {
   await withTempDir(async (top) => {

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
 import { checkChain, exportRaw, VhdChain, VhdError } from '../../lib/vhd/index.js';
+import { decodeHeader, encodeHeader } from '../../lib/vhd/format/header.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
@@ -235,4 +236,24 @@ export function onesComplementSum(buf: Buffer, skip: number): number {
   let sum = 0;
   for (let i = 0; i < buf.length; i++) if (i < skip || i >= skip + 4) sum = (sum + buf[i]) >>> 0;
   return ~sum >>> 0;
+}
+
+/** Rewrites every parent locator of `child` (MacX, W2ku, W2ru) and its parent name: to point a chain somewhere it must not go. */
+export async function pointLocatorsAt(child: string, targets: { macx: string; w2ku: string; w2ru: string; name: string }): Promise<void> {
+  const hbuf = await readBytes(child, 512, 1024);
+  const h = decodeHeader(hbuf);
+  if (typeof h === 'string') throw new Error(h);
+  for (const l of h.locators) {
+    let data: Buffer | undefined;
+    if (l.code === 0x4d616358) data = Buffer.from(targets.macx, 'utf8');
+    else if (l.code === 0x57326b75) data = Buffer.from(targets.w2ku, 'utf16le');
+    else if (l.code === 0x57327275) data = Buffer.from(targets.w2ru, 'utf16le');
+    if (!data) continue;
+    const sector = Buffer.alloc(512);
+    data.copy(sector);
+    await writeBytes(child, l.dataOffset, sector);
+    l.dataLength = data.length;
+  }
+  h.parentUnicodeName = targets.name;
+  await writeBytes(child, 512, encodeHeader(h));
 }
