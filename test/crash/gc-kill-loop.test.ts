@@ -39,7 +39,9 @@ test('sm-gc killed at random instants, ten times, then run to the end', async (t
     let midRun = 0;
     for (let i = 0; i < 10; i++) {
       const delay = seq.next().value as number;
-      const child = spawn(process.execPath, [SM_GC, '-u', ctx.sr, '-g'], { env: ctx.env, stdio: 'ignore' });
+      // The rate cap keeps the copy ~2 s long on any machine, so the kill instants land in it.
+      const env = { ...ctx.env, SM_GC_MAX_MIBPS: '150' };
+      const child = spawn(process.execPath, [SM_GC, '-u', ctx.sr, '-g'], { env, stdio: 'ignore' });
       const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
       await Promise.race([sleep(delay), exited]);
       child.kill('SIGKILL');
