@@ -8,7 +8,7 @@
  * which recovery finishes when it was cut short.
  */
 import { randomUUID } from 'node:crypto';
-import { createDifferencing, readImageSummary, setImageHidden, VhdImage } from '../vhd/index.js';
+import { createDifferencing, readImageSummary, setImageHidden } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
@@ -32,9 +32,10 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   const { free } = await repo.backend.space();
   if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
 
-  // A damaged image fails here, before anything is journaled: rolling back
-  // would have to open it again, and a failing rollback blocks every verb on the SR.
-  await (await VhdImage.open(repo.imagePath(uuid))).close();
+  // A damaged footer or header fails here, before anything is journaled (a failing
+  // rollback would block every verb on the SR). The rest of the snapshot, and its
+  // rollback, read and write only these two structures of the image.
+  const parent = await readImageSummary(repo.imagePath(uuid));
 
   const base = randomUUID();
   const snap = mode === 'single' ? base : randomUUID();
@@ -45,7 +46,6 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
   await repo.backend.renameImage(uuid, base, false);
   faultPoint('snapshot-renamed');
   const basePath = repo.imagePath(base);
-  const parent = await readImageSummary(basePath); // read once: the children need only its footer and header
   const leafPath = await repo.backend.prepareImage(uuid, parent.virtualSize);
   const snapPath = snap === base ? undefined : await repo.backend.prepareImage(snap, parent.virtualSize);
   // Independent writes, issued together: the new leaf, the other child, the base's hidden flag.
