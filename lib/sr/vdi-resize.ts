@@ -48,6 +48,8 @@ export async function recoverResize(repo: Repository, j: Extract<Journal, { kind
   let outcome = `resize of ${j.vdi} finished or abandoned cleanly`;
   if (await repo.backend.hasImage(j.vdi)) {
     try {
+      // An interrupted inflate first (LVM: LV grown, footer not yet at its end): until then the image cannot be opened.
+      await repo.backend.prepareWrite(j.vdi);
       const { virtualSize, maxVirtualSize } = await repo.info(j.vdi);
       if (virtualSize < j.size && j.size <= maxVirtualSize) {
         await grow(repo, j.vdi, j.size);
