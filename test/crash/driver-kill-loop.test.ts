@@ -115,7 +115,12 @@ test('driver verbs killed at random instants, recovered each time as a host woul
       const r: XmlCallResult = await callVerb(w, verb, round.extra, ctx.env, { killAfterMs: Math.max(delay, 1) });
       const killed = r.signal === 'SIGKILL';
       const midChange = journals(ctx).length > 0; // killed after its journal was written: recovery has work to do
-      if (!killed) t.true(r.code === 0 && r.response.kind !== 'fault', `${tag(i)} ${verb} ended by itself, well: ${r.stderr}`);
+      if (!killed) {
+        t.true(r.code === 0 && r.response.kind !== 'fault', `${tag(i)} ${verb} ended by itself, well: ${r.stderr}`);
+        // The measurement may have run on a busier machine: a call that ended first bounds both figures from above.
+        took.set(verb, Math.min(took.get(verb)!, r.ms));
+        startup = Math.min(startup, r.ms);
+      }
       const by = await recoverAsHost(w, Math.floor(rnd() * 2));
       const done = await round.outcome(w, b).catch((err: Error) => t.fail(`${tag(i)} ${verb} after a kill at ${delay} ms: ${err.message}`));
       if (!killed) t.true(done, `${tag(i)} ${verb} answered, so its change is there`);
