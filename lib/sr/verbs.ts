@@ -132,9 +132,10 @@ export function srDriver(type: SrType): Driver {
           if (vdis > 0) throw new SMError('SRNotEmpty', `${vdis} VDIs remain`);
           return [...nodes.keys()];
         });
-        if (await readAttachRecord(sr)) {
+        const attached = await readAttachRecord(sr);
+        if (attached) {
           // Deleting an attached SR detaches it first, as the toolstack's SR.destroy does.
-          const busy = [...(await poolActivations(await attachedBackend(sr))).keys()];
+          const busy = [...(await poolActivations(backendOf(attached))).keys()];
           if (busy.length > 0) throw new SMError('SRInUse', `VDIs still active: ${busy.join(', ')}`);
           await type.detach(req, sr);
           await removeAttachRecord(sr);

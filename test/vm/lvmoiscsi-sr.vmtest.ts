@@ -51,20 +51,26 @@ interface Call {
   ms: number;
 }
 
+/** The driver's argv for one call, as a toolstack makes it. */
+const driverArgv = (verb: string, extra: Record<string, unknown> = {}, dc: Record<string, string> = {}) => [
+  encodeMethodCall(verb, [
+    {
+      host_ref: 'OpaqueRef:host-1',
+      session_ref: 'OpaqueRef:session-1',
+      command: verb,
+      args: [],
+      sr_uuid: SR,
+      sr_ref: 'OpaqueRef:sr-1',
+      subtask_of: 'DummyRef:|task|' + verb,
+      ...extra,
+      device_config: { SRmaster: 'true', ...dc },
+    },
+  ]),
+];
+
 async function call(verb: string, extra: Record<string, unknown> = {}, dc: Record<string, string> = {}): Promise<Call> {
-  const params = {
-    host_ref: 'OpaqueRef:host-1',
-    session_ref: 'OpaqueRef:session-1',
-    command: verb,
-    args: [],
-    sr_uuid: SR,
-    sr_ref: 'OpaqueRef:sr-1',
-    subtask_of: 'DummyRef:|task|' + verb,
-    ...extra,
-    device_config: { SRmaster: 'true', ...dc },
-  };
   const start = performance.now();
-  const r = await pexec(DRIVER, [encodeMethodCall(verb, [params])], { env: env(), maxBuffer: 64 * MiB }).catch(
+  const r = await pexec(DRIVER, driverArgv(verb, extra, dc), { env: env(), maxBuffer: 64 * MiB }).catch(
     (e: { stdout?: string; stderr?: string; code?: number }) => {
       throw new Error(`${verb}: driver exited ${e.code}: ${e.stderr}`);
     },
@@ -93,22 +99,6 @@ async function killedAt(point: string, file: string, args: string[]): Promise<vo
   );
   assert.equal(r, 'SIGKILL', `${file} ${args[0]?.slice(0, 40)} should die at ${point}`);
 }
-
-const driverArgv = (verb: string, extra: Record<string, unknown>, dc: Record<string, string>) => [
-  encodeMethodCall(verb, [
-    {
-      host_ref: 'OpaqueRef:host-1',
-      session_ref: 'OpaqueRef:session-1',
-      command: verb,
-      args: [],
-      sr_uuid: SR,
-      sr_ref: 'OpaqueRef:sr-1',
-      subtask_of: 'DummyRef:|task|' + verb,
-      ...extra,
-      device_config: { SRmaster: 'true', ...dc },
-    },
-  ]),
-];
 
 interface VhdLv {
   size: number;
