@@ -1,8 +1,10 @@
 /**
  * Coalescing a hidden node X into its parent P: inflate P, copy X's sectors
  * into P, relink X's children onto P, delete X, deflate P again (it stays a
- * read-only parent). Journaled (`coalesce`, then `relink`): each step is
- * idempotent, so recovery simply runs the rest again.
+ * read-only parent). A run of hidden nodes above P, each the only child of the
+ * one below, collapses into P in one such step: one journal, one relink, one
+ * metadata write, however long the run. Journaled (`coalesce`, then `relink`):
+ * each step is idempotent, so recovery simply runs the rest again.
  */
 import { setParent } from '../lib/vhd/index.js';
 import { faultPoint } from '../lib/sr/fault.js';
@@ -14,20 +16,26 @@ import { copyIntoParent } from './copy-into-parent.js';
 type CoalesceJournal = Extract<Journal, { kind: 'coalesce' }>;
 type RelinkJournal = Extract<Journal, { kind: 'relink' }>;
 
-export async function coalesceNode(ctx: GcContext, x: string, p: string): Promise<void> {
-  const journal: CoalesceJournal = { kind: 'coalesce', vdi: x, parent: p };
+const short = (u: string) => u.slice(0, 8);
+
+/** Collapses `chain` (hidden images from P's child upwards) into P. */
+export async function coalesceNode(ctx: GcContext, chain: string[], p: string): Promise<void> {
+  const x = chain[chain.length - 1]!;
+  const journal: CoalesceJournal = { kind: 'coalesce', vdi: x, parent: p, ...(chain.length > 1 ? { chain } : {}) };
   await beginJournal(ctx.repo.backend, journal);
-  ctx.log.info(`Running VHD coalesce on *${x.slice(0, 8)} into ${p.slice(0, 8)}`);
-  await copyIntoParent(ctx, x, p, `Coalesce of ${x.slice(0, 8)}`);
+  const names = chain.map((c) => `*${short(c)}`).join(', ');
+  ctx.log.info(`Running VHD coalesce on ${names} into ${short(p)}`);
+  await copyIntoParent(ctx, chain, p, `Coalesce of ${chain.length > 1 ? `${chain.length} images up to ${short(x)}` : short(x)}`);
   faultPoint('coalesce-copied');
   await underSrLock(ctx, async () => {
     const { nodes } = await ctx.repo.tree();
-    const relink: RelinkJournal = { kind: 'relink', vdi: x, parent: p, children: nodes.get(x)?.children ?? [] };
+    const removes = [...chain].reverse();
+    const relink: RelinkJournal = { kind: 'relink', vdi: x, parent: p, children: nodes.get(x)?.children ?? [], ...(chain.length > 1 ? { removes } : {}) };
     await beginJournal(ctx.repo.backend, relink);
     await relinkAndRemove(ctx, relink);
     await settleParent(ctx, journal);
   });
-  ctx.stats.coalesced++;
+  ctx.stats.coalesced += chain.length;
 }
 
 /** P keeps X's children, so it stays read-only: give back the room the copy did not use (LVM: deflate). */
@@ -36,25 +44,27 @@ async function settleParent(ctx: GcContext, j: CoalesceJournal): Promise<void> {
   await endJournal(ctx.repo.backend, j);
 }
 
-/** Points every child of X at P, then deletes X and its record. */
+/** Points every child of X at P, then deletes X (and the rest of its run, top first: no image is left without its parent) and their records. */
 async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> {
   const { repo, log } = ctx;
-  log.info(`Relinking ${j.children.length} children of ${j.vdi.slice(0, 8)} onto ${j.parent.slice(0, 8)}`);
+  log.info(`Relinking ${j.children.length} children of ${short(j.vdi)} onto ${short(j.parent)}`);
   for (const child of j.children) {
     if (!(await repo.backend.hasImage(child))) continue;
     if ((await parentNameOf(repo, child)) === j.parent) continue; // done before a crash
     await setParent(repo.imagePath(child), repo.imagePath(j.parent));
-    log.info(`  relinked ${child.slice(0, 8)}: parent ${j.vdi.slice(0, 8)} -> ${j.parent.slice(0, 8)}`);
+    log.info(`  relinked ${short(child)}: parent ${short(j.vdi)} -> ${short(j.parent)}`);
     faultPoint('relink-child');
   }
   faultPoint('relink-done');
-  await repo.backend.removeImage(j.vdi);
+  const removes = j.removes ?? [j.vdi];
+  await repo.backend.discardImages(removes);
+  faultPoint('coalesced-discarded');
   const meta = await repo.metadata();
-  if (meta.vdis[j.vdi]) {
-    delete meta.vdis[j.vdi];
+  if (removes.some((u) => meta.vdis[u])) {
+    for (const u of removes) delete meta.vdis[u];
     await repo.saveMetadata(meta);
   }
-  log.info(`Deleted coalesced image ${j.vdi.slice(0, 8)}`);
+  log.info(`Deleted coalesced image${removes.length > 1 ? 's' : ''} ${removes.map(short).join(', ')}`);
   await endJournal(repo.backend, j);
 }
 
@@ -68,8 +78,9 @@ export async function recoverRelink(ctx: GcContext, j: RelinkJournal): Promise<s
 
 export async function recoverCoalesce(ctx: GcContext, j: CoalesceJournal): Promise<string> {
   const has = (u: string) => ctx.repo.backend.hasImage(u);
+  // The run is removed top first, so while its top is there, all of it is.
   if ((await has(j.vdi)) && (await has(j.parent))) {
-    await coalesceNode(ctx, j.vdi, j.parent); // the copy is idempotent: run it all again
+    await coalesceNode(ctx, j.chain ?? [j.vdi], j.parent); // the copy is idempotent: run it all again
     return `coalesce of ${j.vdi} redone`;
   }
   await underSrLock(ctx, () => settleParent(ctx, j));

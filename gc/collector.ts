@@ -11,7 +11,7 @@ import { coalesceNode, recoverCoalesce, recoverRelink } from './coalesce-node.js
 import { underSrLock, type GcContext } from './context.js';
 import { TreeLogger } from './gc-log.js';
 import { leafCoalesce, recoverLeaf } from './leaf-coalesce.js';
-import { findCoalesceable, findGarbage, findLeafCoalesceable, type Nodes } from './plan.js';
+import { coalesceRun, findCoalesceable, findGarbage, findLeafCoalesceable, type Nodes } from './plan.js';
 import { coalesceExtraSpace } from './space.js';
 
 
@@ -45,9 +45,10 @@ export async function collect(ctx: GcContext): Promise<void> {
       await deleteGarbage(ctx);
       continue;
     }
-    const coalesceable = await firstWithSpace(ctx, nodes, findCoalesceable(nodes, skip), skip);
-    if (coalesceable) {
-      await coalesceNode(ctx, coalesceable.uuid, coalesceable.parent!);
+    const runs = findCoalesceable(nodes, skip).map((n) => ({ chain: coalesceRun(nodes, n, skip), parent: n.parent! }));
+    const run = await firstWithSpace(ctx, nodes, runs, skip);
+    if (run) {
+      await coalesceNode(ctx, run.chain, run.parent);
       continue;
     }
     const leaves = findLeafCoalesceable(nodes, skip);
@@ -57,23 +58,34 @@ export async function collect(ctx: GcContext): Promise<void> {
       skip.add(l.uuid);
       return false;
     });
-    const candidate = leaf && (await firstWithSpace(ctx, nodes, [leaf], skip));
+    const candidate = leaf && (await firstWithSpace(ctx, nodes, [{ chain: [leaf.uuid], parent: leaf.parent! }], skip));
     if (candidate) {
-      if ((await leafCoalesce(ctx, candidate.uuid, candidate.parent!)) === 'skipped') skip.add(candidate.uuid);
+      if ((await leafCoalesce(ctx, leaf.uuid, candidate.parent)) === 'skipped') skip.add(leaf.uuid);
       continue;
     }
     break;
   }
+  await repo.backend.emptyTrash(); // done means the space is back
 }
 
-/** The first candidate the SR has room to coalesce; the others are logged and skipped. */
-async function firstWithSpace(ctx: GcContext, nodes: Nodes, candidates: { uuid: string; parent?: string }[], skip: Set<string>) {
-  for (const c of candidates) {
-    const { bytes } = await coalesceExtraSpace(ctx.repo.imagePath(c.uuid), ctx.repo.imagePath(c.parent!));
-    const { free } = await ctx.repo.backend.space();
-    if (bytes <= free) return c;
-    ctx.log.info(`Coalesce of ${nodeLabel(nodes.get(c.uuid)!, false)} skipped: needs ${bytes} bytes, the SR has ${free} free`);
-    skip.add(c.uuid);
+type Candidate = { chain: string[]; parent: string };
+
+/**
+ * The first candidate the SR has room to coalesce; the others are logged and
+ * skipped. A run too big for the space left is cut down to its first node.
+ */
+async function firstWithSpace(ctx: GcContext, nodes: Nodes, candidates: Candidate[], skip: Set<string>): Promise<Candidate | undefined> {
+  for (const whole of candidates) {
+    for (const c of whole.chain.length > 1 ? [whole, { ...whole, chain: whole.chain.slice(0, 1) }] : [whole]) {
+      const { bytes } = await coalesceExtraSpace(c.chain.map((u) => ctx.repo.imagePath(u)), ctx.repo.imagePath(c.parent));
+      if (bytes <= (await ctx.repo.backend.space()).free) return c;
+      await ctx.repo.backend.emptyTrash(); // space still being given back may be enough
+      const { free } = await ctx.repo.backend.space();
+      if (bytes <= free) return c;
+      if (c.chain.length > 1) continue;
+      ctx.log.info(`Coalesce of ${nodeLabel(nodes.get(c.chain[0]!)!, false)} skipped: needs ${bytes} bytes, the SR has ${free} free`);
+      skip.add(c.chain[0]!);
+    }
   }
   return undefined;
 }

@@ -1,19 +1,21 @@
 /** The copy step shared by coalesce and leaf-coalesce: logged, with progress and speed. */
-import { coalesceIntoParent, imageInfo, resizeImage } from '../lib/vhd/index.js';
+import { coalesceChainInto, imageInfo, resizeImage } from '../lib/vhd/index.js';
 import type { GcContext } from './context.js';
 import { progressReporter } from './gc-log.js';
 import { coalesceExtraSpace } from './space.js';
 
-export async function copyIntoParent(ctx: GcContext, child: string, parent: string, what: string): Promise<void> {
-  const childPath = ctx.repo.imagePath(child);
-  const childSize = await growParentForChild(ctx, child, parent);
+/** Copies `children` (one image, or a run of hidden images from the parent's child upwards) into `parent`. */
+export async function copyIntoParent(ctx: GcContext, children: string[], parent: string, what: string): Promise<void> {
+  const childPaths = children.map((c) => ctx.repo.imagePath(c));
+  const parentPath = ctx.repo.imagePath(parent);
+  const childSize = await growParentForChildren(ctx, childPaths, parent);
   // A deflated parent (LVM) has no room for new blocks: inflate it first, for every
-  // block of the child (grown by vdi_resize, it may be larger). Idempotent, redone on recovery.
+  // block of the children (grown by vdi_resize, one may be larger). Idempotent, redone on recovery.
   await ctx.repo.backend.prepareWrite(parent, childSize);
-  const { childBytes } = await coalesceExtraSpace(childPath, ctx.repo.imagePath(parent));
+  const { childBytes } = await coalesceExtraSpace(childPaths, parentPath);
   const progress = progressReporter(ctx.log, what, childBytes);
   const limit = Number(process.env.SM_GC_MAX_MIBPS);
-  const result = await coalesceIntoParent(childPath, {
+  const result = await coalesceChainInto(childPaths, parentPath, {
     signal: ctx.signal,
     maxBytesPerSecond: limit > 0 ? limit * 1048576 : undefined,
     onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * childBytes, p.elapsedMs),
@@ -27,14 +29,15 @@ export async function copyIntoParent(ctx: GcContext, child: string, parent: stri
 /**
  * A child grown past its parent's BAT room (vdi_resize beyond the room reserved
  * at creation) cannot be copied into it: the parent grows first (files only:
- * on LVM a resize stays within the BAT room). Returns the child's virtual size. The parent has
+ * on LVM a resize stays within the BAT room). Returns the largest child's virtual size. The parent has
  * no other child, and the grow is atomic (rewritten beside itself, renamed over;
  * a redo after a crash starts it again), so nobody reads it differently.
  */
-async function growParentForChild(ctx: GcContext, child: string, parent: string): Promise<number> {
-  const [c, p] = await Promise.all([imageInfo(ctx.repo.imagePath(child)), imageInfo(ctx.repo.imagePath(parent))]);
-  if (c.virtualSize <= p.maxVirtualSize) return c.virtualSize;
-  ctx.log.info(`Growing ${parent.slice(0, 8)} to ${c.virtualSize} bytes first: its BAT has room for ${p.maxVirtualSize} only`);
-  await resizeImage(ctx.repo.imagePath(parent), c.virtualSize);
-  return c.virtualSize;
+async function growParentForChildren(ctx: GcContext, childPaths: string[], parent: string): Promise<number> {
+  const [p, ...cs] = await Promise.all([imageInfo(ctx.repo.imagePath(parent)), ...childPaths.map((c) => imageInfo(c))]);
+  const size = Math.max(...cs.map((c) => c.virtualSize));
+  if (size <= p.maxVirtualSize) return size;
+  ctx.log.info(`Growing ${parent.slice(0, 8)} to ${size} bytes first: its BAT has room for ${p.maxVirtualSize} only`);
+  await resizeImage(ctx.repo.imagePath(parent), size);
+  return size;
 }

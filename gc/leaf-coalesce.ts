@@ -32,7 +32,7 @@ export async function leafCoalesce(ctx: GcContext, leaf: string, parent: string)
 async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<'done' | 'skipped'> {
   const { repo, log } = ctx;
   log.info(`Leaf-coalescing ${j.vdi.slice(0, 8)} into *${j.parent.slice(0, 8)}`);
-  await copyIntoParent(ctx, j.vdi, j.parent, `Leaf-coalesce of ${j.vdi.slice(0, 8)}`);
+  await copyIntoParent(ctx, [j.vdi], j.parent, `Leaf-coalesce of ${j.vdi.slice(0, 8)}`);
   faultPoint('leaf-copied');
   // The SR lock keeps this host's verbs out, not another host's vdi_activate: look again before the swap.
   const holder = (await poolActivations(repo.backend)).get(j.vdi);

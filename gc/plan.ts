@@ -54,6 +54,22 @@ export function findCoalesceable(nodes: Nodes, skip: ReadonlySet<string>): Image
     .sort((a, b) => depth(a) - depth(b) || byUuid(a, b));
 }
 
+/**
+ * The run of hidden nodes that collapses into `first`'s parent together:
+ * `first`, then upwards while the node has exactly one child that is itself
+ * coalesceable once the node is gone (hidden, with children). Bottom first.
+ */
+export function coalesceRun(nodes: Nodes, first: ImageNode, skip: ReadonlySet<string>): string[] {
+  const run = [first.uuid];
+  for (let n = first; n.children.length === 1 && run.length <= nodes.size; ) {
+    const c = nodes.get(n.children[0]!);
+    if (!c || !c.hidden || c.children.length === 0 || skip.has(c.uuid)) break;
+    run.push(c.uuid);
+    n = c;
+  }
+  return run;
+}
+
 /** A visible leaf without siblings whose parent is hidden: it can merge into the parent. */
 export function findLeafCoalesceable(nodes: Nodes, skip: ReadonlySet<string>): ImageNode[] {
   return [...nodes.values()]

@@ -17,7 +17,7 @@ import { Repository } from '../lib/sr/repository.js';
 import { formatForest, nodeLabel } from '../lib/sr/tree-format.js';
 import { collect } from './collector.js';
 import type { GcContext } from './context.js';
-import { findCoalesceable, findGarbage, findLeafCoalesceable } from './plan.js';
+import { coalesceRun, findCoalesceable, findGarbage, findLeafCoalesceable } from './plan.js';
 
 const USAGE = 'usage: sm-gc -u SR_UUID (-g | -a | -q | --dry-run)\n';
 
@@ -102,7 +102,15 @@ async function dryRun(sr: string): Promise<number> {
   const leaves = findLeafCoalesceable(nodes, new Set());
   out(`plan:`);
   for (const u of garbage) out(`  delete garbage ${nodeLabel(nodes.get(u)!, false)}`);
-  for (const n of coalesce) out(`  coalesce ${nodeLabel(n, false)} into ${n.parent!.slice(0, 8)}, then relink its ${n.children.length} children`);
+  const inRun = new Set<string>();
+  for (const n of coalesce) {
+    if (inRun.has(n.uuid)) continue;
+    const run = coalesceRun(nodes, n, new Set());
+    run.forEach((u) => inRun.add(u));
+    const top = nodes.get(run[run.length - 1]!)!;
+    const what = run.map((u) => nodeLabel(nodes.get(u)!, false)).join(' + ');
+    out(`  coalesce ${what} into ${n.parent!.slice(0, 8)}, then relink its ${top.children.length} children`);
+  }
   for (const n of leaves) {
     out(active.has(n.uuid) ? `  skip leaf-coalesce of ${nodeLabel(n, true)}: active` : `  leaf-coalesce ${nodeLabel(n, false)} into ${n.parent!.slice(0, 8)}`);
   }

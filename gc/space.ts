@@ -1,26 +1,34 @@
 /**
- * Extra space a coalesce needs: every block the child holds that the parent
+ * Extra space a coalesce needs: every block the children hold that the parent
  * lacks becomes a new parent block (data, bitmap and alignment padding).
  */
 import { VhdImage } from '../lib/vhd/index.js';
 
-export async function coalesceExtraSpace(childPath: string, parentPath: string): Promise<{ bytes: number; childBytes: number }> {
-  const child = await VhdImage.open(childPath, false);
+/** `childPaths`: one child, or a run of hidden images collapsed into `parentPath` together. */
+export async function coalesceExtraSpace(childPaths: string[], parentPath: string): Promise<{ bytes: number; childBytes: number }> {
   const parent = await VhdImage.open(parentPath, false);
   try {
-    let newBlocks = 0;
-    let childBlocks = 0;
-    for (let i = 0; i < child.blockCount; i++) {
-      if (!child.hasBlock(i)) continue;
-      childBlocks++;
-      if (i >= parent.blockCount || !parent.hasBlock(i)) newBlocks++;
+    const newBlocks = new Set<number>();
+    let childBytes = 0;
+    let maxTableEntries = 0;
+    for (const path of childPaths) {
+      const child = await VhdImage.open(path, false);
+      try {
+        for (let i = 0; i < child.blockCount; i++) {
+          if (!child.hasBlock(i)) continue;
+          childBytes += child.blockSize;
+          if (i >= parent.blockCount || !parent.hasBlock(i)) newBlocks.add(i);
+        }
+        maxTableEntries = Math.max(maxTableEntries, child.header.maxTableEntries);
+      } finally {
+        await child.close();
+      }
     }
     const perBlock = parent.blockSize + 4096;
     // A grown child may need a parent BAT rewrite; count a whole copy of the BAT as overhead.
-    const overhead = child.header.maxTableEntries * 4 + 64 * 1024;
-    return { bytes: newBlocks * perBlock + overhead, childBytes: childBlocks * child.blockSize };
+    const overhead = maxTableEntries * 4 + 64 * 1024;
+    return { bytes: newBlocks.size * perBlock + overhead, childBytes };
   } finally {
-    await child.close();
     await parent.close();
   }
 }

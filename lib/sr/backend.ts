@@ -22,6 +22,14 @@ export interface StorageBackend {
   /** Makes room for a new image of this virtual size; returns its path. */
   prepareImage(uuid: string, virtualSize: number): Promise<string>;
   removeImage(uuid: string): Promise<void>;
+  /**
+   * Removes images at once (gone when this returns, durably) and gives their
+   * space back in the background: deleting a large file takes tens of
+   * milliseconds the collector can spend copying. `emptyTrash()` waits until
+   * the space is back, and finishes what a crash left behind.
+   */
+  discardImages(uuids: string[]): Promise<void>;
+  emptyTrash(): Promise<void>;
   /** `sync: false` leaves durability to a later flushImages() covering `to`. */
   renameImage(from: string, to: string, sync?: boolean): Promise<void>;
   /** Makes the images' contents and names durable (one barrier for several steps). */

@@ -2,7 +2,7 @@
  * A directory of `<uuid>.vhd` files (File SR, NFS SR). SR metadata and journals
  * live in the directory's `.sm/` folder, so they travel with the SR.
  */
-import { open, readdir, readFile, rename, rm, rmdir, stat, statfs, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { getLog } from '../log/index.js';
 import { createFileDurably, sweepAtomicTemps, syncDir, writeFileAtomic } from './atomic-write.js';
@@ -65,6 +65,36 @@ export class FileBackend implements StorageBackend {
       if (err.code !== 'ENOENT') throw err;
     });
     await syncDir(this.dir);
+  }
+
+  /** Background deletions, one file at a time (the copy keeps the other I/O threads). */
+  private freeing: Promise<void> = Promise.resolve();
+
+  /** Renamed into `.sm/trash/` (atomic, instant), then unlinked in the background. */
+  async discardImages(uuids: string[]): Promise<void> {
+    await mkdir(this.metaPath('trash'), { recursive: true });
+    for (const u of uuids) {
+      await rename(this.imagePath(u), this.metaPath('trash', u + VHD_SUFFIX)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+    }
+    await syncDir(this.dir);
+    this.freeing = this.freeing.then(() => this.unlinkTrash());
+    this.freeing.catch(() => undefined); // surfaced by emptyTrash()
+  }
+
+  async emptyTrash(): Promise<void> {
+    await this.freeing;
+    await this.unlinkTrash();
+  }
+
+  private async unlinkTrash(): Promise<void> {
+    const dir = this.metaPath('trash');
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      await unlink(join(dir, name)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+    }
   }
 
   async renameImage(from: string, to: string, sync = true): Promise<void> {

@@ -11,8 +11,10 @@ export type Journal =
   | { kind: 'delete'; vdi: string }
   | { kind: 'resize'; vdi: string; size: number }
   | { kind: 'snapshot'; vdi: string; base: string; snap: string; mode: 'double' | 'single' | 'clone' }
-  | { kind: 'coalesce'; vdi: string; parent: string }
-  | { kind: 'relink'; vdi: string; parent: string; children: string[] }
+  /** `chain`: hidden images from the parent's child up to `vdi`, collapsed together (absent: just `vdi`). */
+  | { kind: 'coalesce'; vdi: string; parent: string; chain?: string[] }
+  /** `removes`: the images deleted once `vdi`'s children point at `parent`, top first (absent: just `vdi`). */
+  | { kind: 'relink'; vdi: string; parent: string; children: string[]; removes?: string[] }
   | { kind: 'leaf'; vdi: string; parent: string };
 
 export function journalName(j: Journal): string {

@@ -88,6 +88,13 @@ export class LvmBackend implements StorageBackend {
     }
   }
 
+  /** lvremove gives the extents back at once: nothing to defer. */
+  async discardImages(uuids: string[]): Promise<void> {
+    for (const u of uuids) await this.removeImage(u);
+  }
+
+  async emptyTrash(): Promise<void> {}
+
   /** lvrename commits LVM metadata to the PVs itself: durable when it returns. */
   async renameImage(from: string, to: string): Promise<void> {
     this.sizes = undefined;

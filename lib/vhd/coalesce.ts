@@ -58,112 +58,205 @@ export async function coalesceIntoParent(childPath: string, opts: CoalesceOption
   }
 }
 
-export async function coalesceImages(child: VhdImage, parent: VhdImage, opts: CoalesceOptions = {}): Promise<CoalesceResult> {
-  if (child.blockSize !== parent.blockSize) throw new VhdError('unsupported', 'parent and child block sizes differ', child.path);
-  if (child.virtualSize > parent.virtualSize) {
-    // The child was grown after the snapshot: the parent takes its size.
-    if (child.blockCount > parent.header.maxTableEntries) {
-      throw new VhdError('invalid-argument', 'parent has no BAT room for the child\'s size: resize the parent first', parent.path);
+/**
+ * Coalesces a run of differencing images into their common ancestor in one
+ * pass: `chainPaths` lists them from the ancestor's child upwards, and each is
+ * copied in turn, so a sector ends with the value of the highest image holding
+ * it. Readers through the chain see no change meanwhile (every sector written is
+ * still shadowed by an image above), and running it all again after a crash
+ * gives the same result.
+ */
+export async function coalesceChainInto(chainPaths: string[], ancestorPath: string, opts: CoalesceOptions = {}): Promise<CoalesceResult> {
+  const ancestor = await VhdImage.open(ancestorPath, true);
+  const children: VhdImage[] = [];
+  try {
+    let below = ancestor;
+    for (const path of chainPaths) {
+      const child = await VhdImage.open(path, false);
+      children.push(child);
+      if (!child.isDifferencing || !child.header.parentUuid.equals(below.footer.uuid)) {
+        throw new VhdError('chain', `parent of ${path} is ${child.parentUuid}, expected ${below.uuid}`, path);
+      }
+      below = child;
     }
-    await setVirtualSize(parent, child.virtualSize);
+    return await coalesceImages(children, ancestor, opts);
+  } finally {
+    for (const c of children) await c.close();
+    await ancestor.close();
   }
-  const started = Date.now();
-  const spb = child.sectorsPerBlock;
-  // Child blocks in on-disk order, so reads stream.
-  const order: number[] = [];
-  for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i)) order.push(i);
-  order.sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
-  const batchBytes = opts.batchBytes ?? 64 * 1024 * 1024;
-  const result: CoalesceResult = { sectors: 0, blocks: 0, bytesCopied: 0, elapsedMs: 0 };
+}
 
-  const pool = new BlockPool(child.bitmapBytes + child.blockSize);
-  let pendingNew: BlockBuffer[] = [];
-  let pendingNewBytes = 0;
-  const full: number[] = [];
-  // Appends run one at a time (each extends the file) but overlap with reading
-  // the next batch: data durable, then the BAT points at it.
-  let appending: Promise<void> = Promise.resolve();
-  const flushNew = async () => {
-    if (pendingNew.length === 0) return;
-    const batch = pendingNew;
-    pendingNew = [];
-    pendingNewBytes = 0;
-    await appending;
-    appending = (async () => {
-      await parent.appendBlocks(batch);
-      pool.give(...batch);
-      await parent.sync();
-      await parent.writeBatEntries(batch.map((b) => b.index));
-    })();
-    appending.catch(() => undefined); // surfaced by the next await
-  };
-
-  // Read-ahead: a few child blocks are read while the current one is merged/written.
-  // (A read-ahead left behind by an error or abort must not become an unhandled rejection.)
-  const READ_AHEAD = 4;
-  const reads: Promise<BlockBuffer>[] = [];
-  let nextRead = 0;
-  const fillReads = () => {
-    while (reads.length < READ_AHEAD && nextRead < order.length) {
-      const p = child.readBlock(order[nextRead++], pool.take());
-      p.catch(() => undefined);
-      reads.push(p);
+/** Copies every sector of `children` (lowest first) into `parent`. */
+export async function coalesceImages(children: VhdImage | VhdImage[], parent: VhdImage, opts: CoalesceOptions = {}): Promise<CoalesceResult> {
+  const list = Array.isArray(children) ? children : [children];
+  for (const child of list) {
+    if (child.blockSize !== parent.blockSize) throw new VhdError('unsupported', 'parent and child block sizes differ', child.path);
+    if (child.virtualSize > parent.virtualSize) {
+      // The child was grown after the snapshot: the parent takes its size.
+      if (child.blockCount > parent.header.maxTableEntries) {
+        throw new VhdError('invalid-argument', 'parent has no BAT room for the child\'s size: resize the parent first', parent.path);
+      }
+      await setVirtualSize(parent, child.virtualSize);
     }
-  };
-  fillReads();
-  for (let k = 0; k < order.length; k++) {
-    if (opts.signal?.aborted) break;
-    const c = await reads.shift()!;
+  }
+  const copier = new BlockCopier(parent, opts);
+  try {
+    for (const child of list) {
+      if (opts.signal?.aborted) break;
+      await copier.copyFrom(child);
+    }
+    return await copier.finish();
+  } finally {
+    await copier.settle();
+  }
+}
+
+/**
+ * The copy engine. New parent blocks are appended in batches; a batch's data is
+ * made durable before the BAT points at it, and the next batch is appended while
+ * that barrier runs, so the disk never waits for the copy loop.
+ */
+class BlockCopier {
+  private readonly started = Date.now();
+  private readonly result: CoalesceResult = { sectors: 0, blocks: 0, bytesCopied: 0, elapsedMs: 0 };
+  private readonly pool: BlockPool;
+  private readonly batchBytes: number;
+  /** The BAT as it may be written: only entries whose blocks are durable (appends run ahead of it). */
+  private readonly durableBat: Uint32Array;
+  private readonly full: number[] = [];
+  private pending: BlockBuffer[] = [];
+  private pendingBytes = 0;
+  private appended: Promise<void> = Promise.resolve();
+  private committed: Promise<void> = Promise.resolve();
+  /** The commit before `committed`: the next append waits for it, not for the latest. */
+  private committedBefore: Promise<void> = Promise.resolve();
+  private blocksDone = 0;
+  private blocksTotal = 0;
+
+  constructor(
+    private readonly parent: VhdImage,
+    private readonly opts: CoalesceOptions,
+  ) {
+    this.pool = new BlockPool(parent.bitmapBytes + parent.blockSize);
+    this.batchBytes = opts.batchBytes ?? 64 * 1024 * 1024;
+    this.durableBat = Uint32Array.from(parent.bat);
+  }
+
+  async copyFrom(child: VhdImage): Promise<void> {
+    const { parent, opts, pool, result } = this;
+    const spb = child.sectorsPerBlock;
+    // Child blocks in on-disk order, so reads stream.
+    const order: number[] = [];
+    for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i)) order.push(i);
+    order.sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
+    this.blocksTotal += order.length;
+
+    // Read-ahead: a few child blocks are read while the current one is merged/written.
+    // (A read-ahead left behind by an error or abort must not become an unhandled rejection.)
+    const READ_AHEAD = 4;
+    const reads: Promise<BlockBuffer>[] = [];
+    let nextRead = 0;
+    const fillReads = () => {
+      while (reads.length < READ_AHEAD && nextRead < order.length) {
+        const p = child.readBlock(order[nextRead++], pool.take());
+        p.catch(() => undefined);
+        reads.push(p);
+      }
+    };
     fillReads();
-    const i = c.index;
-    if (child.isBlockFull(i)) c.bitmap.fill(0xff);
-    if (noneSet(c.bitmap, spb)) {
-      pool.give(c);
-      continue;
+    for (let k = 0; k < order.length; k++) {
+      if (opts.signal?.aborted) break;
+      const c = await reads.shift()!;
+      fillReads();
+      this.blocksDone++;
+      const i = c.index;
+      if (child.isBlockFull(i)) c.bitmap.fill(0xff);
+      if (noneSet(c.bitmap, spb)) {
+        pool.give(c);
+        continue;
+      }
+      let sectors = 0;
+      if (!parent.hasBlock(i)) {
+        // New parent block: the child's sectors, zeros elsewhere (clear bits must read as zero).
+        forEachSetRun(c.bitmap, 0, spb, (s, e) => (sectors += e - s));
+        if (sectors !== spb) zeroClearSectors(c.bitmap, c.data, spb);
+        this.pending.push(c); // each read has its own buffer: no copy needed
+        this.pendingBytes += c.data.length;
+        if (sectors === spb) this.full.push(i);
+      } else {
+        const p = await parent.readBlock(i, pool.take());
+        if (parent.isBlockFull(i)) p.bitmap.fill(0xff);
+        forEachSetRun(c.bitmap, 0, spb, (s, e) => {
+          c.data.copy(p.data, s * SECTOR, s * SECTOR, e * SECTOR);
+          for (let b = s >> 3; b <= (e - 1) >> 3; b++) p.bitmap[b] |= rangeMask(b, s, e);
+          sectors += e - s;
+        });
+        await parent.writeBlock(p);
+        if (allSet(p.bitmap, spb)) this.full.push(i);
+        pool.give(c, p);
+      }
+      result.sectors += sectors;
+      result.blocks++;
+      result.bytesCopied += sectors * SECTOR;
+      if (opts.maxBytesPerSecond) {
+        // Sleep until the average rate is back under the limit (at most a block's worth: abort stays prompt).
+        const ahead = (result.bytesCopied / opts.maxBytesPerSecond) * 1000 - (Date.now() - this.started);
+        if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+      }
+      if (this.pendingBytes >= this.batchBytes) {
+        await this.flush();
+        this.progress();
+      }
     }
-    let sectors = 0;
-    if (!parent.hasBlock(i)) {
-      // New parent block: the child's sectors, zeros elsewhere (clear bits must read as zero).
-      forEachSetRun(c.bitmap, 0, spb, (s, e) => (sectors += e - s));
-      if (sectors !== spb) zeroClearSectors(c.bitmap, c.data, spb);
-      pendingNew.push(c); // each read has its own buffer: no copy needed
-      pendingNewBytes += c.data.length;
-      if (sectors === spb) full.push(i);
-    } else {
-      const p = await parent.readBlock(i, pool.take());
-      if (parent.isBlockFull(i)) p.bitmap.fill(0xff);
-      forEachSetRun(c.bitmap, 0, spb, (s, e) => {
-        c.data.copy(p.data, s * SECTOR, s * SECTOR, e * SECTOR);
-        for (let b = s >> 3; b <= (e - 1) >> 3; b++) p.bitmap[b] |= rangeMask(b, s, e);
-        sectors += e - s;
-      });
-      await parent.writeBlock(p);
-      if (allSet(p.bitmap, spb)) full.push(i);
-      pool.give(c, p);
-    }
-    result.sectors += sectors;
-    result.blocks++;
-    result.bytesCopied += sectors * SECTOR;
-    if (opts.maxBytesPerSecond) {
-      // Sleep until the average rate is back under the limit (at most a block's worth: abort stays prompt).
-      const ahead = (result.bytesCopied / opts.maxBytesPerSecond) * 1000 - (Date.now() - started);
-      if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
-    }
-    if (pendingNewBytes >= batchBytes) {
-      await flushNew();
-      opts.onProgress?.({ blocksDone: k + 1, blocksTotal: order.length, bytesCopied: result.bytesCopied, elapsedMs: Date.now() - started });
-    }
+    // The next child may hold the same blocks: the parent must own this child's new ones first.
+    await this.flush();
+    await this.appended;
   }
-  await flushNew();
-  await appending;
-  // Batmap bits last: a bit that reached the disk before its block only costs a
-  // bitmap read (readers check the BAT first). One barrier covers both.
-  await parent.markFull(full);
-  await parent.sync();
-  result.elapsedMs = Date.now() - started;
-  opts.onProgress?.({ blocksDone: order.length, blocksTotal: order.length, bytesCopied: result.bytesCopied, elapsedMs: result.elapsedMs });
-  if (opts.signal?.aborted) throw new VhdError('aborted', 'coalesce aborted', child.path);
-  return result;
+
+  /** Appends the pending blocks once the previous append is done; their commit follows the previous commit. */
+  private async flush(): Promise<void> {
+    if (this.pending.length === 0) return;
+    const batch = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    // Appends in order, at most one batch ahead of the barrier still running
+    // (bounded memory); errors of earlier batches surface here.
+    await Promise.all([this.appended, this.committedBefore]);
+    const appended = this.parent.appendBlocks(batch).then(() => this.pool.give(...batch));
+    const previous = this.committed;
+    this.committedBefore = previous;
+    this.appended = appended;
+    this.committed = Promise.all([appended, previous]).then(async () => {
+      await this.parent.sync();
+      for (const b of batch) this.durableBat[b.index] = this.parent.bat[b.index];
+      await this.parent.writeBatEntries(batch.map((b) => b.index), this.durableBat);
+    });
+    this.appended.catch(() => undefined); // surfaced by the next await
+    this.committed.catch(() => undefined);
+  }
+
+  private progress(): void {
+    this.opts.onProgress?.({ blocksDone: this.blocksDone, blocksTotal: this.blocksTotal, bytesCopied: this.result.bytesCopied, elapsedMs: Date.now() - this.started });
+  }
+
+  async finish(): Promise<CoalesceResult> {
+    await this.flush();
+    await this.appended;
+    await this.committed;
+    // Batmap bits last: a bit that reached the disk before its block only costs a
+    // bitmap read (readers check the BAT first). One barrier covers both.
+    await this.parent.markFull(this.full);
+    await this.parent.sync();
+    this.result.elapsedMs = Date.now() - this.started;
+    this.progress();
+    if (this.opts.signal?.aborted) throw new VhdError('aborted', 'coalesce aborted', this.parent.path);
+    return this.result;
+  }
+
+  /** After an error: nothing may still be writing when the images are closed. */
+  async settle(): Promise<void> {
+    await Promise.allSettled([this.appended, this.committed, this.committedBefore]);
+  }
 }
 
 /** Block buffers reused through the copy: coalescing GiBs must not churn GiBs of garbage. */

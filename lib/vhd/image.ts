@@ -345,8 +345,11 @@ export class VhdImage {
     await this.io.write(data, this.dataOffset(i) + offsetInBlock);
   }
 
-  /** Persists the BAT sectors holding the given entries (coalesced into runs). */
-  async writeBatEntries(indices: Iterable<number>): Promise<void> {
+  /**
+   * Persists the BAT sectors holding the given entries (coalesced into runs),
+   * from `source` when the in-memory BAT runs ahead of what may reach the disk.
+   */
+  async writeBatEntries(indices: Iterable<number>, source: Uint32Array = this.bat): Promise<void> {
     const sectors = [...new Set([...indices].map((i) => Math.floor((i * 4) / SECTOR)))].sort((a, b) => a - b);
     for (let k = 0; k < sectors.length; ) {
       let end = k;
@@ -355,7 +358,7 @@ export class VhdImage {
       const count = sectors[end] - first + 1;
       const buf = Buffer.alloc(count * SECTOR, 0);
       for (let e = first * (SECTOR / 4); e < (first + count) * (SECTOR / 4); e++) {
-        if (e < this.bat.length) buf.writeUInt32BE(this.bat[e], (e - first * (SECTOR / 4)) * 4);
+        if (e < source.length) buf.writeUInt32BE(source[e], (e - first * (SECTOR / 4)) * 4);
       }
       await this.io.write(buf, this.header.tableOffset + first * SECTOR);
       k = end + 1;

@@ -4,7 +4,7 @@ export { FileIO, type PositionalIO } from './io.js';
 export { VhdImage, formatUuid, parseUuid, type BlockBuffer } from './image.js';
 export { VhdChain, type ChainOptions } from './chain.js';
 export { createDynamic, createDifferencing, validVirtualSize, type CreateOptions } from './create.js';
-export { coalesceIntoParent, coalesceImages, type CoalesceOptions, type CoalesceProgress, type CoalesceResult } from './coalesce.js';
+export { coalesceIntoParent, coalesceChainInto, coalesceImages, type CoalesceOptions, type CoalesceProgress, type CoalesceResult } from './coalesce.js';
 export { resizeImage, setVirtualSize } from './resize.js';
 export { setParent } from './relink.js';
 export { checkChain, type CheckReport, type CheckOptions } from './check.js';

@@ -20,8 +20,10 @@ interface GcScenario {
 }
 
 /**
- * Two new trees: X (coalesce: base B1 whose only child B2 has two children, X
- * and its snapshot) and L (leaf-coalesce: L alone under its base copy).
+ * Two new trees: X (coalesce: base B1 under a run of two base copies, B2 and
+ * B3, each the only child of the one below, B3 with two children, X and its
+ * snapshot; B2 and B3 overlap, so the run must be copied in order) and L
+ * (leaf-coalesce: L alone under its base copy).
  */
 const coalesceTrees: GcScenario = {
   async build(w, round) {
@@ -31,9 +33,12 @@ const coalesceTrees: GcScenario = {
     await w.fill(x, 0, 3 * MiB);
     await w.snapshot(x, `${x}s1`);
     await w.fill(x, 2 * MiB + 512, 3 * MiB);
+    await w.snapshot(x, `${x}s0`);
+    await w.fill(x, 3 * MiB - 1024, MiB + 4096);
     await w.snapshot(x, `${x}s2`);
     await w.fill(x, 7 * MiB, MiB);
     await w.delete(`${x}s1`);
+    await w.delete(`${x}s0`);
     await w.create(l, 8 * MiB);
     await w.fill(l, MiB, 2 * MiB);
     await w.snapshot(l, `${l}s`);
@@ -119,7 +124,7 @@ async function runGcFaults(t: ExecutionContext, scenario: GcScenario, points: st
 }
 
 test('coalesce killed at each fault point, then recovered', async (t) => {
-  await runGcFaults(t, coalesceTrees, ['coalesce-journaled', 'coalesce-copied', 'relink-journaled', 'relink-child', 'relink-child:2', 'relink-done']);
+  await runGcFaults(t, coalesceTrees, ['coalesce-journaled', 'coalesce-copied', 'relink-journaled', 'relink-child', 'relink-child:2', 'relink-done', 'coalesced-discarded']);
 });
 
 test('leaf-coalesce killed at each fault point, then recovered', async (t) => {

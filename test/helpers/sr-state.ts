@@ -95,7 +95,7 @@ export function activations(ctx: SmEnv): Map<string, { host: string; writable: b
 
 /**
  * Anything in the SR directory besides images and the metadata document (and
- * the journal and activation folders, which must be empty).
+ * the journal, activation and trash folders, which must be empty).
  */
 export function strayFiles(ctx: SmEnv): string[] {
   const out: string[] = [];
@@ -105,9 +105,11 @@ export function strayFiles(ctx: SmEnv): string[] {
     out.push(n);
   }
   for (const n of fs.readdirSync(path.join(ctx.location, '.sm'))) {
-    if (n === 'metadata.json' || n === 'journal' || n === 'active') continue;
+    if (n === 'metadata.json' || n === 'journal' || n === 'active' || n === 'trash') continue;
     out.push(`.sm/${n}`);
   }
+  const trash = path.join(ctx.location, '.sm', 'trash');
+  for (const f of fs.existsSync(trash) ? fs.readdirSync(trash) : []) out.push(`.sm/trash/${f}`);
   for (const j of journals(ctx)) out.push(`.sm/journal/${j}`);
   for (const a of fs.existsSync(path.join(ctx.location, '.sm', 'active')) ? fs.readdirSync(path.join(ctx.location, '.sm', 'active')) : []) out.push(`.sm/active/${a}`);
   return out;

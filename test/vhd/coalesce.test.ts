@@ -7,6 +7,7 @@ import { copyFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   checkChain,
+  coalesceChainInto,
   coalesceIntoParent,
   createDifferencing,
   createDynamic,
@@ -239,5 +240,54 @@ test('coalesce refuses a base image and a parent with the wrong uuid, writing no
     t.true((await readFile(base)).equals(bytes));
     const reports = await checkChain(child, { parents: true });
     t.true(reports.some((r) => r.problems.some((p) => /uuid/.test(p))));
+  });
+});
+
+test('a run of images collapses into their ancestor in one pass: the highest image wins, the chain reads the same throughout, and a redo changes nothing', async (t) => {
+  await withTempDir(async (dir) => {
+    const rng = new Rng(11);
+    const paths = ['base', 'x1', 'x2', 'x3', 'leaf'].map((n) => join(dir, `${n}.vhd`));
+    const [base, x1, x2, x3, leaf] = paths;
+    const model = new ByteModel(16 * MiB);
+    await createDynamic(base, 16 * MiB);
+    await writeAll(base, model, [[0, rng.bytes(3 * MiB)]]);
+    // Overlapping writes in every layer (whole blocks, partial blocks, single sectors), so order matters.
+    const layers: [string, string][] = [[x1, base], [x2, x1], [x3, x2], [leaf, x3]];
+    for (const [k, [child, parent]] of layers.entries()) {
+      await createDifferencing(child, parent);
+      await writeAll(child, model, [
+        [MiB + k * 300 * SECTOR, rng.bytes(2 * MiB + 77 * SECTOR)],
+        [(5 + k) * MiB, rng.bytes(BLOCK)],
+        [11 * MiB + 3 * SECTOR, rng.bytes(SECTOR)],
+      ]);
+    }
+    const aboveX3 = new ByteModel(16 * MiB);
+    aboveX3.buf.set(await readChain(x3));
+    const r1 = await coalesceChainInto([x1, x2, x3], base, { batchBytes: 2 * BLOCK });
+    t.true(r1.bytesCopied > 0);
+    assertSameBytes(t, await readChain(base), aboveX3.buf, 'the ancestor alone reads as the top of the run');
+    assertSameBytes(t, await readChain(leaf), model.buf, 'the leaf reads the same through the whole chain');
+    const bytes = await readFile(base);
+    await coalesceChainInto([x1, x2, x3], base, { batchBytes: 2 * BLOCK }); // a redo after a crash
+    assertSameBytes(t, await readChain(base), aboveX3.buf, 'a redo leaves the same data');
+    t.true((await readFile(base)).length === bytes.length, 'a redo allocates no new blocks');
+    await assertChainValid(t, leaf);
+  });
+});
+
+test('a run given out of order, or not ending at the ancestor, is refused before anything is written', async (t) => {
+  await withTempDir(async (dir) => {
+    const [base, x1, x2] = ['base', 'x1', 'x2'].map((n) => join(dir, `${n}.vhd`));
+    await createDynamic(base, 4 * MiB);
+    await createDifferencing(x1, base);
+    await writeAll(x1, new ByteModel(4 * MiB), [[0, Buffer.alloc(SECTOR, 1)]]);
+    await createDifferencing(x2, x1);
+    await writeAll(x2, new ByteModel(4 * MiB), [[SECTOR, Buffer.alloc(SECTOR, 2)]]);
+    const bytes = await readFile(base);
+    for (const run of [[x2, x1], [x2], [x1, x1]]) {
+      const err = await t.throwsAsync(coalesceChainInto(run, base));
+      t.true(err instanceof VhdError && err.kind === 'chain', String(err));
+    }
+    t.true((await readFile(base)).equals(bytes));
   });
 });
