@@ -10,11 +10,15 @@
 // MAX_REQUEST_BYTES gets a -32600 error line and the connection is closed.
 import fs from 'node:fs';
 import net from 'node:net';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createJSONRPCErrorResponse, JSONRPCErrorCode, type JSONRPCResponse } from 'json-rpc-2.0';
 import { log } from '../log/smlog.js';
 import type { Driver } from './driver.js';
 import { runJsonRpc } from './jsonrpc-adapter.js';
+import { buildIdOf, callSettings, FORWARD_METHOD, NOT_SERVED, sameSettings, type ForwardParams } from './hand-off-protocol.js';
 import { MAX_REQUEST_BYTES } from './limits.js';
+import { runXmlRpc } from './xmlrpc-adapter.js';
 
 export interface UnixSocketServer {
   readonly path: string;
@@ -23,6 +27,7 @@ export interface UnixSocketServer {
 }
 
 export async function serveUnixSocket(driver: Driver, socketPath: string): Promise<UnixSocketServer> {
+  fs.mkdirSync(dirname(socketPath), { recursive: true });
   await removeStaleSocket(socketPath);
   const connections = new Set<net.Socket>();
   const server = net.createServer((socket) => {
@@ -68,7 +73,7 @@ function serveConnection(driver: Driver, socket: net.Socket): void {
       if (line.trim() === '') continue;
       // Chained so that answers leave in the order the lines came in.
       queue = queue.then(async () => {
-        const response = await runJsonRpc(driver, line);
+        const response = (await answerHandOff(driver, line)) ?? (await runJsonRpc(driver, line));
         if (response && !socket.destroyed) socket.write(response + '\n');
       });
     }
@@ -82,6 +87,43 @@ function serveConnection(driver: Driver, socket: net.Socket): void {
     }
   });
   socket.on('error', () => socket.destroy()); // a client going away is not our error
+}
+
+/** This server's build (hand-off-protocol.ts): the file its code was loaded from. */
+const OWN_BUILD = (() => {
+  try {
+    return buildIdOf(fileURLToPath(import.meta.url));
+  } catch {
+    return 'unknown';
+  }
+})();
+
+/**
+ * A call a driver executable handed over (hand-off.ts): answered as that
+ * executable would answer it, or refused before anything is done when this
+ * server is another build or runs with other settings. Undefined: not a hand-off.
+ */
+async function answerHandOff(driver: Driver, line: string): Promise<string | undefined> {
+  if (!line.includes(FORWARD_METHOD)) return undefined;
+  let request: { id?: unknown; method?: unknown; params?: Partial<ForwardParams> };
+  try {
+    request = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  if (request?.method !== FORWARD_METHOD || typeof request.id !== 'number') return undefined;
+  const { xml, settings, build } = request.params ?? {};
+  const refuse = (why: string) => JSON.stringify(createJSONRPCErrorResponse(request.id as number, NOT_SERVED, `not served here: ${why}`));
+  if (typeof xml !== 'string' || typeof build !== 'string' || settings === null || typeof settings !== 'object') return refuse('bad hand-off');
+  if (build !== OWN_BUILD) return refuse(`this server is ${OWN_BUILD}`);
+  const own = callSettings();
+  if (!sameSettings(settings as Record<string, string>, own)) {
+    const keys = [...new Set([...Object.keys(settings), ...Object.keys(own)])].filter((k) => (settings as Record<string, string>)[k] !== own[k]);
+    // Names only: the call runs in-process and logs itself; this says why it was not handed off.
+    log.info(`hand-off refused: other settings (${keys.sort().join(', ')}); the caller runs the call itself`);
+    return refuse('other settings');
+  }
+  return JSON.stringify({ jsonrpc: '2.0', id: request.id, result: await runXmlRpc(driver, xml) });
 }
 
 /** A socket file left by a dead server is removed; a live one is an error. */

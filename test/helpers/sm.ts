@@ -310,10 +310,15 @@ function accepts(socket: string): Promise<boolean> {
   });
 }
 
-/** `FileSR --serve <socket>`: one long-running driver for many calls. */
-export async function startServer(ctx: SmEnv, env: NodeJS.ProcessEnv = ctx.env): Promise<Server> {
-  const socket = ctx.scratch('driver.sock');
-  const child = spawn(FILE_SR, ['--serve', socket], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+/** Where the FileSR executable hands its calls to (lib/smapi/hand-off.ts). */
+export const residentSocket = (ctx: SmEnv) => path.join(ctx.root, 'run', 'sm', 'serve', 'FileSR.sock');
+
+/** `FileSR --serve <socket>`: one long-running driver for many calls (`executable`: another build of it). */
+export async function startServer(ctx: SmEnv, env: NodeJS.ProcessEnv = ctx.env, socket = ctx.scratch('driver.sock'), executable = FILE_SR): Promise<Server> {
+  const child = spawn(executable === FILE_SR ? FILE_SR : process.execPath, [...(executable === FILE_SR ? [] : [executable]), '--serve', socket], {
+    env,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((r) => child.on('exit', () => r()));
