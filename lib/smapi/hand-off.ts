@@ -8,7 +8,7 @@
 // Node's own modules only: this runs before, and usually instead of, the driver.
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { buildIdOf, callSettings, FORWARD_METHOD, NOT_SERVED, servedSocketPath, type ForwardParams } from './hand-off-protocol.js';
+import { buildIdOf, callSettings, FORWARD_METHOD, servedSocketPath, type ForwardParams } from './hand-off-protocol.js';
 
 /** Answers the call through the server; false when the caller must answer it itself. */
 export async function handOff(name: string, bundle: URL, argv: readonly string[] = process.argv.slice(2)): Promise<boolean> {
@@ -26,7 +26,8 @@ export async function handOff(name: string, bundle: URL, argv: readonly string[]
   let text: string;
   if (outcome.kind === 'answer') {
     const response = parse(outcome.line);
-    if (response?.error?.code === NOT_SERVED) return false;
+    // An error is the server declining (NOT_SERVED, or a request too large for it): nothing ran.
+    if (response?.error !== undefined) return false;
     text = typeof response?.result === 'string' ? response.result : await lostCallFault(`the server's answer was not a response: ${outcome.line.slice(0, 200)}`);
   } else {
     // The call was sent and may have run (a snapshot made, a VDI deleted): running it

@@ -82,19 +82,24 @@ async function snapshotLatency(): Promise<void> {
   try {
     await sr.call('sr_create', {}, ['0']);
     await sr.call('sr_attach');
-    const perProcess: number[] = [];
+    // A fresh 10 GiB VDI per snapshot (so chains stay short); each way in a run of its own.
+    const newVdi = async (label: string) =>
+      ((await sr.call('vdi_create', {}, ['10737418240', label, '', '', 'false', '', '', 'false'])) as { uuid: string }).uuid;
     const served: number[] = [];
-    // A fresh 10 GiB VDI per round (so chains stay short), snapshotted once each way.
     for (let i = 0; i < 25; i++) {
-      const vdi = ((await sr.call('vdi_create', {}, ['10737418240', `bench${i}`, '', '', 'false', '', '', 'false'])) as { uuid: string }).uuid;
-      perProcess.push((await timed(() => sr.callProcess('vdi_snapshot', { vdi_uuid: vdi }))).ms);
+      const vdi = await newVdi(`served${i}`);
       served.push((await timed(() => sr.call('vdi_snapshot', { vdi_uuid: vdi }))).ms);
+    }
+    const perProcess: number[] = [];
+    for (let i = 0; i < 25; i++) {
+      const vdi = await newVdi(`process${i}`);
+      perProcess.push((await timed(() => sr.callProcess('vdi_snapshot', { vdi_uuid: vdi }))).ms);
     }
     // The same, with the driver's resident server running: each process hands its call over.
     const residentPid = await sr.startResident();
     const handedOff: number[] = [];
     for (let i = 0; i < 25; i++) {
-      const vdi = ((await sr.call('vdi_create', {}, ['10737418240', `resident${i}`, '', '', 'false', '', '', 'false'])) as { uuid: string }).uuid;
+      const vdi = await newVdi(`resident${i}`);
       handedOff.push((await timed(() => sr.callProcess('vdi_snapshot', { vdi_uuid: vdi }))).ms);
     }
     const log = readFileSync(join(dir, 'root/var/log/SMlog'), 'utf8');
