@@ -14,6 +14,15 @@ const entries = {
   'sm-gc': 'gc/sm-gc.js',
 };
 
+// winston's debug channel (@dabh/diagnostics) prints nothing unless DEBUG names it;
+// its production build skips loading the colour libraries that channel would use.
+const quietDiagnostics = {
+  name: 'quiet-diagnostics',
+  setup(b) {
+    b.onResolve({ filter: /^@dabh\/diagnostics$/ }, () => ({ path: join(root, 'node_modules/@dabh/diagnostics/node/production.js') }));
+  },
+};
+
 for (const [name, entry] of Object.entries(entries)) {
   if (!existsSync(join(root, entry.replace(/\.js$/, '.ts')))) continue; // not in this tree
   const from = join(root, 'dist', entry);
@@ -26,6 +35,7 @@ for (const [name, entry] of Object.entries(entries)) {
     format: 'esm',
     target: 'node20',
     logLevel: 'warning',
+    plugins: [quietDiagnostics],
     // CommonJS dependencies (winston, xml2js) call require(); give the ESM bundle one.
     banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
   });
