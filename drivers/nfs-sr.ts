@@ -121,7 +121,7 @@ export const nfsSrType: SrType = {
     configuration: [
       { key: 'server', description: 'hostname or IP address of the NFS server' },
       { key: 'serverpath', description: 'path on the NFS server' },
-      { key: 'nfsversion', description: 'NFS version: 3 (default), 4 or 4.1' },
+      { key: 'nfsversion', description: 'NFS version: 3 (default), 4, 4.0, 4.1 or 4.2' },
       { key: 'options', description: 'extra mount options, comma separated' },
     ],
   },

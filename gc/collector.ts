@@ -17,6 +17,8 @@ import { coalesceExtraSpace } from './space.js';
 
 export async function recoverGcJournals(ctx: GcContext): Promise<void> {
   await underSrLock(ctx, () => recoverSrJournals(ctx.repo));
+  // Images a killed run had discarded but not yet deleted (verbs leave the trash to the collector: it may take seconds).
+  await ctx.repo.backend.emptyTrash();
   const journals = await readJournals(ctx.repo.backend);
   // A relink finishes its coalesce, so relinks go first.
   for (const j of journals.filter((x) => x.kind === 'relink')) ctx.log.info(`recovery: ${await recoverRelink(ctx, j as never)}`);

@@ -15,11 +15,15 @@ export async function copyIntoParent(ctx: GcContext, children: string[], parent:
   const { childBytes } = await coalesceExtraSpace(childPaths, parentPath);
   const progress = progressReporter(ctx.log, what, childBytes);
   const limit = Number(process.env.SM_GC_MAX_MIBPS);
+  // Images discarded by the previous step are deleted beside this copy, which needs the disk's bandwidth, not its latency.
+  const freeing = ctx.repo.backend.emptyTrash();
+  freeing.catch(() => undefined); // surfaced below
   const result = await coalesceChainInto(childPaths, parentPath, {
     signal: ctx.signal,
     maxBytesPerSecond: limit > 0 ? limit * 1048576 : undefined,
     onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * childBytes, p.elapsedMs),
   });
+  await freeing;
   ctx.stats.bytesCopied += result.bytesCopied;
   ctx.stats.copyMs += result.elapsedMs;
   const rate = result.elapsedMs > 0 ? result.bytesCopied / 1048576 / (result.elapsedMs / 1000) : 0;

@@ -13,7 +13,7 @@ import { checkAbsPath, checkHost, InvalidArgumentError } from './validate.js';
 
 export const NFS_PORT = 2049;
 /** nfsversion values accepted (device_config.nfsversion). */
-export const NFS_VERSIONS = ['3', '4', '4.1'] as const;
+export const NFS_VERSIONS = ['3', '4', '4.0', '4.1', '4.2'] as const;
 export type NfsVersion = (typeof NFS_VERSIONS)[number];
 /** The options every SR mount gets (soft: I/O errors instead of hanging tapdisk forever). */
 export const BASE_MOUNT_OPTIONS = ['soft', 'proto=tcp', 'acdirmin=0', 'acdirmax=0', 'timeo=200', 'retrans=4'];

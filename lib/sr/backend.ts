@@ -23,10 +23,10 @@ export interface StorageBackend {
   prepareImage(uuid: string, virtualSize: number): Promise<string>;
   removeImage(uuid: string): Promise<void>;
   /**
-   * Removes images at once (gone when this returns, durably) and gives their
-   * space back in the background: deleting a large file takes tens of
-   * milliseconds the collector can spend copying. `emptyTrash()` waits until
-   * the space is back, and finishes what a crash left behind.
+   * Removes images at once (gone from the SR, durably, when this returns) and
+   * leaves giving their space back to `emptyTrash()`: deleting a large file
+   * takes tens of milliseconds, which the collector spends beside its next copy.
+   * `emptyTrash()` also finishes what a crash left behind.
    */
   discardImages(uuids: string[]): Promise<void>;
   emptyTrash(): Promise<void>;

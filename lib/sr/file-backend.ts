@@ -67,10 +67,7 @@ export class FileBackend implements StorageBackend {
     await syncDir(this.dir);
   }
 
-  /** Background deletions, one file at a time (the copy keeps the other I/O threads). */
-  private freeing: Promise<void> = Promise.resolve();
-
-  /** Renamed into `.sm/trash/` (atomic, instant), then unlinked in the background. */
+  /** Renamed into `.sm/trash/`: atomic and instant; emptyTrash() deletes them. */
   async discardImages(uuids: string[]): Promise<void> {
     await mkdir(this.metaPath('trash'), { recursive: true });
     for (const u of uuids) {
@@ -79,16 +76,10 @@ export class FileBackend implements StorageBackend {
       });
     }
     await syncDir(this.dir);
-    this.freeing = this.freeing.then(() => this.unlinkTrash());
-    this.freeing.catch(() => undefined); // surfaced by emptyTrash()
   }
 
+  /** One file at a time: run beside a copy, it leaves the copy the other I/O threads. */
   async emptyTrash(): Promise<void> {
-    await this.freeing;
-    await this.unlinkTrash();
-  }
-
-  private async unlinkTrash(): Promise<void> {
     const dir = this.metaPath('trash');
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       await unlink(join(dir, name)).catch((err: NodeJS.ErrnoException) => {

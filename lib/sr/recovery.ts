@@ -10,7 +10,6 @@ import { recoverResize } from './vdi-resize.js';
 /** Journals the SR layer owns; the GC recovers its own (coalesce, relink, leaf). */
 export async function recoverSrJournals(repo: Repository): Promise<string[]> {
   const done: string[] = [];
-  await repo.backend.emptyTrash(); // images a killed collector had discarded but not yet deleted
   for (const j of await readJournals(repo.backend)) {
     let outcome: string | undefined;
     switch (j.kind) {

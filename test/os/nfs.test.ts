@@ -7,17 +7,17 @@ import { fixture, recorder } from './helpers.js';
 
 const BASE = 'soft,proto=tcp,vers=3,acdirmin=0,acdirmax=0,timeo=200,retrans=4';
 
-test('mount argv: SM options, version 3 by default, 4 and 4.1, extra options last', (t) => {
+test('mount argv: SM options, version 3 by default, 4, 4.0, 4.1 and 4.2, extra options last', (t) => {
   const m = { server: '10.0.0.5', path: '/export/sr', mountpoint: '/run/sr-mount/abc' };
   t.deepEqual(nfs.mountArgs(m), ['-t', 'nfs', '-o', BASE, '10.0.0.5:/export/sr', '/run/sr-mount/abc']);
-  t.deepEqual(nfs.mountArgs({ ...m, version: '4' })[3], BASE.replace('vers=3', 'vers=4'));
+  for (const v of ['4', '4.0', '4.2']) t.deepEqual(nfs.mountArgs({ ...m, version: v })[3], BASE.replace('vers=3', `vers=${v}`));
   t.deepEqual(nfs.mountArgs({ ...m, version: '4.1', options: 'noatime, rsize=65536' })[3], `${BASE.replace('vers=3', 'vers=4.1')},noatime,rsize=65536`);
   t.deepEqual(nfs.mountArgs({ ...m, server: 'fd00::5' })[4], '[fd00::5]:/export/sr');
 });
 
-test('versions other than 3, 4 and 4.1 are refused before mount runs', async (t) => {
+test('versions other than 3, 4, 4.0, 4.1 and 4.2 are refused before mount runs', async (t) => {
   const rec = recorder();
-  for (const v of ['2', '4.3', '5', 'v3', '3 ', '3,nolock']) {
+  for (const v of ['2', '4.3', '4.10', '5', 'v3', '3 ', '3,nolock', '3.0']) {
     const e = await t.throwsAsync(nfs.mountNfs({ server: '127.0.0.1', path: '/x', mountpoint: '/mnt/x', version: v }, { run: rec.run }), {
       instanceOf: nfs.NfsError,
     });
