@@ -93,8 +93,7 @@ export class VhdImage {
     const batBytes = roundUp(header.maxTableEntries * 4, SECTOR);
     const batBuf = Buffer.alloc(batBytes);
     await io.read(batBuf, header.tableOffset);
-    const bat = new Uint32Array(header.maxTableEntries);
-    for (let i = 0; i < bat.length; i++) bat[i] = batBuf.readUInt32BE(i * 4);
+    const bat = decodeBat(batBuf, header.maxTableEntries);
 
     let metadataEnd = header.tableOffset + batBytes;
     let batmapHeader: BatmapHeader | undefined;
@@ -456,6 +455,17 @@ export class VhdImage {
   async close(): Promise<void> {
     await this.io.close();
   }
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** Big-endian BAT entries as numbers: one native byte swap, not an accessor call per entry (the BAT room may hold 100k). */
+function decodeBat(buf: Buffer, entries: number): Uint32Array {
+  const bat = new Uint32Array(entries);
+  const bytes = Buffer.from(bat.buffer);
+  buf.copy(bytes, 0, 0, entries * 4);
+  if (LITTLE_ENDIAN) bytes.swap32();
+  return bat;
 }
 
 function validateHeader(h: DynamicHeader, f: Footer, fileSize: number, where: string): void {
