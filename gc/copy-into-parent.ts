@@ -2,17 +2,15 @@
 import { coalesceChainInto, imageInfo, resizeImage } from '../lib/vhd/index.js';
 import type { GcContext } from './context.js';
 import { progressReporter } from './gc-log.js';
-import { coalesceExtraSpace } from './space.js';
 
 /** Copies `children` (one image, or a run of hidden images from the parent's child upwards) into `parent`. */
 export async function copyIntoParent(ctx: GcContext, children: string[], parent: string, what: string): Promise<void> {
   const childPaths = children.map((c) => ctx.repo.imagePath(c));
   const parentPath = ctx.repo.imagePath(parent);
-  const childSize = await growParentForChildren(ctx, childPaths, parent);
+  const { size: childSize, childBytes } = await growParentForChildren(ctx, childPaths, parent);
   // A deflated parent (LVM) has no room for new blocks: inflate it first, for every
   // block of the children (grown by vdi_resize, one may be larger). Idempotent, redone on recovery.
   await ctx.repo.backend.prepareWrite(parent, childSize);
-  const { childBytes } = await coalesceExtraSpace(childPaths, parentPath);
   const progress = progressReporter(ctx.log, what, childBytes);
   const limit = Number(process.env.SM_GC_MAX_MIBPS);
   // Images discarded by the previous step are deleted beside this copy, which needs the disk's bandwidth, not its latency.
@@ -36,12 +34,15 @@ export async function copyIntoParent(ctx: GcContext, children: string[], parent:
  * on LVM a resize stays within the BAT room). Returns the largest child's virtual size. The parent has
  * no other child, and the grow is atomic (rewritten beside itself, renamed over;
  * a redo after a crash starts it again), so nobody reads it differently.
+ * Also returns the bytes of the children's blocks (for the progress lines).
  */
-async function growParentForChildren(ctx: GcContext, childPaths: string[], parent: string): Promise<number> {
+async function growParentForChildren(ctx: GcContext, childPaths: string[], parent: string): Promise<{ size: number; childBytes: number }> {
   const [p, ...cs] = await Promise.all([imageInfo(ctx.repo.imagePath(parent)), ...childPaths.map((c) => imageInfo(c))]);
   const size = Math.max(...cs.map((c) => c.virtualSize));
-  if (size <= p.maxVirtualSize) return size;
-  ctx.log.info(`Growing ${parent.slice(0, 8)} to ${size} bytes first: its BAT has room for ${p.maxVirtualSize} only`);
-  await resizeImage(ctx.repo.imagePath(parent), size);
-  return size;
+  const childBytes = cs.reduce((n, c) => n + c.allocatedBlocks * c.blockSize, 0);
+  if (size > p.maxVirtualSize) {
+    ctx.log.info(`Growing ${parent.slice(0, 8)} to ${size} bytes first: its BAT has room for ${p.maxVirtualSize} only`);
+    await resizeImage(ctx.repo.imagePath(parent), size);
+  }
+  return { size, childBytes };
 }

@@ -17,6 +17,7 @@ export interface ImageInfo {
   parentUuid?: string;
   maxVirtualSize: number;
   allocatedBlocks: number;
+  blockSize: number;
 }
 
 export async function imageInfo(path: string): Promise<ImageInfo> {
@@ -32,6 +33,7 @@ export async function imageInfo(path: string): Promise<ImageInfo> {
       parentUuid: image.parentUuid,
       maxVirtualSize: image.header.maxTableEntries * image.blockSize,
       allocatedBlocks: image.allocatedBlocks,
+      blockSize: image.blockSize,
     };
   } finally {
     await image.close();
