@@ -38,6 +38,10 @@ async function settleParent(ctx: GcContext, j: CoalesceJournal): Promise<void> {
 
 /** Points every child of X at P, then deletes X and its record. */
 async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> {
+  await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children], () => relinkHeld(ctx, j));
+}
+
+async function relinkHeld(ctx: GcContext, j: RelinkJournal): Promise<void> {
   const { repo, log } = ctx;
   log.info(`Relinking ${j.children.length} children of ${j.vdi.slice(0, 8)} onto ${j.parent.slice(0, 8)}`);
   for (const child of j.children) {

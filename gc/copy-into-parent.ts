@@ -5,6 +5,11 @@ import { progressReporter } from './gc-log.js';
 import { coalesceExtraSpace } from './space.js';
 
 export async function copyIntoParent(ctx: GcContext, child: string, parent: string, what: string): Promise<void> {
+  // Outside the SR lock: held, so a verb ending meanwhile never deactivates them (LVM).
+  await ctx.repo.backend.withImagesActive([child, parent], () => copyHeld(ctx, child, parent, what));
+}
+
+async function copyHeld(ctx: GcContext, child: string, parent: string, what: string): Promise<void> {
   const childPath = ctx.repo.imagePath(child);
   const childSize = await growParentForChild(ctx, child, parent);
   // A deflated parent (LVM) has no room for new blocks: inflate it first, for every
