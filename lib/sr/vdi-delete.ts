@@ -23,7 +23,8 @@ export async function deleteVdi(repo: Repository, uuid: string): Promise<'remove
 
 async function removeOrHide(repo: Repository, uuid: string): Promise<'removed' | 'hidden' | 'absent'> {
   if (!(await repo.backend.hasImage(uuid))) return 'absent';
-  return repo.backend.withImagesActive([uuid], () => removeOrHideImage(repo, uuid));
+  // The tree below activates every image, this one included, in one command (LVM).
+  return repo.backend.withImagesActive([], () => removeOrHideImage(repo, uuid));
 }
 
 async function removeOrHideImage(repo: Repository, uuid: string): Promise<'removed' | 'hidden'> {
