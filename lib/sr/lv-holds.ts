@@ -256,8 +256,9 @@ export class TempHold {
     if (valid.length === 0) return;
     // Already ours and active: nobody else deactivates what this hold names, so no lock is needed.
     if (valid.every((u) => this.held.has(u)) && (!activate || (await this.holds.allActive(valid)))) return;
-    await this.holds.add(this.name, valid, activate);
+    // Marked first: if the activation fails after the holder was written, release() must still remove it.
     for (const u of valid) this.held.add(u);
+    await this.holds.add(this.name, valid, activate);
   }
 
   has(uuid: string): boolean {

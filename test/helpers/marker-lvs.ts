@@ -8,6 +8,8 @@ import type { LvSwitch } from '../../lib/sr/lv-holds.js';
 
 export class MarkerLvs implements LvSwitch {
   calls: Array<{ active: boolean; uuids: string[] }> = [];
+  /** Activating any of these fails, as lvchange does for an LV it cannot activate. */
+  failing = new Set<string>();
 
   /** `stepMs`: a pause after each activated image, so a test can kill a process mid-activation. */
   constructor(
@@ -21,6 +23,8 @@ export class MarkerLvs implements LvSwitch {
 
   async activate(uuids: string[]): Promise<void> {
     this.calls.push({ active: true, uuids: [...uuids] });
+    const bad = uuids.find((u) => this.failing.has(u));
+    if (bad) throw new Error(`cannot activate ${bad}`);
     await mkdir(this.dir, { recursive: true });
     for (const u of uuids) {
       await writeFile(join(this.dir, u), '');

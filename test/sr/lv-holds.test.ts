@@ -86,6 +86,18 @@ test('work holds: many images switched in one call each way; what a VDI holds su
   t.deepEqual(await active(), []);
 });
 
+test('an activation that fails still leaves a hold its owner releases', async (t) => {
+  const { holds, active, lvs } = world();
+  const [good, bad] = ids(2);
+  lvs.failing.add(bad!);
+  const work = holds.temp();
+  await t.throwsAsync(work.add([good!, bad!]), { message: /cannot activate/ });
+  t.is((await holds.counts()).get(bad!), 1, 'named before the activation was tried');
+  await work.release();
+  t.deepEqual(await holds.counts(), new Map(), 'the holder is gone');
+  t.deepEqual(await active(), []);
+});
+
 test('a rename keeps the holders: an active VDI snapshotted holds its new base too', async (t) => {
   const { holds, active } = world();
   const [vdi, newBase, snap] = ids(3);
