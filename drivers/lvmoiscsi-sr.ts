@@ -177,7 +177,8 @@ function requireComplete(cfg: Config): void {
  * Stops udev's LVM rules (pvscan --autoactivation event on every LUN login)
  * from activating the SR's VG behind the driver: an LV activated that way
  * outlives the logout, keeps a table pointing at the vanished disk and then
- * reads EIO after the next login. Only attach activates the VG. lvm2 >= 2.03.12.
+ * reads EIO after the next login. Only the SR's own code activates its LVs
+ * (attach: MGT; the rest per hold, lib/sr/lv-holds). lvm2 >= 2.03.12.
  */
 async function noAutoActivation(lvm: Lvm, vg: string): Promise<void> {
   await runTool('vgchange', ['--config', lvm.config, '--setautoactivation', 'n', vg], {
