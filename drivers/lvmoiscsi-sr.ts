@@ -7,12 +7,13 @@
  * `target` may list several addresses of the target (comma-separated): each is
  * tried in turn until discovery and login work; that one is used (no multipath).
  * Detach logs out only of sessions no other SR attached on this host uses.
- * Limit: LVs stay active while the SR is attached (no per-VDI activation).
+ * Attach activates only the MGT LV; a VDI's LVs are active while it is
+ * activated or while the SR's own work reads them (lib/sr/lv-holds).
  */
 import { unlink } from 'node:fs/promises';
 import { SMError, type Request } from '../lib/smapi/index.js';
 import * as iscsi from '../lib/os/iscsi.js';
-import { Lvm, vgNameForSr } from '../lib/os/lvm.js';
+import { isNotFound, Lvm, MGT_LV, vgNameForSr } from '../lib/os/lvm.js';
 import { runTool } from '../lib/os/run.js';
 import { byIdPath, checkScsiId, readScsiId, scsiDiskInfo, scsiIdFromLinks } from '../lib/os/scsi.js';
 import { udevRunning, waitFor, waitForPath } from '../lib/os/udev.js';
@@ -176,7 +177,8 @@ function requireComplete(cfg: Config): void {
  * Stops udev's LVM rules (pvscan --autoactivation event on every LUN login)
  * from activating the SR's VG behind the driver: an LV activated that way
  * outlives the logout, keeps a table pointing at the vanished disk and then
- * reads EIO after the next login. Only attach activates the VG. lvm2 >= 2.03.12.
+ * reads EIO after the next login. Only the SR's own code activates its LVs
+ * (attach: MGT; the rest per hold, lib/sr/lv-holds). lvm2 >= 2.03.12.
  */
 async function noAutoActivation(lvm: Lvm, vg: string): Promise<void> {
   await runTool('vgchange', ['--config', lvm.config, '--setautoactivation', 'n', vg], {
@@ -264,9 +266,12 @@ export const lvmoiscsiSrType: SrType = {
       const device = await deviceOf(cfg, logged);
       const lvm = new Lvm({ devices: [device] });
       if ((await lvm.vgs().catch(() => [])).every((v) => v.name !== vg)) throw new SMError('SRUnavailable', `no volume group ${vg} on LUN ${cfg.scsiId}`);
-      await lvm.vgchange(vg, true);
+      // Only what the SR itself needs; VHD LVs are activated by whoever holds them (lib/sr/lv-holds).
+      await lvm.setActive(vg, [MGT_LV], true).catch((e: unknown) => {
+        if (!isNotFound(e)) throw e; // storage without our metadata: sr_attach adopts it and creates MGT
+      });
       await linkSrMount(sr, `/dev/${vg}`); // for operators; the backend uses /dev paths
-      getLog().info(`SR ${sr}: ${vg} active on ${device} via ${logged.portal.address}:${logged.portal.port}`);
+      getLog().info(`SR ${sr}: ${vg} attached on ${device} via ${logged.portal.address}:${logged.portal.port}`);
       const targets = logged.iqns.map((iqn) => ({ iqn, ...logged.portal }));
       return { kind: 'lvm', vg, devices: [device], targets };
     } catch (e) {

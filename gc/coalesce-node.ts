@@ -46,6 +46,10 @@ async function settleParent(ctx: GcContext, j: CoalesceJournal): Promise<void> {
 
 /** Points every child of X at P, then deletes X (and the rest of its run, top first: no image is left without its parent) and their records. */
 async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> {
+  await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], () => relinkHeld(ctx, j));
+}
+
+async function relinkHeld(ctx: GcContext, j: RelinkJournal): Promise<void> {
   const { repo, log } = ctx;
   log.info(`Relinking ${j.children.length} children of ${short(j.vdi)} onto ${short(j.parent)}`);
   for (const child of j.children) {

@@ -3,8 +3,9 @@
  * delete garbage; else coalesce one node; else leaf-coalesce one leaf.
  */
 import { activeVdiSet, poolActivations } from '../lib/sr/activation.js';
+import { vdiActiveHere } from '../lib/sr/attach-record.js';
 import { faultPoint } from '../lib/sr/fault.js';
-import { readJournals } from '../lib/sr/journal.js';
+import { journalImages, readJournals, type Journal } from '../lib/sr/journal.js';
 import { recoverSrJournals } from '../lib/sr/recovery.js';
 import { nodeLabel } from '../lib/sr/tree-format.js';
 import { coalesceNode, recoverCoalesce, recoverRelink } from './coalesce-node.js';
@@ -16,20 +17,34 @@ import { coalesceExtraSpace } from './space.js';
 
 
 export async function recoverGcJournals(ctx: GcContext): Promise<void> {
-  await underSrLock(ctx, () => recoverSrJournals(ctx.repo));
+  await underSrLock(ctx, async () => {
+    // Under the SR lock, as in a verb: a vdi_activate in progress is never mistaken for a stale hold.
+    await ctx.repo.backend.settleHolds(vdiActiveHere(ctx.repo.uuid));
+    await recoverSrJournals(ctx.repo);
+  });
   // Images a killed run had discarded but not yet deleted (verbs leave the trash to the collector: it may take seconds).
   await ctx.repo.backend.emptyTrash();
   const journals = await readJournals(ctx.repo.backend);
   // A relink finishes its coalesce, so relinks go first.
-  for (const j of journals.filter((x) => x.kind === 'relink')) ctx.log.info(`recovery: ${await recoverRelink(ctx, j as never)}`);
+  const held = <T>(j: Journal, fn: () => Promise<T>) => ctx.repo.backend.withImagesActive(journalImages(j), fn);
+  for (const j of journals.filter((x) => x.kind === 'relink')) ctx.log.info(`recovery: ${await held(j, () => recoverRelink(ctx, j as never))}`);
   for (const j of await readJournals(ctx.repo.backend)) {
     if (ctx.signal.aborted) return;
-    if (j.kind === 'coalesce') ctx.log.info(`recovery: ${await recoverCoalesce(ctx, j)}`);
-    else if (j.kind === 'leaf') ctx.log.info(`recovery: ${await recoverLeaf(ctx, j)}`);
+    if (j.kind === 'coalesce') ctx.log.info(`recovery: ${await held(j, () => recoverCoalesce(ctx, j))}`);
+    else if (j.kind === 'leaf') ctx.log.info(`recovery: ${await held(j, () => recoverLeaf(ctx, j))}`);
   }
 }
 
+/**
+ * The whole run is one hold (LVM): every image it reads stays active until the
+ * run ends, so the copies outside the SR lock keep their LVs whatever verbs
+ * run meanwhile, and the LVs are switched once per run, not once per step.
+ */
 export async function collect(ctx: GcContext): Promise<void> {
+  await ctx.repo.backend.withImagesActive([], () => collectHeld(ctx));
+}
+
+async function collectHeld(ctx: GcContext): Promise<void> {
   const { repo, log } = ctx;
   const trees = new TreeLogger(log);
   const skip = new Set<string>();

@@ -16,6 +16,8 @@ const SR_LOCK_TIMEOUT_MS = Number(process.env.SM_LOCK_TIMEOUT_MS ?? 60_000);
 /** Runs `fn` holding the SR lock, so no verb changes the SR meanwhile. */
 export async function underSrLock<T>(ctx: GcContext, fn: () => Promise<T>): Promise<T> {
   const lock = await lockOrFail(ctx.repo.uuid, 'sr', SR_LOCK_TIMEOUT_MS);
+  // Verbs ran while the lock was free: images may have come or gone since the last listing.
+  ctx.repo.backend.forgetListing();
   try {
     return await fn();
   } finally {

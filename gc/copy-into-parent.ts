@@ -5,6 +5,11 @@ import { progressReporter } from './gc-log.js';
 
 /** Copies `children` (one image, or a run of hidden images from the parent's child upwards) into `parent`. */
 export async function copyIntoParent(ctx: GcContext, children: string[], parent: string, what: string): Promise<void> {
+  // Outside the SR lock: held, so a verb ending meanwhile never deactivates them (LVM).
+  await ctx.repo.backend.withImagesActive([...children, parent], () => copyHeld(ctx, children, parent, what));
+}
+
+async function copyHeld(ctx: GcContext, children: string[], parent: string, what: string): Promise<void> {
   const childPaths = children.map((c) => ctx.repo.imagePath(c));
   const parentPath = ctx.repo.imagePath(parent);
   const { size: childSize, childBytes } = await growParentForChildren(ctx, childPaths, parent);

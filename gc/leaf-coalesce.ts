@@ -30,6 +30,10 @@ export async function leafCoalesce(ctx: GcContext, leaf: string, parent: string)
 }
 
 async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<'done' | 'skipped'> {
+  return ctx.repo.backend.withImagesActive([j.vdi, j.parent], () => mergeHeld(ctx, j));
+}
+
+async function mergeHeld(ctx: GcContext, j: LeafJournal): Promise<'done' | 'skipped'> {
   const { repo, log } = ctx;
   log.info(`Leaf-coalescing ${j.vdi.slice(0, 8)} into *${j.parent.slice(0, 8)}`);
   await copyIntoParent(ctx, [j.vdi], j.parent, `Leaf-coalesce of ${j.vdi.slice(0, 8)}`);

@@ -33,8 +33,10 @@ async function srScan(args: string[]): Promise<number> {
   const lock = await lockOrFail(sr, 'sr', 60_000);
   let vdis;
   try {
-    await recoverSrJournals(repo);
-    vdis = await scanSr(repo);
+    vdis = await repo.backend.withImagesActive([], async () => {
+      await recoverSrJournals(repo);
+      return scanSr(repo);
+    });
   } finally {
     await lock.release();
   }

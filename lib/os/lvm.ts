@@ -205,7 +205,13 @@ export class Lvm {
   }
 
   async lvchange(vg: string, lv: string, active: boolean): Promise<void> {
-    await this.lvm('lvchange', [active ? '-ay' : '-an', this.lvRef(vg, lv)]);
+    await this.setActive(vg, [lv], active);
+  }
+
+  /** Activates or deactivates several LVs of `vg` in one command (each LVM command costs a metadata read). */
+  async setActive(vg: string, lvs: readonly string[], active: boolean): Promise<void> {
+    if (lvs.length === 0) return;
+    await this.lvm('lvchange', [active ? '-ay' : '-an', ...lvs.map((lv) => this.lvRef(vg, lv))]);
   }
 
   /** Adds and deletes tags in one metadata update. */

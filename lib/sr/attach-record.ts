@@ -10,6 +10,7 @@ import type { StorageBackend } from './backend.js';
 import { FileBackend } from './file-backend.js';
 import { hostId } from './host-id.js';
 import { LvmBackend } from './lvm-backend.js';
+import { resetLvHolds } from './lv-holds.js';
 import type { PoolRole } from './pool-role.js';
 import { attachRecordPath, runStateDir } from './paths.js';
 
@@ -65,9 +66,11 @@ export async function listAttachRecords(): Promise<AttachRecord[]> {
   return out;
 }
 
+/** Forgets the SR's host state; the SR type has made its images unreachable (LVM: vgchange -an), so no LV hold is left either. */
 export async function removeAttachRecord(srUuid: string): Promise<void> {
   await rm(attachRecordPath(srUuid), { force: true });
   await rm(runStateDir('vdi', srUuid), { recursive: true, force: true });
+  await resetLvHolds(srUuid);
 }
 
 export function backendOf(record: AttachRecord): StorageBackend {
@@ -91,6 +94,9 @@ export interface VdiState {
   active: boolean;
   since: string;
 }
+
+/** Whether this host has the VDI activated: what a VDI's hold on its images (LVM) rests on. */
+export const vdiActiveHere = (sr: string) => async (vdi: string): Promise<boolean> => (await readVdiState(sr, vdi))?.active === true;
 
 const vdiStatePath = (sr: string, vdi: string) => runStateDir('vdi', sr, `${vdi}.json`);
 

@@ -73,6 +73,27 @@ export interface StorageBackend {
   removeJournal(name: string): Promise<void>;
 
   /**
+   * Runs `fn` with these images reachable (LVM: their LVs active and held by
+   * this process). Nested calls join the outermost one, which lets go when it
+   * ends: an LV no other holder (a VDI's activation, another process's work)
+   * names is deactivated then. Work that creates images runs inside one too,
+   * so they are released with it. Files: just runs `fn`.
+   */
+  withImagesActive<T>(uuids: readonly string[], fn: () => Promise<T>): Promise<T>;
+  /** vdi_activate: holds the VDI's chain (leaf to base) reachable until releaseVdi; a second call replaces the first. */
+  holdVdi(vdi: string, chain: readonly string[]): Promise<void>;
+  /** vdi_deactivate: lets go of holdVdi's images; those nobody else holds become unreachable (LVM: deactivated). */
+  releaseVdi(vdi: string): Promise<void>;
+  /**
+   * Drops holds nothing backs any more (a killed process's, a VDI no longer
+   * active per `isVdiActive`) and deactivates what only they held; `all`
+   * (sr_attach): every image nobody holds is deactivated.
+   */
+  settleHolds(isVdiActive: (vdi: string) => Promise<boolean>, all?: boolean): Promise<void>;
+  /** The SR lock was just taken again: other processes may have added or removed images since the last listing. */
+  forgetListing(): void;
+
+  /**
    * VDI activations, where every host of the pool sees them: one small record
    * per VDI, written and removed only by the host that activated it.
    */

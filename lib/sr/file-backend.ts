@@ -49,6 +49,19 @@ export class FileBackend implements StorageBackend {
       .sort();
   }
 
+  /** Files are always reachable: nothing to activate or hold. */
+  withImagesActive<T>(_uuids: readonly string[], fn: () => Promise<T>): Promise<T> {
+    return fn();
+  }
+
+  async holdVdi(): Promise<void> {}
+
+  async releaseVdi(): Promise<void> {}
+
+  async settleHolds(): Promise<void> {}
+
+  forgetListing(): void {}
+
   async hasImage(uuid: string): Promise<boolean> {
     return stat(this.imagePath(uuid)).then(
       () => true,

@@ -17,6 +17,19 @@ export type Journal =
   | { kind: 'relink'; vdi: string; parent: string; children: string[]; removes?: string[] }
   | { kind: 'leaf'; vdi: string; parent: string };
 
+/** The images a journal names (some may not exist: the change was cut short). */
+export function journalImages(j: Journal): string[] {
+  const named = [
+    j.vdi,
+    ...('parent' in j ? [j.parent] : []),
+    ...('base' in j ? [j.base, j.snap] : []),
+    ...('children' in j ? j.children : []),
+    ...('chain' in j && j.chain ? j.chain : []),
+    ...('removes' in j && j.removes ? j.removes : []),
+  ];
+  return [...new Set(named)];
+}
+
 export function journalName(j: Journal): string {
   return `${j.kind}-${j.vdi}`;
 }

@@ -5,12 +5,18 @@
  * read-only (lvm-sizes.ts); SR metadata and journals live in the `MGT` LV
  * (mgt-volume.ts). Every LVM command is confined to the SR's devices (lib/os/lvm).
  *
- * Activation: LVs are kept active while the SR is attached (the SR type runs
- * vgchange -ay on attach); per-VDI activation with refcounts is not done yet.
+ * Activation, as the established LVHD does it: sr_attach activates only the
+ * MGT LV; a VHD LV is active only while something holds it (lv-holds.ts):
+ * vdi_activate holds the VDI's whole chain until vdi_deactivate, and work on
+ * images (a verb, a GC run) holds what it touches inside withImagesActive().
+ * An LV shared by several chains is deactivated when its last holder lets go.
+ * Activation state is read from /dev/<vg>/ (LVM makes a node per active LV),
+ * so asking costs no LVM command; switching many LVs is one lvchange.
  */
-import { open } from 'node:fs/promises';
+import { open, readdir } from 'node:fs/promises';
 import { runTool } from '../os/run.js';
 import { existsSync } from 'node:fs';
+import { getLog } from '../log/index.js';
 import { isNotFound, Lvm, MGT_LV, roundUpToExtent, vhdLvName } from '../os/lvm.js';
 import { BLOCK_SIZE, FileIO, VhdImage } from '../vhd/index.js';
 import { FOOTER_SIZE, HEADER_OFFSET, HEADER_SIZE } from '../vhd/format/constants.js';
@@ -19,6 +25,7 @@ import { decodeHeader } from '../vhd/format/header.js';
 import { listActivationsIn, removeActivationIn, writeActivationIn } from './activation-dir.js';
 import type { Activation, StorageBackend } from './backend.js';
 import { isUuid } from './ids.js';
+import { LvHolds, type TempHold } from './lv-holds.js';
 import { parseSrMetadata, type SrMetadata } from './metadata.js';
 import { MGT_BYTES, MgtVolume } from './mgt-volume.js';
 import { runStateDir } from './paths.js';
@@ -34,6 +41,9 @@ export class LvmBackend implements StorageBackend {
   readonly lvm: Lvm;
   /** lvs output of the last listing, so a scan asks LVM once, not once per image. */
   private sizes: Map<string, number> | undefined;
+  private readonly holds: LvHolds;
+  /** This process's hold while withImagesActive() calls are open (nested ones join it). */
+  private scope: { open: number; hold: TempHold } | undefined;
 
   constructor(
     readonly srUuid: string,
@@ -41,6 +51,70 @@ export class LvmBackend implements StorageBackend {
     readonly devices: readonly string[],
   ) {
     this.lvm = new Lvm({ devices });
+    this.holds = new LvHolds(srUuid, {
+      active: () => this.activeImages(),
+      activate: (uuids) => this.switchLvs(uuids, true),
+      deactivate: (uuids) => this.switchLvs(uuids, false),
+    });
+  }
+
+  async withImagesActive<T>(uuids: readonly string[], fn: () => Promise<T>): Promise<T> {
+    const scope = (this.scope ??= { open: 0, hold: this.holds.temp() });
+    scope.open++;
+    try {
+      await scope.hold.add(uuids);
+      return await fn();
+    } finally {
+      if (--scope.open === 0) {
+        this.scope = undefined;
+        await scope.hold.release();
+      }
+    }
+  }
+
+  async holdVdi(vdi: string, chain: readonly string[]): Promise<void> {
+    await this.holds.holdVdi(vdi, chain);
+  }
+
+  async releaseVdi(vdi: string): Promise<void> {
+    await this.holds.releaseVdi(vdi);
+  }
+
+  async settleHolds(isVdiActive: (vdi: string) => Promise<boolean>, all = false): Promise<void> {
+    await this.holds.settle(isVdiActive, all);
+  }
+
+  forgetListing(): void {
+    this.sizes = undefined;
+  }
+
+  /** Image work must run inside withImagesActive(), or what it activates would never be released. */
+  private requireScope(what: string): TempHold {
+    if (!this.scope) throw new Error(`${what} outside withImagesActive (LVs would stay active)`);
+    return this.scope.hold;
+  }
+
+  private async ensureActive(uuids: string[], what: string): Promise<void> {
+    await this.requireScope(what).add(uuids);
+  }
+
+  /** Images whose LV is active: LVM keeps a /dev/<vg>/<lv> node for each active LV. */
+  private async activeImages(): Promise<Set<string>> {
+    const names = await readdir(`/dev/${this.vg}`).catch(() => [] as string[]);
+    return new Set(names.map((n) => VHD_LV.exec(n)?.[1]).filter((u): u is string => u !== undefined && isUuid(u)));
+  }
+
+  /** One lvchange for all; an LV gone meanwhile (removed by a verb) is skipped. */
+  private async switchLvs(uuids: string[], active: boolean): Promise<void> {
+    try {
+      await this.lvm.setActive(this.vg, uuids.map(vhdLvName), active);
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+      this.sizes = undefined;
+      const present = new Set(await this.listImages());
+      await this.lvm.setActive(this.vg, uuids.filter((u) => present.has(u)).map(vhdLvName), active);
+    }
+    getLog().debug(`SR ${this.srUuid}: ${active ? 'activated' : 'deactivated'} ${uuids.map((u) => u.slice(0, 8)).join(' ')}`);
   }
 
   imagePath(uuid: string): string {
@@ -63,9 +137,14 @@ export class LvmBackend implements StorageBackend {
     return [...sizes.keys()].sort();
   }
 
-  /** By the device node: the VG is active whenever the SR is reachable (one LVM call less per check). */
+  /**
+   * Whether the LV exists: an active one has its device node; an inactive one is
+   * looked up in the last listing, made once (one lvs for any number of checks).
+   */
   async hasImage(uuid: string): Promise<boolean> {
-    return existsSync(this.imagePath(uuid));
+    if (existsSync(this.imagePath(uuid))) return true;
+    if (!this.sizes) await this.listImages();
+    return this.sizes!.has(uuid);
   }
 
   private hasMgt(): boolean {
@@ -74,6 +153,8 @@ export class LvmBackend implements StorageBackend {
 
   /** A thick (fully inflated) LV: every block of the virtual size fits, so writes never need to grow it. */
   async prepareImage(uuid: string, virtualSize: number): Promise<string> {
+    // Named by this process's hold first: lvcreate makes it active, and a kill right after must not leak that.
+    await this.requireScope('prepareImage').add([uuid], false);
     this.sizes = undefined;
     await this.lvm.lvcreate(this.vg, vhdLvName(uuid), thickSizeFor(virtualSize, batRoomFor(virtualSize)));
     return this.imagePath(uuid);
@@ -97,11 +178,14 @@ export class LvmBackend implements StorageBackend {
 
   /** lvrename commits LVM metadata to the PVs itself: durable when it returns. */
   async renameImage(from: string, to: string): Promise<void> {
+    // The holders of `from` (e.g. an active VDI whose image becomes a snapshot's base) keep it under its new name.
+    await this.holds.follow(from, to);
     this.sizes = undefined;
     await this.lvm.lvrename(this.vg, vhdLvName(from), vhdLvName(to));
   }
 
   async flushImages(uuids: string[]): Promise<void> {
+    await this.ensureActive(uuids, 'flushImages');
     await Promise.all(
       uuids.map(async (u) => {
         const fh = await open(this.imagePath(u), 'r+');
@@ -138,6 +222,7 @@ export class LvmBackend implements StorageBackend {
    * instant; calling it again after a crash finishes the job.
    */
   async deflate(uuid: string): Promise<number> {
+    await this.ensureActive([uuid], 'deflate');
     const image = await VhdImage.open(this.imagePath(uuid), true);
     let target: number;
     try {
@@ -164,6 +249,7 @@ export class LvmBackend implements StorageBackend {
    * finishes the job.
    */
   async inflate(uuid: string, growTo = 0): Promise<number> {
+    await this.ensureActive([uuid], 'inflate');
     const path = this.imagePath(uuid);
     const { footer, bytes, maxTableEntries, virtualSize } = await readDeviceFooter(path);
     const target = thickSizeFor(Math.max(virtualSize, growTo), maxTableEntries * BLOCK_SIZE);

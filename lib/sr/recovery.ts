@@ -1,6 +1,6 @@
 /** Completes or rolls back every interrupted change found in the SR's journals. */
 import { getLog } from '../log/index.js';
-import { readJournals, type Journal } from './journal.js';
+import { journalImages, readJournals, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
 import { recoverSnapshot } from './snapshot.js';
 import { recoverCreate } from './vdi-create.js';
@@ -11,31 +11,32 @@ import { recoverResize } from './vdi-resize.js';
 export async function recoverSrJournals(repo: Repository): Promise<string[]> {
   const done: string[] = [];
   for (const j of await readJournals(repo.backend)) {
-    let outcome: string | undefined;
-    switch (j.kind) {
-      case 'create':
-        outcome = await recoverCreate(repo, j);
-        break;
-      case 'delete':
-        outcome = await recoverDelete(repo, j);
-        break;
-      case 'resize':
-        outcome = await recoverResize(repo, j);
-        break;
-      case 'snapshot':
-        outcome = await recoverSnapshot(repo, j);
-        break;
-      case 'coalesce':
-      case 'leaf':
-        await keepParentReadable(repo, j);
-        continue; // otherwise the GC's
-      default:
-        continue; // relink: the GC's
-    }
+    // The images the change touched are reachable while it is finished or undone (LVM: held active).
+    const outcome = await repo.backend.withImagesActive(journalImages(j), () => recoverOne(repo, j));
+    if (outcome === undefined) continue;
     getLog().info(`recovery: ${outcome}`);
     done.push(outcome);
   }
   return done;
+}
+
+async function recoverOne(repo: Repository, j: Journal): Promise<string | undefined> {
+  switch (j.kind) {
+    case 'create':
+      return recoverCreate(repo, j);
+    case 'delete':
+      return recoverDelete(repo, j);
+    case 'resize':
+      return recoverResize(repo, j);
+    case 'snapshot':
+      return recoverSnapshot(repo, j);
+    case 'coalesce':
+    case 'leaf':
+      await keepParentReadable(repo, j);
+      return undefined; // otherwise the GC's
+    default:
+      return undefined; // relink: the GC's
+  }
 }
 
 /**

@@ -2,7 +2,7 @@
  * An SR opened over its storage backend: metadata access, the VHD trees, and
  * validated lookups. The verbs, the GC and the operator CLI all work through it.
  */
-import { imageInfo, readImageSummary, type ImageInfo } from '../vhd/index.js';
+import { imageInfo, readImageSummary, type ImageInfo, type ImageSummary } from '../vhd/index.js';
 import { SMError } from '../smapi/errors.js';
 import { mapLimit } from '../util/map-limit.js';
 import type { StorageBackend } from './backend.js';
@@ -55,7 +55,7 @@ export class Repository {
   }
 
   async info(uuid: string): Promise<ImageInfo> {
-    return imageInfo(this.imagePath(uuid));
+    return this.backend.withImagesActive([uuid], () => imageInfo(this.imagePath(uuid)));
   }
 
   /** Reads every image and links parents to children. Unreadable images are reported, not fatal. */
@@ -63,10 +63,13 @@ export class Repository {
     const nodes = new Map<string, ImageNode>();
     const broken = new Map<string, string>();
     const uuids = await this.backend.listImages();
-    const infos = await mapLimit(uuids, 64, (u) =>
-      readImageSummary(this.imagePath(u)).then(
-        (i) => ({ u, i }),
-        (err: Error) => ({ u, err }),
+    // Every image is read (LVM: all inactive LVs activated in one command, and the unheld ones deactivated in one after).
+    const infos = await this.backend.withImagesActive(uuids, () =>
+      mapLimit(uuids, 64, (u) =>
+        readImageSummary(this.imagePath(u)).then(
+          (i) => ({ u, i }),
+          (err: Error) => ({ u, err }),
+        ),
       ),
     );
     for (const r of infos) {
@@ -90,14 +93,23 @@ export class Repository {
     return { nodes, broken };
   }
 
+  /** The images from `uuid` down to its base, reading only that chain (LVM: activating each as it is reached). */
+  async chainOf(uuid: string): Promise<string[]> {
+    const chain: string[] = [];
+    return this.backend.withImagesActive([], async () => {
+      for (let u: string | undefined = uuid; u && chain.length <= 1024; ) {
+        chain.push(u);
+        const image: string = u;
+        const s: ImageSummary = await this.backend.withImagesActive([image], () => readImageSummary(this.imagePath(image)));
+        u = s.parentName === undefined ? undefined : uuidOfImageName(s.parentName);
+      }
+      return chain;
+    });
+  }
+
   /** Number of images from `uuid` down to its base, reading only that chain. */
   async chainDepthOf(uuid: string): Promise<number> {
-    let depth = 0;
-    for (let u: string | undefined = uuid; u && depth <= 1024; depth++) {
-      const s = await readImageSummary(this.imagePath(u));
-      u = s.parentName === undefined ? undefined : uuidOfImageName(s.parentName);
-    }
-    return depth;
+    return (await this.chainOf(uuid)).length;
   }
 
   /** Number of images from `uuid` down to its base. */

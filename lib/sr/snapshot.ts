@@ -22,6 +22,11 @@ export const MAX_CHAIN_DEPTH = 30;
 export type SnapshotMode = 'double' | 'single' | 'clone';
 
 export async function snapshotVdi(repo: Repository, uuid: string, mode: SnapshotMode): Promise<string> {
+  // The images it makes are released with this hold unless the VDI's activation holds them.
+  return repo.backend.withImagesActive([uuid], () => snapshotActive(repo, uuid, mode));
+}
+
+async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode): Promise<string> {
   const meta = await repo.metadata();
   const record = meta.vdis[uuid];
   if (!record) throw new SMError('VDIMissing', `${uuid} has no metadata record`);

@@ -10,6 +10,11 @@ import type { Repository } from './repository.js';
 import { batRoomFor } from './sizes.js';
 
 export async function createVdi(repo: Repository, size: number, fields: Partial<VdiRecord>): Promise<string> {
+  // The new image is written while this hold lasts, then released (LVM: deactivated) until the VDI is activated.
+  return repo.backend.withImagesActive([], () => createImage(repo, size, fields));
+}
+
+async function createImage(repo: Repository, size: number, fields: Partial<VdiRecord>): Promise<string> {
   const uuid = randomUUID();
   const { free } = await repo.backend.space();
   if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);

@@ -23,6 +23,11 @@ export async function deleteVdi(repo: Repository, uuid: string): Promise<'remove
 
 async function removeOrHide(repo: Repository, uuid: string): Promise<'removed' | 'hidden' | 'absent'> {
   if (!(await repo.backend.hasImage(uuid))) return 'absent';
+  // The tree below activates every image, this one included, in one command (LVM).
+  return repo.backend.withImagesActive([], () => removeOrHideImage(repo, uuid));
+}
+
+async function removeOrHideImage(repo: Repository, uuid: string): Promise<'removed' | 'hidden'> {
   const { nodes } = await repo.tree();
   if ((nodes.get(uuid)?.children.length ?? 0) > 0) {
     await setImageHidden(repo.imagePath(uuid), true);

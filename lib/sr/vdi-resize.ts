@@ -13,6 +13,10 @@ import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
 
 export async function resizeVdi(repo: Repository, uuid: string, size: number): Promise<void> {
+  await repo.backend.withImagesActive([uuid], () => resizeActive(repo, uuid, size));
+}
+
+async function resizeActive(repo: Repository, uuid: string, size: number): Promise<void> {
   const { virtualSize: current, maxVirtualSize } = await repo.info(uuid);
   if (size < current) throw new SMError('VDISize', `shrinking is not supported (${current} -> ${size})`);
   if (size === current) return;

@@ -14,6 +14,7 @@ import {
   readVdiState,
   type BackendSpec,
   removeAttachRecord,
+  vdiActiveHere,
   sweepHostTemps,
   writeAttachRecord,
   writeVdiState,
@@ -74,17 +75,24 @@ function masterOnly(verb: string, fn: Verb): Verb {
   };
 }
 
-/** Runs `fn` on an attached SR under its lock; on the master, after completing interrupted changes. */
+/**
+ * Runs `fn` on an attached SR under its lock; on the master, after completing
+ * interrupted changes. The whole verb is one hold on the images it touches
+ * (LVM: activated as needed, the unheld ones deactivated once at the end).
+ */
 function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Promise<T>): Verb {
   return async (req) => {
     const sr = srUuidOf(req);
     return withSrLock(sr, async () => {
       const repo = new Repository(await attachedBackend(sr));
-      // What a crash left is cleared (host temp files), finished or undone (changes) before anything else.
+      // What a crash left is cleared (host temp files, holds of killed processes), finished or undone (changes) before anything else.
       // Journals never on a slave: one may be the master's change in progress.
       await sweepHostTemps(sr);
-      if (roleOf(req) === 'master') await recoverSrJournals(repo);
-      return fn(repo, sr, req);
+      await repo.backend.settleHolds(vdiActiveHere(sr));
+      return repo.backend.withImagesActive([], async () => {
+        if (roleOf(req) === 'master') await recoverSrJournals(repo);
+        return fn(repo, sr, req);
+      });
     });
   };
 }
@@ -126,11 +134,13 @@ export function srDriver(type: SrType): Driver {
         // Refuse first (nothing changes on a non-empty SR), then detach, then destroy.
         const leftovers = await type.withStorage(req, sr, async (spec) => {
           const repo = new Repository(backendFor(sr, spec));
-          await recoverSrJournals(repo);
-          const { nodes, broken } = await repo.tree();
-          const vdis = [...nodes.values()].filter((n) => !n.hidden).length + broken.size;
-          if (vdis > 0) throw new SMError('SRNotEmpty', `${vdis} VDIs remain`);
-          return [...nodes.keys()];
+          return repo.backend.withImagesActive([], async () => {
+            await recoverSrJournals(repo);
+            const { nodes, broken } = await repo.tree();
+            const vdis = [...nodes.values()].filter((n) => !n.hidden).length + broken.size;
+            if (vdis > 0) throw new SMError('SRNotEmpty', `${vdis} VDIs remain`);
+            return [...nodes.keys()];
+          });
         });
         const attached = await readAttachRecord(sr);
         if (attached) {
@@ -168,7 +178,9 @@ export function srDriver(type: SrType): Driver {
         await writeAttachRecord(sr, type.driver, spec, role);
         await sweepHostTemps(sr);
         await clearStaleActivations(repo.backend);
-        if (role === 'master') await recoverSrJournals(repo);
+        if (role === 'master') await repo.backend.withImagesActive([], () => recoverSrJournals(repo));
+        // Only activated VDIs keep images active (LVM): whatever else is active was left by a crash or an older version.
+        await repo.backend.settleHolds(vdiActiveHere(sr), true);
         return null;
       });
     },
@@ -249,6 +261,7 @@ export function srDriver(type: SrType): Driver {
 
     vdi_detach: onVdi(async (repo, vdi, sr) => {
       await dropActivation(repo.backend, vdi);
+      await repo.backend.releaseVdi(vdi); // detached without a vdi_deactivate first
       await writeVdiState(sr, vdi, undefined);
       return null;
     }),
@@ -259,13 +272,23 @@ export function srDriver(type: SrType): Driver {
       const writable = boolArg(req.args[0]) || state.writable;
       // The pool-wide record first: a crash in between leaves a record too many (cleared on the next sr_attach), never one too few.
       await recordActivation(repo.backend, vdi, writable);
+      try {
+        // The leaf and every ancestor (LVM: LVs activated; shared ones counted once per VDI holding them).
+        // Killed before the state below is written, the hold is dropped by the next verb's settleHolds.
+        await repo.backend.holdVdi(vdi, await repo.chainOf(vdi));
+      } catch (e) {
+        if (!state.active) await dropActivation(repo.backend, vdi);
+        throw e;
+      }
       await writeVdiState(sr, vdi, { ...state, writable, active: true });
       return null;
     }),
 
     vdi_deactivate: onVdi(async (repo, vdi, sr) => {
       const state = await readVdiState(sr, vdi);
+      // Inactive first: killed before the release, the hold is dropped by the next verb's settleHolds.
       if (state) await writeVdiState(sr, vdi, { ...state, active: false });
+      await repo.backend.releaseVdi(vdi);
       await dropActivation(repo.backend, vdi);
       return null;
     }),

@@ -1,12 +1,14 @@
 // (d) The LVMoISCSI SR through its executable, as a toolstack calls it
 // (`drivers/LVMoISCSISR '<methodCall>'`), against tgtd in the guest: the probe
 // ladder (several target addresses too), the whole SR/VDI lifecycle on LVM, thick
-// provisioning (LV sizes after snapshot, GC and resize), kills at the LVM steps
-// recovered by sr_scan and sm-gc, GC, re-attach with data checked against a
-// model, delete; and the failure paths (wrong IQN, wrong SCSIid).
+// provisioning (LV sizes after snapshot, GC and resize), LV activation per VDI
+// (only activated VDIs' chains are active, a shared base until its last VDI is
+// deactivated; scan, snapshot, clone and GC leave inactive VDIs inactive), kills
+// at the LVM steps recovered by sr_scan and sm-gc, GC, re-attach with data
+// checked against a model, delete; and the failure paths (wrong IQN, wrong SCSIid).
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { appendFileSync, existsSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -111,27 +113,55 @@ interface VhdLv {
   thick: number;
 }
 
-/** Every VHD LV of the SR, as lvs and the VHD inside it tell. */
-async function vhdLvs(): Promise<Map<string, VhdLv>> {
+/** LVM confined to the attached SR's device, as the driver runs it. */
+async function srLvm(): Promise<Lvm> {
   const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
+  return new Lvm({ devices: rec.backend.devices });
+}
+
+/** The VDIs whose LV is active, as lvs reports it (lv_attr), sorted. */
+async function activeLvs(): Promise<string[]> {
+  const lvs = await (await srLvm()).lvs(VG);
+  return lvs
+    .filter((l) => l.name.startsWith('VHD-') && l.active)
+    .map((l) => l.name.slice(4))
+    .sort();
+}
+
+async function assertActive(want: string[], what: string): Promise<void> {
+  assert.deepEqual(await activeLvs(), [...want].sort(), what);
+}
+
+/**
+ * Every VHD LV of the SR, as lvs and the VHD inside it tell. The inactive ones
+ * are activated for the read and deactivated again, so the state is as it was.
+ */
+async function vhdLvs(): Promise<Map<string, VhdLv>> {
+  const lvm = await srLvm();
+  const lvs = (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-'));
+  const inactive = lvs.filter((l) => !l.active).map((l) => l.name);
+  await lvm.setActive(VG, inactive, true);
   const out = new Map<string, VhdLv>();
-  for (const lv of await new Lvm({ devices: rec.backend.devices }).lvs(VG)) {
-    const m = /^VHD-(.+)$/.exec(lv.name);
-    if (!m) continue;
-    const image = await VhdImage.open(lvPath(m[1]!));
-    try {
-      const parent = image.footer.diskType === 4 ? image.header.parentUnicodeName : '';
-      out.set(m[1]!, {
-        size: lv.sizeBytes,
-        hidden: image.footer.hidden === 1,
-        parent,
-        virtualSize: image.virtualSize,
-        used: image.usedBytes,
-        thick: thickSizeFor(image.virtualSize, image.header.maxTableEntries * BLOCK_SIZE),
-      });
-    } finally {
-      await image.close();
+  try {
+    for (const lv of lvs) {
+      const uuid = lv.name.slice(4);
+      const image = await VhdImage.open(lvPath(uuid));
+      try {
+        const parent = image.footer.diskType === 4 ? image.header.parentUnicodeName : '';
+        out.set(uuid, {
+          size: lv.sizeBytes,
+          hidden: image.footer.hidden === 1,
+          parent,
+          virtualSize: image.virtualSize,
+          used: image.usedBytes,
+          thick: thickSizeFor(image.virtualSize, image.header.maxTableEntries * BLOCK_SIZE),
+        });
+      } finally {
+        await image.close();
+      }
     }
+  } finally {
+    await lvm.setActive(VG, inactive, false);
   }
   return out;
 }
@@ -253,6 +283,29 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
   let vdi = '';
   let snap = '';
   let clone = '';
+  const attachedVdis = new Set<string>();
+  const vdiArgs = (u: string, args: string[] = []) => ({ vdi_uuid: u, vdi_location: u, args });
+
+  /** As a VM start does: vdi_attach (once), then vdi_activate. */
+  async function activate(u: string): Promise<void> {
+    if (!attachedVdis.has(u)) {
+      timing('vdi_attach', (await ok('vdi_attach', vdiArgs(u, ['true']), full())).ms);
+      attachedVdis.add(u);
+    }
+    timing('vdi_activate', (await ok('vdi_activate', vdiArgs(u, ['true']), full())).ms);
+  }
+
+  /** As a VM stop does: vdi_deactivate, and vdi_detach with `detach`. */
+  async function deactivate(u: string, detach = false): Promise<void> {
+    timing('vdi_deactivate', (await ok('vdi_deactivate', vdiArgs(u), full())).ms);
+    if (detach) {
+      await ok('vdi_detach', vdiArgs(u), full());
+      attachedVdis.delete(u);
+    }
+  }
+
+  /** The hidden images of the SR, from the VHDs themselves. */
+  const hiddenLvs = async () => [...(await vhdLvs())].filter(([, lv]) => lv.hidden).map(([u]) => u);
 
   it('sr_create makes the VG and MGT on the LUN; probe then lists the SR', async () => {
     const { ms } = await ok('sr_create', { args: ['0'], sr_sm_config: { name_label: 'lvm test SR' } }, full());
@@ -262,17 +315,18 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     await fault('sr_create', 42, { args: ['0'] }, full()); // the LUN holds an SR now
   });
 
-  it('sr_attach, vdi_create (thick LV), writes through sm-vhd', async () => {
+  it('sr_attach, vdi_create (thick LV, left inactive), vdi_activate, writes through sm-vhd', async () => {
     const a = await ok('sr_attach', {}, full());
     timing('sr_attach', a.ms);
+    assert.ok(existsSync(`/dev/${VG}/MGT`), 'sr_attach activates the MGT LV');
     const c = await ok('vdi_create', { args: createArgs(SIZE, 'disk') }, full());
     timing('vdi_create', c.ms);
     vdi = (c.value as { uuid: string }).uuid;
-    assert.ok(existsSync(lvPath(vdi)));
-    const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
-    const lvm = new Lvm({ devices: rec.backend.devices });
-    const lv = await lvm.lv(VG, `VHD-${vdi}`);
+    const lv = await (await srLvm()).lv(VG, `VHD-${vdi}`);
     assert.equal(lv?.sizeBytes, thickSizeFor(SIZE, batRoomFor(SIZE)));
+    assert.equal(lv?.active, false, `a new VDI is inactive until activated (${lv?.attr})`);
+    await activate(vdi);
+    await assertActive([vdi], 'vdi_activate activates the VDI');
     const m = Model.zero(SIZE);
     const d1 = randomBytes(3 * MiB);
     const d2 = randomBytes(MiB);
@@ -283,8 +337,8 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     models.set(vdi, m);
   });
 
-  it('vdi_snapshot, write to the leaf, vdi_clone, vdi_delete, sr_scan', async () => {
-    const s = await ok('vdi_snapshot', { vdi_uuid: vdi, vdi_location: vdi }, full());
+  it('vdi_snapshot of an active VDI, vdi_clone of an inactive one, activation of chains sharing bases, vdi_delete, sr_scan', async () => {
+    const s = await ok('vdi_snapshot', vdiArgs(vdi), full());
     timing('vdi_snapshot', s.ms);
     snap = (s.value as { uuid: string }).uuid;
     models.set(snap, models.get(vdi)!.copy());
@@ -296,45 +350,64 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     assert.ok(b.size < lvs.get(vdi)!.size, `base ${b.size} < leaf ${lvs.get(vdi)!.size}`);
     console.log(`LVMOISCSI SIZE base ${b.size} (uses ${b.used}) leaf ${lvs.get(vdi)!.size} snapshot ${lvs.get(snap)!.size}`);
     await assertProvisioning();
+    await assertActive([vdi, base!], 'the active VDI keeps its new leaf and base active; the snapshot is inactive');
     const d3 = randomBytes(2 * MiB + 4096);
     await writeVdi(vdi, 5 * MiB + 512, d3);
     models.get(vdi)!.write(5 * MiB + 512, d3);
-    const c = await ok('vdi_clone', { vdi_uuid: vdi, vdi_location: vdi }, full());
+
+    await deactivate(vdi);
+    await assertActive([], 'deactivated: its leaf and base');
+    const c = await ok('vdi_clone', vdiArgs(vdi), full());
     timing('vdi_clone', c.ms);
     clone = (c.value as { uuid: string }).uuid;
     models.set(clone, models.get(vdi)!.copy());
+    await assertActive([], 'a clone of an inactive VDI leaves every LV inactive');
+    const base2 = (await hiddenLvs()).find((u) => u !== base)!;
+    await activate(clone);
+    await assertActive([clone, base2, base!], 'vdi_activate of the clone: its leaf and both bases');
+    await activate(vdi);
+    await assertActive([clone, vdi, base2, base!], 'the VDI shares both bases');
     const d4 = randomBytes(MiB);
     await writeVdi(clone, 20 * MiB, d4);
     models.get(clone)!.write(20 * MiB, d4);
     const d5 = randomBytes(MiB);
     await writeVdi(vdi, 30 * MiB, d5);
     models.get(vdi)!.write(30 * MiB, d5);
+    for (const u of [vdi, clone]) assert.ok((await exportVdi(u)).equals(models.get(u)!.bytes), `VDI ${u} reads as its model`);
+    await deactivate(vdi);
+    await assertActive([clone, base2, base!], 'the clone keeps the shared bases active');
+    await deactivate(clone);
+    await assertActive([], 'the last VDI deactivated takes the bases with it');
 
-    const del = await ok('vdi_delete', { vdi_uuid: snap, vdi_location: snap }, full());
+    const del = await ok('vdi_delete', vdiArgs(snap), full());
     timing('vdi_delete', del.ms);
     models.delete(snap);
     const scan = await ok('sr_scan', {}, full());
     timing('sr_scan', scan.ms);
-    for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model before GC`);
+    await assertActive([], 'sr_scan reads every LV and leaves them inactive');
+    assert.deepEqual(readdirSync(join(smRoot, 'run', 'sm', 'lvhold', SR)), [], 'no LV hold left');
   });
 
-  it('GC (sm-gc -g) collects and coalesces; data unchanged', async () => {
-    const rec = JSON.parse(await readFile(join(smRoot, 'run', 'sm', 'sr', `${SR}.json`), 'utf8')) as { backend: { devices: string[] } };
-    const lvm = new Lvm({ devices: rec.backend.devices });
+  it('GC (sm-gc -g) collects and coalesces inactive VDIs and leaves them inactive; data unchanged', async () => {
+    const lvm = await srLvm();
     const countVhdLvs = async () => (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length;
     assert.equal(await countVhdLvs(), 4, 'two hidden bases, the VDI and its clone');
     const start = performance.now();
     await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
     timing('sm-gc -g', performance.now() - start);
     assert.equal(await countVhdLvs(), 3, 'the base left with one child was coalesced away');
-    for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model after GC`);
+    await assertActive([], 'the GC leaves every LV inactive');
     await assertProvisioning(); // the base that took the coalesce was inflated for it and deflated again
+    for (const u of [vdi, clone]) await activate(u);
+    for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model after GC`);
+    for (const u of [vdi, clone]) await deactivate(u);
   });
 
-  it('killed at lvm-deflating (snapshot), lvm-inflated and mgt-written (GC): sr_scan and sm-gc recover; one thick LV, data identical', async () => {
+  it('killed at lvm-deflating (snapshot of an active VDI), lvm-inflated and mgt-written (GC): sr_scan and sm-gc recover; one thick LV, data identical, the killed holds dropped', async () => {
     const size = 32 * MiB;
     const c = await ok('vdi_create', { args: createArgs(size, 'crash') }, full());
     const w = (c.value as { uuid: string }).uuid;
+    await activate(w);
     const m = Model.zero(size);
     const d = randomBytes(5 * MiB);
     await writeVdi(w, 3 * MiB, d);
@@ -342,7 +415,7 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     const before = new Set((await vhdLvs()).keys());
 
     // Snapshot committed, the base's footer moved for the smaller size, the LV not yet shrunk.
-    await killedAt('lvm-deflating', DRIVER, driverArgv('vdi_snapshot', { vdi_uuid: w, vdi_location: w }, full()));
+    await killedAt('lvm-deflating', DRIVER, driverArgv('vdi_snapshot', vdiArgs(w), full()));
     let start = performance.now();
     await ok('sr_scan', {}, full());
     timing('sr_scan (recovering a snapshot killed while deflating)', performance.now() - start);
@@ -350,36 +423,48 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     const added = [...(await vhdLvs())].filter(([u]) => !before.has(u));
     assert.equal(added.length, 2, 'the snapshot committed: a base and the snapshot');
     const snapOfW = added.find(([, lv]) => !lv.hidden)?.[0];
-    assert.ok(snapOfW && added.some(([, lv]) => lv.hidden), 'one hidden base, one visible snapshot');
-    assert.ok((await exportVdi(w)).equals(m.bytes) && (await exportVdi(snapOfW!)).equals(m.bytes), 'VDI and snapshot read as the model');
+    const baseOfW = added.find(([, lv]) => lv.hidden)?.[0];
+    assert.ok(snapOfW && baseOfW, 'one hidden base, one visible snapshot');
+    await assertActive([w, baseOfW], 'the killed snapshot`s hold is dropped: only the active VDI`s leaf and base stay active');
+    await activate(snapOfW);
+    assert.ok((await exportVdi(w)).equals(m.bytes) && (await exportVdi(snapOfW)).equals(m.bytes), 'VDI and snapshot read as the model');
+    await deactivate(snapOfW, true);
     const d2 = randomBytes(MiB);
     await writeVdi(w, 20 * MiB, d2);
     m.write(20 * MiB, d2);
-    await ok('vdi_delete', { vdi_uuid: snapOfW, vdi_location: snapOfW }, full());
+    await deactivate(w);
+    await ok('vdi_delete', vdiArgs(snapOfW), full());
 
     // Leaf-coalesce of w into its base: the base LV grown, its footer not yet at the new end.
     await killedAt('lvm-inflated', 'node', [SM_GC, '-u', SR, '-g']);
     start = performance.now();
     await ok('sr_scan', {}, full()); // the SR's own recovery makes the parent readable again
     timing('sr_scan (repairing a parent killed while inflating)', performance.now() - start);
+    await assertActive([], 'the killed GC`s hold is dropped by the next verb');
+    await activate(w);
     assert.ok((await exportVdi(w)).equals(m.bytes), 'VDI reads as its model after the kill');
+    await deactivate(w);
     // The GC's recovery redoes the leaf-coalesce; killed again once the metadata is written.
     await killedAt('mgt-written', 'node', [SM_GC, '-u', SR, '-g']);
     start = performance.now();
     await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
     timing('sm-gc -g (recovering)', performance.now() - start);
+    await assertActive([], 'the next GC drops the killed one`s hold and leaves nothing active');
     const after = await vhdLvs();
     const chain = [...after.keys()].filter((u) => !before.has(u) || u === w);
     assert.deepEqual(chain, [w], 'the VDI is one image: its base was merged into it');
     assert.equal(after.get(w)!.parent, '', 'no parent left');
     await assertProvisioning();
+    await activate(w);
     assert.ok((await exportVdi(w)).equals(m.bytes), 'VDI reads as its model after recovery');
-    await ok('vdi_delete', { vdi_uuid: w, vdi_location: w }, full());
+    await deactivate(w, true);
+    await ok('vdi_delete', vdiArgs(w), full());
   });
 
-  it('vdi_resize grows the LV and the VHD; killed with the LV grown (lvm-inflated), sr_scan finishes it; vdi_resize_online; data reads back', async () => {
+  it('vdi_resize of an active VDI grows the LV and the VHD; killed with the LV grown (lvm-inflated), sr_scan finishes it; vdi_resize_online; data reads back', async () => {
     const c = await ok('vdi_create', { args: createArgs(16 * MiB, 'grow') }, full());
     const g = (c.value as { uuid: string }).uuid;
+    await activate(g);
     let m = Model.zero(16 * MiB);
     const d = randomBytes(MiB);
     await writeVdi(g, 15 * MiB, d);
@@ -390,7 +475,7 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
       return n;
     };
 
-    const r = await ok('vdi_resize', { vdi_uuid: g, vdi_location: g, args: [String(40 * MiB)] }, full());
+    const r = await ok('vdi_resize', vdiArgs(g, [String(40 * MiB)]), full());
     timing('vdi_resize', r.ms);
     m = grown(40 * MiB);
     let lv = (await vhdLvs()).get(g)!;
@@ -401,14 +486,15 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     await writeVdi(g, 39 * MiB, tail); // the last block of the new size fits without any further grow
     m.write(39 * MiB, tail);
 
-    await killedAt('lvm-inflated', DRIVER, driverArgv('vdi_resize', { vdi_uuid: g, vdi_location: g, args: [String(72 * MiB)] }, full()));
+    await killedAt('lvm-inflated', DRIVER, driverArgv('vdi_resize', vdiArgs(g, [String(72 * MiB)]), full()));
     await ok('sr_scan', {}, full());
+    await assertActive([g], 'the active VDI stays active through the kill and the recovery');
     m = grown(72 * MiB);
     lv = (await vhdLvs()).get(g)!;
     assert.equal(lv.virtualSize, 72 * MiB, 'recovery rolled the resize forward');
     assert.equal(lv.size, lv.thick);
 
-    const o = await ok('vdi_resize_online', { vdi_uuid: g, vdi_location: g, args: [String(80 * MiB)] }, full());
+    const o = await ok('vdi_resize_online', vdiArgs(g, [String(80 * MiB)]), full());
     timing('vdi_resize_online', o.ms);
     m = grown(80 * MiB);
     await writeVdi(g, 79 * MiB, tail);
@@ -416,18 +502,30 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     lv = (await vhdLvs()).get(g)!;
     assert.equal(lv.size, lv.thick);
     assert.ok((await exportVdi(g)).equals(m.bytes), 'the resized VDI reads as its model');
-    await ok('vdi_delete', { vdi_uuid: g, vdi_location: g }, full());
+    await deactivate(g, true);
+    await assertActive([], 'deactivated');
+    await ok('vdi_delete', vdiArgs(g), full());
   });
 
-  it('sr_detach deactivates and logs out; sr_attach again; every VDI reads as its model', async () => {
+  it('sr_detach refuses while a VDI is active (SRInUse), then deactivates and logs out; sr_attach again leaves VHD LVs inactive; every VDI reads as its model', async () => {
+    await activate(vdi);
+    await fault('sr_detach', 16, {}, full());
+    await assertActive([vdi, ...(await hiddenLvs())], 'a refused detach changes nothing');
+    await deactivate(vdi);
     const d = await ok('sr_detach', {}, full());
     timing('sr_detach', d.ms);
+    attachedVdis.clear(); // the host's attach state goes with the SR
     assert.equal(existsSync(lvPath(vdi)), false, 'LVs inactive after detach');
     assert.equal(await iscsi.findSession(IQN, ADDR, PORT), undefined, 'logged out after detach');
     await ok('sr_attach', {}, full());
+    await assertActive([], 'after sr_attach no VHD LV is active');
     const scan = await ok('sr_scan', {}, full());
     timing('sr_scan (after re-attach)', scan.ms);
+    await assertActive([], 'nor after sr_scan');
+    for (const u of models.keys()) await activate(u);
     for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model after re-attach`);
+    for (const u of models.keys()) await deactivate(u, true);
+    await assertActive([], 'all deactivated');
   });
 
   it('sr_delete refuses a non-empty SR, then deletes the VG once the VDIs are gone', async () => {
