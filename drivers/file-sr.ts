@@ -2,7 +2,7 @@
  * The File SR: VHD files in a local directory (`device_config.location`),
  * reachable at `$SM_ROOT/run/sr-mount/<sr>` through a symlink.
  */
-import { lstat, mkdir, readdir, unlink } from 'node:fs/promises';
+import { mkdir, readdir, realpath, stat, unlink } from 'node:fs/promises';
 import { isAbsolute, normalize } from 'node:path';
 import { SMError, type Request } from '../lib/smapi/index.js';
 import { clearInterruptedCreate, FileBackend } from '../lib/sr/file-backend.js';
@@ -21,10 +21,19 @@ function locationOf(req: Request): string {
 }
 
 async function isDirectory(path: string): Promise<boolean> {
-  return lstat(path).then(
+  return stat(path).then(
     (s) => s.isDirectory(),
     () => false,
   );
+}
+
+/**
+ * The SR's directory: `location` itself, or, when it is a symlink to a
+ * directory (a common way to place an SR on another disk), what it points at.
+ */
+async function srDirectory(location: string): Promise<string> {
+  if (!(await isDirectory(location))) throw new SMError('SRUnavailable', `${location} is not a directory`);
+  return realpath(location);
 }
 
 export const fileSrType: SrType = {
@@ -41,8 +50,9 @@ export const fileSrType: SrType = {
   },
 
   async create(req, _sr, init) {
-    const location = locationOf(req);
+    let location = locationOf(req);
     if (await isDirectory(location)) {
+      location = await srDirectory(location);
       await clearInterruptedCreate(location);
       if ((await readdir(location)).length > 0) throw new SMError('SRExists', `${location} is not empty`);
     } else {
@@ -58,14 +68,11 @@ export const fileSrType: SrType = {
   },
 
   async withStorage(req, _sr, fn) {
-    const location = locationOf(req);
-    if (!(await isDirectory(location))) throw new SMError('SRUnavailable', `${location} is not a directory`);
-    return fn({ kind: 'file', dir: location });
+    return fn({ kind: 'file', dir: await srDirectory(locationOf(req)) });
   },
 
   async attach(req, sr) {
-    const location = locationOf(req);
-    if (!(await isDirectory(location))) throw new SMError('SRUnavailable', `${location} is not a directory`);
+    const location = await srDirectory(locationOf(req));
     await linkSrMount(sr, location);
     return { kind: 'file', dir: srMountPath(sr) };
   },

@@ -9,6 +9,7 @@
 import { setParent } from '../lib/vhd/index.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
+import { leftAloneFor } from '../lib/sr/unreadable.js';
 import { parentNameOf } from './names.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
@@ -27,15 +28,23 @@ export async function coalesceNode(ctx: GcContext, chain: string[], p: string): 
   ctx.log.info(`Running VHD coalesce on ${names} into ${short(p)}`);
   await copyIntoParent(ctx, chain, p, `Coalesce of ${chain.length > 1 ? `${chain.length} images up to ${short(x)}` : short(x)}`);
   faultPoint('coalesce-copied');
-  await underSrLock(ctx, async () => {
+  const relinked = await underSrLock(ctx, async () => {
     const { nodes } = await ctx.repo.tree();
+    // An image that turned unreadable during the copy may be a child of X nobody can relink: not now.
+    const alone = leftAloneFor(nodes);
+    if (alone.images.has(x) || alone.images.has(p)) {
+      ctx.log.warn(`Coalesce of ${names} into ${short(p)} not finished: ${alone.reasons.join('; ')}`);
+      await settleParent(ctx, journal); // P only gained copies of X's blocks, which X covers: the chain reads the same
+      return false;
+    }
     const removes = [...chain].reverse();
     const relink: RelinkJournal = { kind: 'relink', vdi: x, parent: p, children: nodes.get(x)?.children ?? [], ...(chain.length > 1 ? { removes } : {}) };
     await beginJournal(ctx.repo.backend, relink);
     await relinkAndRemove(ctx, relink);
     await settleParent(ctx, journal);
+    return true;
   });
-  ctx.stats.coalesced += chain.length;
+  if (relinked) ctx.stats.coalesced += chain.length;
 }
 
 /** P keeps X's children, so it stays read-only: give back the room the copy did not use (LVM: deflate). */

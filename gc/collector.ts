@@ -8,6 +8,7 @@ import { faultPoint } from '../lib/sr/fault.js';
 import { journalImages, readJournals, type Journal } from '../lib/sr/journal.js';
 import { recoverSrJournals } from '../lib/sr/recovery.js';
 import { nodeLabel } from '../lib/sr/tree-format.js';
+import { leftAloneFor } from '../lib/sr/unreadable.js';
 import { coalesceNode, recoverCoalesce, recoverRelink } from './coalesce-node.js';
 import { underSrLock, type GcContext } from './context.js';
 import { TreeLogger } from './gc-log.js';
@@ -47,23 +48,27 @@ export async function collect(ctx: GcContext): Promise<void> {
 async function collectHeld(ctx: GcContext): Promise<void> {
   const { repo, log } = ctx;
   const trees = new TreeLogger(log);
-  const skip = new Set<string>();
+  const skipped = new Set<string>();
+  const told = new Set<string>();
   await recoverGcJournals(ctx);
   while (!ctx.signal.aborted) {
     const meta = await repo.metadata();
-    const { nodes, broken } = await repo.tree();
-    for (const [u, why] of broken) log.warn(`image ${u.slice(0, 8)} unreadable, left alone: ${why}`);
+    const { nodes } = await repo.tree();
+    // Trees holding an image unreadable now are left whole: the rest of the SR is collected.
+    const alone = leftAloneFor(nodes);
+    for (const why of alone.reasons) if (!told.has(why) && told.add(why)) log.warn(why);
+    const skip = new Set([...skipped, ...alone.images]);
     const activations = await poolActivations(repo.backend);
     const active = new Set(activations.keys());
     trees.logTrees(repo, meta.name_label, nodes, active, Object.keys(meta.vdis).length);
 
     // Active images are kept out of the garbage, or the loop would find them again and again.
-    if (findGarbage(nodes, active).length > 0) {
+    if (findGarbage(nodes, new Set([...active, ...alone.images])).length > 0) {
       await deleteGarbage(ctx);
       continue;
     }
     const runs = findCoalesceable(nodes, skip).map((n) => ({ chain: coalesceRun(nodes, n, skip), parent: n.parent! }));
-    const run = await firstWithSpace(ctx, nodes, runs, skip);
+    const run = await firstWithSpace(ctx, nodes, runs, skipped);
     if (run) {
       await coalesceNode(ctx, run.chain, run.parent);
       continue;
@@ -72,12 +77,12 @@ async function collectHeld(ctx: GcContext): Promise<void> {
     const leaf = leaves.find((l) => {
       if (!active.has(l.uuid)) return true;
       log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active on host ${activations.get(l.uuid)!.host}`);
-      skip.add(l.uuid);
+      skipped.add(l.uuid);
       return false;
     });
-    const candidate = leaf && (await firstWithSpace(ctx, nodes, [{ chain: [leaf.uuid], parent: leaf.parent! }], skip));
+    const candidate = leaf && (await firstWithSpace(ctx, nodes, [{ chain: [leaf.uuid], parent: leaf.parent! }], skipped));
     if (candidate) {
-      if ((await leafCoalesce(ctx, leaf.uuid, candidate.parent)) === 'skipped') skip.add(leaf.uuid);
+      if ((await leafCoalesce(ctx, leaf.uuid, candidate.parent)) === 'skipped') skipped.add(leaf.uuid);
       continue;
     }
     break;
@@ -112,8 +117,8 @@ async function deleteGarbage(ctx: GcContext): Promise<void> {
   await underSrLock(ctx, async () => {
     const { repo, log } = ctx;
     const { nodes } = await repo.tree();
-    // Not only the active images themselves: also the parents they read through.
-    const garbage = findGarbage(nodes, await activeVdiSet(repo.backend));
+    // Not only the active images themselves: also the parents they read through; and no tree with an unreadable image.
+    const garbage = findGarbage(nodes, new Set([...(await activeVdiSet(repo.backend)), ...leftAloneFor(nodes).images]));
     if (garbage.length === 0) return;
     log.info(`Found ${garbage.length} VDIs for deletion:\n${garbage.map((u) => `  ${nodeLabel(nodes.get(u)!, false)}`).join('\n')}`);
     // Records first: a crash between the removals then leaves only hidden images

@@ -1,57 +1,87 @@
 /**
  * Leaf-coalesce: a visible leaf L without siblings merges into its hidden parent
  * P, and P takes L's uuid, so the VDI becomes one image shorter. Offline only (L
- * not active), under the SR lock throughout. Journaled (`leaf`): until P replaces
- * L the copy is harmless (P is hidden and has no other child), so recovery redoes
- * it; after the replace only the record of P is left to drop.
+ * not active). The copy runs outside the SR lock, so verbs never wait for it:
+ * until P replaces L the copy is harmless (P is hidden and has no other child).
+ * Then, under the lock, the tree is looked at again: L must still be P's only
+ * child, a leaf, inactive, not activated meanwhile (vdi_activate marks the
+ * journal), and in no tree left alone for an unreadable image; otherwise the
+ * swap is abandoned. Journaled (`leaf`): recovery redoes the copy; after the
+ * replace only the record of P is left to drop.
  */
 import { setImageHidden } from '../lib/vhd/index.js';
 import { poolActivations } from '../lib/sr/activation.js';
 import { faultPoint } from '../lib/sr/fault.js';
-import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
+import { beginJournal, endJournal, journalName, type Journal } from '../lib/sr/journal.js';
+import { leftAloneFor } from '../lib/sr/unreadable.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
 
 type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
 
+const short = (u: string) => u.slice(0, 8);
+
 export async function leafCoalesce(ctx: GcContext, leaf: string, parent: string): Promise<'done' | 'skipped'> {
-  return underSrLock(ctx, async () => {
-    const holder = (await poolActivations(ctx.repo.backend)).get(leaf);
-    if (holder) {
-      ctx.log.info(`Leaf-coalesce of ${leaf.slice(0, 8)} skipped: the VDI became active on host ${holder.host}`);
-      return 'skipped';
+  const journal: LeafJournal = { kind: 'leaf', vdi: leaf, parent };
+  const started = await underSrLock(ctx, async () => {
+    const why = await whyNot(ctx, journal);
+    if (why) {
+      ctx.log.info(`Leaf-coalesce of ${short(leaf)} skipped: ${why}`);
+      return false;
     }
-    const journal: LeafJournal = { kind: 'leaf', vdi: leaf, parent };
     await beginJournal(ctx.repo.backend, journal);
-    if ((await mergeAndSwap(ctx, journal)) === 'skipped') return 'skipped';
-    ctx.stats.leafCoalesced++;
-    return 'done';
+    return true;
+  });
+  if (!started) return 'skipped';
+  return mergeAndSwap(ctx, journal);
+}
+
+/** Copy outside the lock, then look again and swap under it. */
+async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<'done' | 'skipped'> {
+  const { repo, log } = ctx;
+  return repo.backend.withImagesActive([j.vdi, j.parent], async () => {
+    log.info(`Leaf-coalescing ${short(j.vdi)} into *${short(j.parent)}`);
+    await copyIntoParent(ctx, [j.vdi], j.parent, `Leaf-coalesce of ${short(j.vdi)}`);
+    faultPoint('leaf-copied');
+    return underSrLock(ctx, async () => {
+      const why = (await abandonedMark(ctx, j)) ?? (await whyNot(ctx, j, true));
+      if (why) {
+        // The parent, still hidden, only gained copies of the leaf's own blocks: the chain reads the same.
+        log.info(`Leaf-coalesce of ${short(j.vdi)} abandoned: ${why}`);
+        await endJournal(repo.backend, j);
+        return 'skipped';
+      }
+      await setImageHidden(repo.imagePath(j.parent), false);
+      faultPoint('leaf-unhidden');
+      await repo.backend.replaceImage(j.parent, j.vdi);
+      faultPoint('leaf-renamed');
+      await finish(ctx, j);
+      ctx.stats.leafCoalesced++;
+      return 'done';
+    });
   });
 }
 
-async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<'done' | 'skipped'> {
-  return ctx.repo.backend.withImagesActive([j.vdi, j.parent], () => mergeHeld(ctx, j));
+/** Under the SR lock: why L cannot (or can no longer) be swapped with P, if anything. */
+async function whyNot(ctx: GcContext, j: LeafJournal, copied = false): Promise<string | undefined> {
+  const holder = (await poolActivations(ctx.repo.backend)).get(j.vdi);
+  if (holder) return `the VDI is active on host ${holder.host}`;
+  const { nodes } = await ctx.repo.tree();
+  const leaf = nodes.get(j.vdi);
+  const parent = nodes.get(j.parent);
+  if (!leaf || !parent) return 'the leaf or its parent is gone';
+  const alone = leftAloneFor(nodes);
+  if (alone.images.has(j.vdi)) return alone.reasons.join('; ');
+  if (leaf.parent !== j.parent || leaf.children.length > 0 || leaf.hidden) return 'the leaf changed place in its tree (a snapshot, clone or delete ran)';
+  if (!parent.hidden || parent.children.length !== 1) return 'the parent gained a child or became visible';
+  if (copied && parent.virtualSize !== leaf.virtualSize) return 'the leaf was resized during the copy';
+  return undefined;
 }
 
-async function mergeHeld(ctx: GcContext, j: LeafJournal): Promise<'done' | 'skipped'> {
-  const { repo, log } = ctx;
-  log.info(`Leaf-coalescing ${j.vdi.slice(0, 8)} into *${j.parent.slice(0, 8)}`);
-  await copyIntoParent(ctx, [j.vdi], j.parent, `Leaf-coalesce of ${j.vdi.slice(0, 8)}`);
-  faultPoint('leaf-copied');
-  // The SR lock keeps this host's verbs out, not another host's vdi_activate: look again before the swap.
-  const holder = (await poolActivations(repo.backend)).get(j.vdi);
-  if (holder) {
-    // The parent, still hidden, only gained copies of the leaf's own blocks: the chain reads the same.
-    log.info(`Leaf-coalesce of ${j.vdi.slice(0, 8)} abandoned: the VDI became active on host ${holder.host}`);
-    await endJournal(repo.backend, j);
-    return 'skipped';
-  }
-  await setImageHidden(repo.imagePath(j.parent), false);
-  faultPoint('leaf-unhidden');
-  await repo.backend.replaceImage(j.parent, j.vdi);
-  faultPoint('leaf-renamed');
-  await finish(ctx, j);
-  return 'done';
+async function abandonedMark(ctx: GcContext, j: LeafJournal): Promise<string | undefined> {
+  const text = await ctx.repo.backend.readJournal(journalName(j));
+  if (text === undefined) return 'its journal is gone';
+  return (JSON.parse(text) as LeafJournal).abandon ? 'the VDI was activated during the copy' : undefined;
 }
 
 async function finish(ctx: GcContext, j: LeafJournal): Promise<void> {
@@ -60,26 +90,29 @@ async function finish(ctx: GcContext, j: LeafJournal): Promise<void> {
     delete meta.vdis[j.parent];
     await ctx.repo.saveMetadata(meta);
   }
-  ctx.log.info(`Leaf-coalesce done: ${j.vdi.slice(0, 8)} is now one image shorter`);
+  ctx.log.info(`Leaf-coalesce done: ${short(j.vdi)} is now one image shorter`);
   await endJournal(ctx.repo.backend, j);
 }
 
 export async function recoverLeaf(ctx: GcContext, j: LeafJournal): Promise<string> {
-  return underSrLock(ctx, async () => {
-    const { repo } = ctx;
+  const { repo } = ctx;
+  const next = await underSrLock(ctx, async () => {
     if (!(await repo.backend.hasImage(j.parent))) {
       await setImageHidden(repo.imagePath(j.vdi), false);
       await finish(ctx, j);
       return `leaf-coalesce of ${j.vdi} was complete`;
     }
-    if ((await poolActivations(repo.backend)).has(j.vdi)) {
-      // The VDI is in use now: abandon; the parent, hidden again, holds nothing anyone reads alone.
-      await setImageHidden(repo.imagePath(j.parent), true);
+    // Killed between unhiding P and the swap: hidden again, it is as before the swap.
+    await setImageHidden(repo.imagePath(j.parent), true);
+    const why = j.abandon ? 'the VDI was activated during the copy' : await whyNot(ctx, j);
+    if (why) {
+      // The parent, hidden, holds nothing anyone reads alone.
       await endJournal(repo.backend, j);
-      return `leaf-coalesce of ${j.vdi} abandoned: the VDI is active`;
+      return `leaf-coalesce of ${j.vdi} abandoned: ${why}`;
     }
-    if ((await mergeAndSwap(ctx, j)) === 'skipped') return `leaf-coalesce of ${j.vdi} abandoned: the VDI became active`;
-    ctx.stats.leafCoalesced++;
-    return `leaf-coalesce of ${j.vdi} redone`;
+    return undefined;
   });
+  if (next) return next;
+  if ((await mergeAndSwap(ctx, j)) === 'skipped') return `leaf-coalesce of ${j.vdi} abandoned`;
+  return `leaf-coalesce of ${j.vdi} redone`;
 }

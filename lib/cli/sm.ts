@@ -4,12 +4,18 @@
  *   sm sr-scan <sr>        scan, then print the VDI table
  *   sm tree <sr>           the VHD trees, as the GC logs them
  *   sm log [--vdi <uuid>]  SMlog lines (about one VDI and its chain)
+ *   sm rebuild-metadata <sr> [--dir DIR | --vg VG] [--type T]
+ *                          new SR metadata made from the images (the old copy kept)
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { initLog, smlogPath } from '../log/index.js';
 import { activeVdiSet } from '../sr/activation.js';
-import { attachedBackend } from '../sr/attach-record.js';
+import { attachedBackend, backendOf, readAttachRecord } from '../sr/attach-record.js';
+import type { StorageBackend } from '../sr/backend.js';
+import { FileBackend } from '../sr/file-backend.js';
+import { LvmBackend } from '../sr/lvm-backend.js';
+import { rebuildMetadata } from '../sr/metadata-rebuild.js';
 import { isUuid } from '../sr/ids.js';
 import { lockOrFail } from '../sr/lock.js';
 import { runStateDir } from '../sr/paths.js';
@@ -17,8 +23,9 @@ import { recoverSrJournals } from '../sr/recovery.js';
 import { Repository, type ImageNode } from '../sr/repository.js';
 import { scanSr } from '../sr/scan.js';
 import { formatForest, num2str } from '../sr/tree-format.js';
+import { leftAloneFor } from '../sr/unreadable.js';
 
-const USAGE = `usage: sm sr-scan <sr_uuid> | sm tree <sr_uuid> | sm log [--vdi <uuid>]\n`;
+const USAGE = `usage: sm sr-scan <sr_uuid> | sm tree <sr_uuid> | sm log [--vdi <uuid>] | sm rebuild-metadata <sr_uuid> [--dir DIR | --vg VG] [--type T]\n`;
 const out = (s: string) => process.stdout.write(s + '\n');
 
 function srArg(args: string[]): string {
@@ -54,9 +61,9 @@ async function tree(args: string[]): Promise<number> {
   const sr = srArg(args);
   const repo = new Repository(await attachedBackend(sr));
   const meta = await repo.metadata();
-  const { nodes, broken } = await repo.tree();
+  const { nodes } = await repo.tree();
   for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, await activeVdiSet(repo.backend), Object.keys(meta.vdis).length)) out(line);
-  for (const [u, why] of broken) out(`unreadable: ${u}: ${why}`);
+  for (const why of leftAloneFor(nodes).reasons) out(why);
   return 0;
 }
 
@@ -88,10 +95,36 @@ async function logLines(args: string[]): Promise<number> {
   return 0;
 }
 
+/**
+ * An SR whose metadata sr_attach refuses is not attached: the operator names
+ * its storage (a File SR's directory, an NFS SR's directory on a mount made by
+ * hand, an LVM SR's volume group once its LUN is visible).
+ */
+async function rebuild(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, options: { dir: { type: 'string' }, vg: { type: 'string' }, type: { type: 'string' } }, allowPositionals: true, strict: true });
+  const sr = srArg(positionals);
+  const record = await readAttachRecord(sr);
+  let backend: StorageBackend;
+  if (values.dir !== undefined) backend = new FileBackend(sr, values.dir);
+  else if (values.vg !== undefined) backend = new LvmBackend(sr, values.vg, []);
+  else if (record) backend = backendOf(record);
+  else throw new Error(`SR ${sr} is not attached here: name its storage with --dir or --vg`);
+  const driver = values.type ?? record?.driver ?? (values.vg !== undefined ? 'LVMoISCSISR' : 'FileSR');
+  const lock = await lockOrFail(sr, 'sr', 60_000);
+  try {
+    const { kept, vdis } = await rebuildMetadata(new Repository(backend), driver);
+    out(`SR ${sr}: metadata rebuilt, ${vdis} images recorded`);
+    out(kept ? `the old metadata is kept in ${kept}` : 'there was no old metadata');
+  } finally {
+    await lock.release();
+  }
+  return 0;
+}
+
 async function main(argv: string[]): Promise<number> {
   initLog('SM');
   const [cmd, ...args] = argv;
-  const commands: Record<string, (a: string[]) => Promise<number>> = { 'sr-scan': srScan, tree, log: logLines };
+  const commands: Record<string, (a: string[]) => Promise<number>> = { 'sr-scan': srScan, tree, log: logLines, 'rebuild-metadata': rebuild };
   const run = cmd ? commands[cmd] : undefined;
   if (!run) {
     process.stderr.write(USAGE);

@@ -57,12 +57,16 @@ export interface StorageBackend {
   settleReadOnly(uuid: string): Promise<void>;
   /** Bytes the image occupies on the storage. */
   physicalSize(uuid: string): Promise<number>;
+  /** What the storage holds that is neither an image nor the SR's own structures (sr_delete refuses to destroy it). */
+  foreignEntries(): Promise<string[]>;
   /** Removes the SR's own structures (metadata, journals, its directory or volume group); images must be gone. */
   destroy(): Promise<void>;
   /** Free and total bytes of the storage. */
   space(): Promise<{ free: number; total: number }>;
 
   readMetadata(): Promise<SrMetadata | undefined>;
+  /** The stored metadata document as it is, parseable or not (undefined: none). */
+  readMetadataText(): Promise<string | undefined>;
   /** Atomic. With `after`, the new metadata becomes visible only once `after` resolves (never if it rejects). */
   writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void>;
 

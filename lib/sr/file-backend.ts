@@ -135,6 +135,11 @@ export class FileBackend implements StorageBackend {
     return (await stat(this.imagePath(uuid))).size;
   }
 
+  async foreignEntries(): Promise<string[]> {
+    const names = await readdir(this.dir);
+    return names.filter((n) => n !== META_DIR && !(n.endsWith(VHD_SUFFIX) && isUuid(n.slice(0, -VHD_SUFFIX.length)))).sort();
+  }
+
   async destroy(): Promise<void> {
     await rm(join(this.dir, META_DIR), { recursive: true, force: true });
     faultPoint('sr-delete-metadata-gone');
@@ -153,14 +158,17 @@ export class FileBackend implements StorageBackend {
   }
 
   async readMetadata(): Promise<SrMetadata | undefined> {
-    let text: string;
+    const text = await this.readMetadataText();
+    return text === undefined ? undefined : parseSrMetadata(text);
+  }
+
+  async readMetadataText(): Promise<string | undefined> {
     try {
-      text = await readFile(this.metaPath('metadata.json'), 'utf8');
+      return await readFile(this.metaPath('metadata.json'), 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     }
-    return parseSrMetadata(text);
   }
 
   async writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void> {

@@ -15,7 +15,8 @@ export type Journal =
   | { kind: 'coalesce'; vdi: string; parent: string; chain?: string[] }
   /** `removes`: the images deleted once `vdi`'s children point at `parent`, top first (absent: just `vdi`). */
   | { kind: 'relink'; vdi: string; parent: string; children: string[]; removes?: string[] }
-  | { kind: 'leaf'; vdi: string; parent: string };
+  /** `abandon`: vdi_activate came while the copy ran (outside the SR lock): the swap must not happen. */
+  | { kind: 'leaf'; vdi: string; parent: string; abandon?: boolean };
 
 /** The images a journal names (some may not exist: the change was cut short). */
 export function journalImages(j: Journal): string[] {
@@ -56,4 +57,24 @@ export async function readJournals(backend: StorageBackend): Promise<Journal[]> 
     }
   }
   return out;
+}
+
+/**
+ * vdi_activate of a VDI whose leaf-coalesce is copying (outside the SR lock):
+ * the VDI may be written from now on, so the copy is stale; the collector
+ * finds the mark under the lock and abandons instead of swapping.
+ */
+export async function abandonLeafCoalesce(backend: StorageBackend, vdi: string): Promise<boolean> {
+  const name = journalName({ kind: 'leaf', vdi, parent: '' });
+  const text = await backend.readJournal(name);
+  if (text === undefined) return false;
+  let j: Journal;
+  try {
+    j = JSON.parse(text) as Journal;
+  } catch {
+    return false;
+  }
+  if (j.kind !== 'leaf' || j.abandon) return false;
+  await backend.writeJournal(name, JSON.stringify({ ...j, abandon: true }));
+  return true;
 }

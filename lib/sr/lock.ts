@@ -122,7 +122,18 @@ export function askHolder(srUuid: string, name: string, request: 'abort' | 'ping
   });
 }
 
-/** True when some process on this host holds the lock. */
+/**
+ * True when some process on this host holds the lock. A connect, not a ping:
+ * the kernel accepts it for a bound socket even when the holder cannot answer
+ * (stopped with SIGSTOP, busy), and refuses it at once when nobody is bound.
+ */
 export async function isLockHeld(srUuid: string, name: string): Promise<boolean> {
-  return (await askHolder(srUuid, name, 'ping')) !== undefined;
+  return new Promise((resolve) => {
+    const sock = net.connect({ path: socketName(srUuid, name) });
+    sock.on('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.on('error', () => resolve(false));
+  });
 }

@@ -279,6 +279,12 @@ export class LvmBackend implements StorageBackend {
     await this.deflate(uuid);
   }
 
+  /** LVs other than the images and MGT (journals live in MGT). */
+  async foreignEntries(): Promise<string[]> {
+    const lvs = await this.lvm.lvs(this.vg);
+    return lvs.map((lv) => lv.name).filter((n) => n !== MGT_LV && !(VHD_LV.test(n) && isUuid(n.slice(4)))).sort();
+  }
+
   async destroy(): Promise<void> {
     const mgt = await this.lvm.lv(this.vg, MGT_LV);
     if (mgt) {
@@ -300,9 +306,13 @@ export class LvmBackend implements StorageBackend {
   }
 
   async readMetadata(): Promise<SrMetadata | undefined> {
+    const text = await this.readMetadataText();
+    return text === undefined ? undefined : parseSrMetadata(text);
+  }
+
+  async readMetadataText(): Promise<string | undefined> {
     if (!this.hasMgt()) return undefined;
-    const newest = await this.mgt().readNewest();
-    return newest ? parseSrMetadata(newest.payload) : undefined;
+    return (await this.mgt().readNewest())?.payload;
   }
 
   async writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void> {

@@ -50,10 +50,21 @@ export function newVdiRecord(uuid: string, fields: Partial<VdiRecord> = {}): Vdi
   };
 }
 
-/** Parses stored metadata, refusing anything that is not ours. */
+/**
+ * Parses stored metadata, refusing anything that is not ours, or that a newer
+ * version wrote (whose fields this one would drop on its next write).
+ */
 export function parseSrMetadata(text: string): SrMetadata {
-  const m = JSON.parse(text) as SrMetadata;
-  if (m === null || typeof m !== 'object' || m.version !== 1 || typeof m.uuid !== 'string' || typeof m.vdis !== 'object') {
+  let m: SrMetadata;
+  try {
+    m = JSON.parse(text) as SrMetadata;
+  } catch (err) {
+    throw new Error(`not an SR metadata document (${(err as Error).message})`);
+  }
+  if (m !== null && typeof m === 'object' && typeof m.version === 'number' && m.version > 1) {
+    throw new Error(`written by a newer version of the storage manager (metadata version ${m.version}, this one reads 1)`);
+  }
+  if (m === null || typeof m !== 'object' || m.version !== 1 || typeof m.uuid !== 'string' || m.vdis === null || typeof m.vdis !== 'object') {
     throw new Error('not an SR metadata document');
   }
   return m;

@@ -2,7 +2,7 @@
  * An SR opened over its storage backend: metadata access, the VHD trees, and
  * validated lookups. The verbs, the GC and the operator CLI all work through it.
  */
-import { imageInfo, readImageSummary, type ImageInfo, type ImageSummary } from '../vhd/index.js';
+import { imageInfo, readImageRemains, readImageSummary, VhdError, type ImageInfo, type ImageSummary } from '../vhd/index.js';
 import { SMError } from '../smapi/errors.js';
 import { mapLimit } from '../util/map-limit.js';
 import type { StorageBackend } from './backend.js';
@@ -18,6 +18,14 @@ export interface ImageNode {
   /** uuid of the parent image (by its file name), undefined for a base. */
   parent?: string;
   children: string[];
+  /**
+   * Present but unreadable at the moment (EIO, a torn footer, truncation, a
+   * parent reference that resolves to nothing): why. Sizes are then 0, and
+   * `parent` is what its intact header names, if anything does.
+   */
+  unreadable?: string;
+  /** Unreadable, and nothing says who its parent is: it may be any image's child. */
+  parentUnknown?: boolean;
 }
 
 export class Repository {
@@ -58,10 +66,14 @@ export class Repository {
     return this.backend.withImagesActive([uuid], () => imageInfo(this.imagePath(uuid)));
   }
 
-  /** Reads every image and links parents to children. Unreadable images are reported, not fatal. */
+  /**
+   * Reads every image and links parents to children. An image that is there but
+   * cannot be read now stays in the tree, marked unreadable, in the place its
+   * intact header gives it (see unreadable.ts for what that protects); `broken`
+   * lists those. An image gone between listing and reading is simply absent.
+   */
   async tree(): Promise<{ nodes: Map<string, ImageNode>; broken: Map<string, string> }> {
     const nodes = new Map<string, ImageNode>();
-    const broken = new Map<string, string>();
     const uuids = await this.backend.listImages();
     // Every image is read (LVM: all inactive LVs activated in one command, and the unheld ones deactivated in one after).
     const infos = await this.backend.withImagesActive(uuids, () =>
@@ -72,24 +84,43 @@ export class Repository {
         ),
       ),
     );
+    const byFooterUuid = new Map<string, string>();
+    for (const r of infos) if ('i' in r) byFooterUuid.set(r.i.uuid, r.u);
+    const unreadable = infos.filter((r): r is { u: string; err: Error } => 'err' in r);
     for (const r of infos) {
-      if ('err' in r) {
-        broken.set(r.u, r.err.message);
-        continue;
+      if (!('i' in r)) continue;
+      const node: ImageNode = { uuid: r.u, virtualSize: r.i.virtualSize, physicalSize: r.i.physicalSize, hidden: r.i.hidden, children: [] };
+      if (r.i.parentName !== undefined) {
+        node.parent = uuidOfImageName(r.i.parentName) ?? (r.i.parentUuid && byFooterUuid.get(r.i.parentUuid));
+        if (node.parent === undefined) {
+          node.unreadable = `parent "${r.i.parentName}" does not name an image of this SR`;
+          node.parentUnknown = true;
+        }
       }
-      const parentName = r.i.parentName;
-      const parent = parentName === undefined ? undefined : uuidOfImageName(parentName);
-      nodes.set(r.u, {
-        uuid: r.u,
-        virtualSize: r.i.virtualSize,
-        physicalSize: r.i.physicalSize,
-        hidden: r.i.hidden,
-        parent,
-        children: [],
-      });
+      nodes.set(r.u, node);
     }
+    await this.backend.withImagesActive(
+      unreadable.map((r) => r.u),
+      () =>
+        mapLimit(unreadable, 16, async ({ u, err }) => {
+          if (err instanceof VhdError && err.kind === 'not-found' && !(await this.backend.hasImage(u))) return; // gone meanwhile
+          const remains = await readImageRemains(this.imagePath(u));
+          const parent = remains?.parentName === undefined ? undefined : uuidOfImageName(remains.parentName);
+          nodes.set(u, {
+            uuid: u,
+            virtualSize: 0,
+            physicalSize: 0,
+            hidden: remains?.hidden ?? false,
+            children: [],
+            unreadable: err.message,
+            ...(parent ? { parent } : {}),
+            ...(remains && (!remains.differencing || parent) ? {} : { parentUnknown: true }),
+          });
+        }),
+    );
     for (const n of nodes.values()) if (n.parent) nodes.get(n.parent)?.children.push(n.uuid);
     for (const n of nodes.values()) n.children.sort();
+    const broken = new Map([...nodes.values()].filter((n) => n.unreadable !== undefined).map((n) => [n.uuid, n.unreadable!]));
     return { nodes, broken };
   }
 

@@ -19,12 +19,12 @@ export interface ScannedVdi extends VdiRecord {
 
 export async function scanSr(repo: Repository): Promise<ScannedVdi[]> {
   const meta = await repo.metadata();
-  const { nodes, broken } = await repo.tree();
+  const { nodes } = await repo.tree();
   // A change in progress (or interrupted) may have an image briefly away: keep its records.
   const pending = new Set((await readJournals(repo.backend)).flatMap((j) => Object.values(j).filter((v) => typeof v === 'string')));
   let changed = false;
   for (const uuid of Object.keys(meta.vdis)) {
-    if (!nodes.has(uuid) && !broken.has(uuid) && !pending.has(uuid)) {
+    if (!nodes.has(uuid) && !pending.has(uuid)) {
       getLog().info(`scan: VDI ${uuid} has no image any more: record dropped`);
       delete meta.vdis[uuid];
       changed = true;
@@ -32,9 +32,16 @@ export async function scanSr(repo: Repository): Promise<ScannedVdi[]> {
   }
   for (const node of nodes.values()) {
     const rec = meta.vdis[node.uuid];
+    if (node.unreadable !== undefined) {
+      // Its record (if any) stays as it is: what the image says is unknown until it reads again.
+      getLog().warn(`scan: image ${node.uuid} is unreadable, its record kept as it is: ${node.unreadable}`);
+      continue;
+    }
     if (!rec) {
       getLog().info(`scan: image ${node.uuid} had no record: introduced${node.hidden ? ' as a base copy' : ''}`);
-      meta.vdis[node.uuid] = newVdiRecord(node.uuid, node.hidden ? { managed: false, read_only: true, name_label: 'base copy' } : {});
+      // A visible image with children is a `single` snapshot: writing it would change its children.
+      const readOnly = node.hidden || node.children.length > 0;
+      meta.vdis[node.uuid] = newVdiRecord(node.uuid, node.hidden ? { managed: false, read_only: true, name_label: 'base copy' } : { read_only: readOnly });
       changed = true;
     } else if (rec.managed === node.hidden) {
       // Hidden by a delete that left children, or unhidden by the GC's leaf-coalesce.
@@ -42,9 +49,8 @@ export async function scanSr(repo: Repository): Promise<ScannedVdi[]> {
       changed = true;
     }
   }
-  for (const [uuid, why] of broken) getLog().warn(`scan: image ${uuid} is unreadable: ${why}`);
   if (changed) await repo.saveMetadata(meta);
-  return [...nodes.values()].map((n) => scanned(meta.vdis[n.uuid], n));
+  return [...nodes.values()].filter((n) => n.unreadable === undefined).map((n) => scanned(meta.vdis[n.uuid], n));
 }
 
 function scanned(rec: VdiRecord, node: ImageNode): ScannedVdi {

@@ -41,6 +41,7 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
   // rollback would block every verb on the SR). The rest of the snapshot, and its
   // rollback, read and write only these two structures of the image.
   const parent = await readImageSummary(repo.imagePath(uuid));
+  await refuseDependedOn(repo, uuid, parent.hidden, record.read_only || !record.managed, 'VDIClone');
 
   const base = randomUUID();
   const snap = mode === 'single' ? base : randomUUID();
@@ -90,6 +91,31 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
   // Names every image involved, so `sm log --vdi` finds the new VDI and its base copy.
   getLog().info(`VDI ${uuid}: ${mode} snapshot made ${snap}${snap === base ? ' (the old image itself)' : `, base copy ${base}`}`);
   return snap;
+}
+
+/**
+ * Snapshot, clone and resize change an image in place (rename it, grow it), so
+ * an image others read through is refused, as the established SM refuses a
+ * hidden one: a hidden base copy, or a visible image with children (a `single`
+ * snapshot). Only a read-only VDI can have children (a writable one never
+ * becomes a parent, and scan introduces a visible parent read-only), so only
+ * then is the whole tree read; then an unreadable image whose parent is
+ * unknown counts as a possible child.
+ */
+export async function refuseDependedOn(
+  repo: Repository,
+  uuid: string,
+  hidden: boolean,
+  readOnly: boolean,
+  code: 'VDIClone' | 'VDIUnavailable',
+): Promise<void> {
+  if (hidden) throw new SMError(code, 'hidden VDI');
+  if (!readOnly) return;
+  const { nodes } = await repo.tree();
+  const children = nodes.get(uuid)?.children ?? [];
+  if (children.length > 0) throw new SMError(code, `VDI has children (${children.join(', ')}): they read through it`);
+  const unknown = [...nodes.values()].find((n) => n.parentUnknown);
+  if (unknown) throw new SMError(code, `image ${unknown.uuid} is unreadable (${unknown.unreadable}) and may be a child of this VDI`);
 }
 
 /**

@@ -17,8 +17,11 @@ export function num2str(n: number): string {
   return String(n);
 }
 
+/** An unreadable image keeps its place, its sizes replaced by why it cannot be read. */
 export function nodeLabel(n: ImageNode, active: boolean): string {
-  return `${n.hidden ? '*' : ''}${n.uuid.slice(0, 8)}[VHD](${num2str(n.virtualSize)}//${num2str(n.physicalSize)}|${active ? 'a' : 'n'})`;
+  const sizes = n.unreadable === undefined ? `${num2str(n.virtualSize)}//${num2str(n.physicalSize)}` : '?//?';
+  const note = n.unreadable === undefined ? '' : ` UNREADABLE${n.parentUnknown ? ' (parent unknown)' : ''}: ${n.unreadable}`;
+  return `${n.hidden ? '*' : ''}${n.uuid.slice(0, 8)}[VHD](${sizes}|${active ? 'a' : 'n'})${note}`;
 }
 
 /** Roots of the forest: images without a parent, or whose parent is missing. */

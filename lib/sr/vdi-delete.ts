@@ -1,45 +1,74 @@
 /**
  * vdi_delete: a leaf image is removed; an image other images still depend on is
- * hidden instead and left to the GC. Either way the VDI's record goes.
+ * hidden instead and left to the GC. Either way the VDI's record goes. What to
+ * do is decided before the journal, from the whole tree: while an image is
+ * unreadable and nothing says whose child it is, any image may have a child
+ * nobody can see, so it is hidden, never removed; an unreadable image that has
+ * (or may have) children cannot be hidden, so its delete is refused before
+ * anything changes. An unreadable leaf is removed: nothing reads through it.
  */
 import { setImageHidden } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
+import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
+import { leftAloneFor } from './unreadable.js';
 
-export async function deleteVdi(repo: Repository, uuid: string): Promise<'removed' | 'hidden' | 'absent'> {
-  const journal: Journal = { kind: 'delete', vdi: uuid };
-  await beginJournal(repo.backend, journal);
-  const outcome = await removeOrHide(repo, uuid);
-  faultPoint('delete-image-gone');
-  const meta = await repo.metadata();
-  delete meta.vdis[uuid];
-  await repo.saveMetadata(meta);
-  await endJournal(repo.backend, journal);
-  getLog().info(`VDI ${uuid} deleted (image ${outcome})`);
+type Outcome = 'removed' | 'hidden' | 'absent';
+
+export async function deleteVdi(repo: Repository, uuid: string): Promise<Outcome> {
+  // The tree activates every image, this one included, in one command (LVM).
+  return repo.backend.withImagesActive([], async () => {
+    const plan = await planDelete(repo, uuid);
+    if (typeof plan !== 'string') throw plan;
+    const journal: Journal = { kind: 'delete', vdi: uuid };
+    await beginJournal(repo.backend, journal);
+    const outcome = await carryOut(repo, uuid, plan);
+    faultPoint('delete-image-gone');
+    const meta = await repo.metadata();
+    delete meta.vdis[uuid];
+    await repo.saveMetadata(meta);
+    await endJournal(repo.backend, journal);
+    getLog().info(`VDI ${uuid} deleted (image ${outcome})`);
+    return outcome;
+  });
+}
+
+/** What deleting `uuid` does to its image now, or why it cannot be done (an error, not thrown). */
+async function planDelete(repo: Repository, uuid: string): Promise<Outcome | SMError> {
+  if (!(await repo.backend.hasImage(uuid))) return 'absent';
+  const { nodes } = await repo.tree();
+  const node = nodes.get(uuid);
+  if (!node) return 'absent';
+  const alone = leftAloneFor(nodes);
+  const mayHaveChildren = node.children.length > 0 || alone.hiddenChildrenPossible;
+  if (node.unreadable !== undefined) {
+    if (!mayHaveChildren) return 'removed';
+    return new SMError('VDIUnavailable', `${uuid} is unreadable (${node.unreadable}) and may have children: it cannot be hidden until it reads again`);
+  }
+  if (node.children.length === 0 && mayHaveChildren) getLog().warn(`VDI ${uuid} hidden, not removed: ${alone.reasons.join('; ')}`);
+  return mayHaveChildren ? 'hidden' : 'removed';
+}
+
+async function carryOut(repo: Repository, uuid: string, outcome: Outcome): Promise<Outcome> {
+  if (outcome === 'hidden') await setImageHidden(repo.imagePath(uuid), true);
+  if (outcome === 'removed') await repo.backend.removeImage(uuid);
   return outcome;
 }
 
-async function removeOrHide(repo: Repository, uuid: string): Promise<'removed' | 'hidden' | 'absent'> {
-  if (!(await repo.backend.hasImage(uuid))) return 'absent';
-  // The tree below activates every image, this one included, in one command (LVM).
-  return repo.backend.withImagesActive([], () => removeOrHideImage(repo, uuid));
-}
-
-async function removeOrHideImage(repo: Repository, uuid: string): Promise<'removed' | 'hidden'> {
-  const { nodes } = await repo.tree();
-  if ((nodes.get(uuid)?.children.length ?? 0) > 0) {
-    await setImageHidden(repo.imagePath(uuid), true);
-    return 'hidden';
+/**
+ * Interrupted delete: the toolstack asked for it, so it is completed, with the
+ * same care as at first. If the tree no longer allows it (an image turned
+ * unreadable meanwhile), the journal waits for a later recovery; nothing else is blocked.
+ */
+export async function recoverDelete(repo: Repository, j: Extract<Journal, { kind: 'delete' }>): Promise<string | undefined> {
+  const plan = await repo.backend.withImagesActive([], () => planDelete(repo, j.vdi));
+  if (typeof plan !== 'string') {
+    getLog().warn(`recovery: delete of ${j.vdi} waits: ${plan.opterr}`);
+    return undefined;
   }
-  await repo.backend.removeImage(uuid);
-  return 'removed';
-}
-
-/** Interrupted delete: the toolstack asked for it, so it is completed. */
-export async function recoverDelete(repo: Repository, j: Extract<Journal, { kind: 'delete' }>): Promise<string> {
-  const outcome = await removeOrHide(repo, j.vdi);
+  const outcome = await carryOut(repo, j.vdi, plan);
   const meta = await repo.metadata();
   if (meta.vdis[j.vdi]) {
     delete meta.vdis[j.vdi];

@@ -11,14 +11,19 @@ import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
+import { refuseDependedOn } from './snapshot.js';
 
-export async function resizeVdi(repo: Repository, uuid: string, size: number): Promise<void> {
-  await repo.backend.withImagesActive([uuid], () => resizeActive(repo, uuid, size));
+/** `size`: the new size rounded up to whole blocks; `requested`: the bytes asked for. */
+export async function resizeVdi(repo: Repository, uuid: string, size: number, requested = size): Promise<void> {
+  await repo.backend.withImagesActive([uuid], () => resizeActive(repo, uuid, size, requested));
 }
 
-async function resizeActive(repo: Repository, uuid: string, size: number): Promise<void> {
-  const { virtualSize: current, maxVirtualSize } = await repo.info(uuid);
-  if (size < current) throw new SMError('VDISize', `shrinking is not supported (${current} -> ${size})`);
+async function resizeActive(repo: Repository, uuid: string, size: number, requested: number): Promise<void> {
+  const { virtualSize: current, maxVirtualSize, hidden } = await repo.info(uuid);
+  const record = (await repo.metadata()).vdis[uuid];
+  await refuseDependedOn(repo, uuid, hidden, !record || record.read_only || !record.managed, 'VDIUnavailable');
+  // Asked for less than it has (even if rounding up would land on the same size): that is a shrink.
+  if (requested < current) throw new SMError('VDISize', `shrinking is not supported (${current} -> ${requested})`);
   if (size === current) return;
   if (size > maxVirtualSize && !repo.backend.canRewriteImages) {
     throw new SMError('VDISize', `${size} bytes is past the ${maxVirtualSize} bytes the image's BAT has room for, and this SR cannot rewrite an image`);

@@ -20,6 +20,7 @@ import {
   writeVdiState,
 } from './attach-record.js';
 import { faultPoint } from './fault.js';
+import { abandonLeafCoalesce } from './journal.js';
 import { kickGc } from './gc-trigger.js';
 import { requireUuid } from './ids.js';
 import { newSrMetadata, newVdiRecord } from './metadata.js';
@@ -118,7 +119,9 @@ export function srDriver(type: SrType): Driver {
         await type.create(req, sr, async (spec) => {
           faultPoint('sr-create-storage-made');
           const repo = new Repository(backendFor(sr, spec));
-          if (await repo.backend.readMetadata().catch(() => undefined)) throw new SMError('SRExists', `SR metadata already present`);
+          // Metadata that cannot be read is still an SR's: never written over.
+          const present = await repo.backend.readMetadata().catch((err: Error) => `unreadable (${err.message})`);
+          if (present) throw new SMError('SRExists', `SR metadata already present${typeof present === 'string' ? `, ${present}` : ''}`);
           await repo.saveMetadata(newSrMetadata(sr, type.driver, req.sr_sm_config?.name_label ?? ''));
           faultPoint('sr-create-metadata-written');
         });
@@ -136,9 +139,12 @@ export function srDriver(type: SrType): Driver {
           const repo = new Repository(backendFor(sr, spec));
           return repo.backend.withImagesActive([], async () => {
             await recoverSrJournals(repo);
-            const { nodes, broken } = await repo.tree();
-            const vdis = [...nodes.values()].filter((n) => !n.hidden).length + broken.size;
+            const { nodes } = await repo.tree();
+            // An unreadable image may be a VDI: it counts as one.
+            const vdis = [...nodes.values()].filter((n) => !n.hidden || n.unreadable !== undefined).length;
             if (vdis > 0) throw new SMError('SRNotEmpty', `${vdis} VDIs remain`);
+            const strays = await repo.backend.foreignEntries();
+            if (strays.length > 0) throw new SMError('SRNotEmpty', `the SR holds what is not its own: ${strays.slice(0, 5).join(', ')}${strays.length > 5 ? ', ...' : ''}`);
             return [...nodes.keys()];
           });
         });
@@ -171,7 +177,12 @@ export function srDriver(type: SrType): Driver {
         const spec = await type.attach(req, sr);
         const repo = new Repository(backendFor(sr, spec));
         const role = roleOf(req);
-        if (role === 'master' && !(await repo.backend.readMetadata().catch(() => undefined))) {
+        // Refused before anything is recorded: the storage is let go again.
+        const meta = await checkSrMetadata(repo, sr).catch(async (err: unknown) => {
+          await type.detach(req, sr).catch(() => undefined);
+          throw err;
+        });
+        if (role === 'master' && !meta) {
           // Storage without our metadata (e.g. made by another SM): adopt it; scan introduces its images.
           await repo.saveMetadata(newSrMetadata(sr, type.driver));
         }
@@ -270,6 +281,8 @@ export function srDriver(type: SrType): Driver {
       const state = await readVdiState(sr, vdi);
       if (!state) throw new SMError('VDIUnavailable', `${vdi} must be attached before it is activated`);
       const writable = boolArg(req.args[0]) || state.writable;
+      // A leaf-coalesce copying this VDI outside the SR lock must not swap it from now on (journals: the master's).
+      if (roleOf(req) === 'master' && (await abandonLeafCoalesce(repo.backend, vdi))) getLog().info(`VDI ${vdi}: its leaf-coalesce is abandoned, the VDI is being activated`);
       // The pool-wide record first: a crash in between leaves a record too many (cleared on the next sr_attach), never one too few.
       await recordActivation(repo.backend, vdi, writable);
       try {
@@ -301,12 +314,12 @@ export function srDriver(type: SrType): Driver {
     vdi_clone: onVdi(async (repo, vdi) => vdiReply(await snapshotVdi(repo, vdi, 'clone').catch(wrap('VDIClone')))),
 
     vdi_resize: onVdi(async (repo, vdi, _sr, req) => {
-      await resizeVdi(repo, vdi, parseVdiSize(req.args[0])).catch(wrap('VDIResize'));
+      await resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).catch(wrap('VDIResize'));
       return vdiReply(vdi);
     }),
 
     vdi_resize_online: onVdi(async (repo, vdi, _sr, req) => {
-      await resizeVdi(repo, vdi, parseVdiSize(req.args[0])).catch(wrap('VDIResize'));
+      await resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).catch(wrap('VDIResize'));
       return vdiReply(vdi);
     }),
 
@@ -339,6 +352,20 @@ export function srDriver(type: SrType): Driver {
   };
   for (const verb of MASTER_ONLY) verbs[verb] = masterOnly(verb, verbs[verb]!);
   return { info: type.info, verbs };
+}
+
+/**
+ * The SR's metadata at attach: absent (storage another SM made: adopted), or
+ * ours and naming this SR. Metadata that cannot be parsed, or that a newer
+ * version wrote, is refused and left as it is (`sm rebuild-metadata` makes a
+ * new document from the images, keeping the old one); so is another SR's.
+ */
+async function checkSrMetadata(repo: Repository, sr: string) {
+  const meta = await repo.backend.readMetadata().catch((err: Error) => {
+    throw new SMError('MetadataError', `SR metadata of ${sr} cannot be used: ${err.message}; left as it is (see \`sm rebuild-metadata\`)`);
+  });
+  if (meta && meta.uuid !== sr) throw new SMError('SRUnavailable', `this storage holds SR ${meta.uuid}, not ${sr}`);
+  return meta;
 }
 
 /** Keeps SM errors as they are; anything else becomes the verb's own error code. */

@@ -13,5 +13,5 @@ export { exportRaw, writeAt } from './export.js';
 export { repairFooter } from './repair.js';
 export { siblingResolver, isPlainName, type ParentResolver } from './parent.js';
 export { MAX_VIRTUAL_SIZE, BLOCK_SIZE, SECTOR } from './format/constants.js';
-export { readImageSummary, type ImageSummary } from './summary.js';
+export { readImageSummary, readImageRemains, type ImageSummary, type ImageRemains } from './summary.js';
 export { setImageHidden } from './hidden.js';

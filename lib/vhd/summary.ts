@@ -53,3 +53,42 @@ export async function readImageSummary(path: string): Promise<ImageSummary> {
     await io.close();
   }
 }
+
+/** What can still be learnt of an image whose summary cannot be read (see readImageRemains). */
+export interface ImageRemains {
+  /** From the footer copy at offset 0. */
+  hidden: boolean;
+  differencing: boolean;
+  /** From the header, when the image is differencing and its header is intact. */
+  parentName?: string;
+  parentUuid?: string;
+}
+
+/**
+ * An image that readImageSummary refuses (a torn or truncated end, a damaged
+ * primary footer) may still say who its parent is: the footer copy at offset 0
+ * and the header after it are checksummed, so what they say is trusted.
+ * Undefined when even they cannot be read or do not check out: then nothing is
+ * known of the image, its parent included.
+ */
+export async function readImageRemains(path: string): Promise<ImageRemains | undefined> {
+  let io: FileIO | undefined;
+  try {
+    io = await FileIO.open(path, false);
+    const head = Buffer.alloc(HEADER_OFFSET + HEADER_SIZE);
+    await io.read(head, 0);
+    const footer = decodeFooter(head.subarray(0, FOOTER_SIZE));
+    if (typeof footer === 'string') return undefined;
+    const differencing = footer.diskType === DiskType.Differencing;
+    if (!differencing && footer.diskType !== DiskType.Dynamic) return undefined;
+    const remains: ImageRemains = { hidden: footer.hidden !== 0, differencing };
+    if (!differencing) return remains;
+    const header = decodeHeader(head.subarray(HEADER_OFFSET));
+    if (typeof header === 'string') return remains;
+    return { ...remains, parentName: header.parentUnicodeName, parentUuid: formatUuid(header.parentUuid) };
+  } catch {
+    return undefined;
+  } finally {
+    await io?.close().catch(() => undefined);
+  }
+}
