@@ -141,7 +141,7 @@ test.serial('nbdcopy both ways with 4 connections (multi-conn)', async (t) => {
 
 test.serial('fio nbd engine: random writes at iodepth 16, verified with crc32c', async (t) => {
   const device = new MemoryDevice(32 * MiB);
-  await withServer({}, async ({ server, socket }) => {
+  await withServer({}, async ({ server, socket, dir }) => {
     server.addExport('d', device);
     const out = await runOk(
       'fio',
@@ -150,6 +150,7 @@ test.serial('fio nbd engine: random writes at iodepth 16, verified with crc32c',
         '--size=16M', '--verify=crc32c', '--do_verify=1', '--end_fsync=1', '--output-format=json',
       ],
       60_000,
+      dir, // fio leaves a verify state file in its working directory
     );
     const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
     t.is(job.error, 0);

@@ -61,12 +61,12 @@ export interface RunResult {
  * `.ci/install` puts every one of them on the machine. /usr/bin goes first so
  * nbdsh gets the system python that has the libnbd module.
  */
-export function run(cmd: string, args: string[], timeoutMs = 30_000): Promise<RunResult> {
+export function run(cmd: string, args: string[], timeoutMs = 30_000, cwd?: string): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     execFile(
       cmd,
       args,
-      { timeout: timeoutMs, maxBuffer: 64 * MiB, env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}`, LIBNBD_DEBUG: '0' } },
+      { cwd, timeout: timeoutMs, maxBuffer: 64 * MiB, env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}`, LIBNBD_DEBUG: '0' } },
       (err, stdout, stderr) => {
         const code = err ? (err as NodeJS.ErrnoException).code : 0;
         if (code === 'ENOENT') return reject(new Error(`${cmd} is not installed (run .ci/install)`));
@@ -78,8 +78,8 @@ export function run(cmd: string, args: string[], timeoutMs = 30_000): Promise<Ru
 }
 
 /** Like run() but a nonzero exit throws with the output. */
-export async function runOk(cmd: string, args: string[], timeoutMs?: number): Promise<string> {
-  const r = await run(cmd, args, timeoutMs);
+export async function runOk(cmd: string, args: string[], timeoutMs?: number, cwd?: string): Promise<string> {
+  const r = await run(cmd, args, timeoutMs, cwd);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}\n${r.stdout}\n${r.stderr}`);
   return r.stdout;
 }

@@ -92,17 +92,29 @@ test('pause with writes in flight from qemu-io: held requests wait, refresh swap
 
 test('pause() waits for the in-flight request to drain before it resolves', async (t) => {
   const memory = new MemoryDevice(MiB);
-  const pausable = new PausableDevice(new SlowDevice(memory, 150));
+  // A write that stays inside the device until the test lets it go.
+  let letGo!: () => void;
+  const released = new Promise<void>((resolve) => (letGo = resolve));
+  class GatedDevice extends PassthroughDevice {
+    override async write(data: Buffer, offset: number) {
+      if (offset === 0) await released;
+      return super.write(data, offset);
+    }
+  }
+  const pausable = new PausableDevice(new GatedDevice(memory));
   const write = pausable.write(Buffer.alloc(512, 9), 0);
-  await sleep(10);
+  await sleep(5);
   let paused = false;
   const pausing = pausable.pause().then(() => (paused = true));
   const held = pausable.write(Buffer.alloc(512, 8), 512);
   await sleep(50);
   t.false(paused, 'pause resolved while a write was still in the device');
+  t.is(memory.calls.flush, 0);
+  letGo();
   await write;
   await pausing;
-  t.is(memory.calls.write, 1);
+  t.is(memory.calls.write, 1, 'the held write did not run');
+  t.is(memory.calls.flush, 1);
   pausable.unpause();
   await held;
   t.is(memory.calls.write, 2);
