@@ -3,7 +3,7 @@
 // while the device content stays intact.
 import type { ExecutionContext } from 'ava';
 import test from 'ava';
-import { MemoryDevice, ReadOnlyDevice } from '../../lib/nbd/index.js';
+import { DeviceError, MemoryDevice, PassthroughDevice, ReadOnlyDevice } from '../../lib/nbd/index.js';
 import {
   CMD,
   EINVAL,
@@ -278,4 +278,35 @@ test('a flood of connections is bounded; idle handshakes time out; a good client
     },
     { maxConnections: 8, handshakeTimeoutMs: 300 },
   );
+});
+
+test('device failures reach the client as NBD errnos from the one table, and the connection carries on', async (t) => {
+  const memory = await freshDevice();
+  class FailingDevice extends PassthroughDevice {
+    override async write(data: Buffer, offset: number) {
+      if (offset === 0) throw new DeviceError('ENOSPC', 'full');
+      if (offset === 4096) throw Object.assign(new Error('quota'), { code: 'EDQUOT' });
+      if (offset === 8192) throw Object.assign(new Error('ro fs'), { code: 'EROFS' });
+      return super.write(data, offset);
+    }
+    override async read(buf: Buffer, offset: number) {
+      if (offset === 0) throw new Error('media error');
+      return super.read(buf, offset);
+    }
+  }
+  await withServer({}, async (s) => {
+    s.server.addExport('f', new FailingDevice(memory));
+    const c = await RawClient.open(s.socket, 'f');
+    const errnoOf = async (type: number, offset: number) => {
+      c.request(type, offset, 512, type === CMD.WRITE ? { payload: Buffer.alloc(512, 0xff) } : {});
+      return (await c.simpleReply())?.error;
+    };
+    t.is(await errnoOf(CMD.WRITE, 0), ENOSPC);
+    t.is(await errnoOf(CMD.WRITE, 4096), ENOSPC);
+    t.is(await errnoOf(CMD.WRITE, 8192), EPERM);
+    t.is(await errnoOf(CMD.READ, 0), 5); // EIO: an error without a code
+    t.true((await c.read_(MiB, 512)).equals(CONTENT.subarray(MiB, MiB + 512)));
+    c.destroy();
+  });
+  t.true((await readAll(memory)).equals(CONTENT));
 });
