@@ -203,8 +203,8 @@ export class LeafWriter {
   /** After the last write: flush, then the batmap bits of blocks that became full, durable. */
   async finish(): Promise<void> {
     await this.flush();
+    faultPoint('datapath-close-flushed');
     if (this.becameFull.size > 0) {
-      faultPoint('datapath-close-flushed');
       await this.leaf.markFull(this.becameFull);
       await this.leaf.sync();
       this.becameFull.clear();
