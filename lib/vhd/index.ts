@@ -1,7 +1,7 @@
 /** The VHD library: format codec, images, chains and the algorithms over them. */
 export { VhdError, type VhdErrorKind } from './errors.js';
 export { FileIO, type PositionalIO } from './io.js';
-export { VhdImage, formatUuid, parseUuid, type BlockBuffer } from './image.js';
+export { VhdImage, formatUuid, parseUuid, type BlockBuffer, type NewBlock } from './image.js';
 export { VhdChain, type ChainOptions } from './chain.js';
 export { createDynamic, createDifferencing, validVirtualSize, type CreateOptions } from './create.js';
 export { coalesceIntoParent, coalesceChainInto, coalesceImages, type CoalesceOptions, type CoalesceProgress, type CoalesceResult } from './coalesce.js';
@@ -11,6 +11,7 @@ export { checkChain, type CheckReport, type CheckOptions } from './check.js';
 export { imageInfo, parentPath, chainDepth, scanImages, globFiles, type ImageInfo, type ScanEntry } from './info.js';
 export { exportRaw, writeAt } from './export.js';
 export { repairFooter } from './repair.js';
+export { scrubUnmarkedSectors } from './scrub.js';
 export { siblingResolver, isPlainName, type ParentResolver } from './parent.js';
 export { MAX_VIRTUAL_SIZE, BLOCK_SIZE, SECTOR } from './format/constants.js';
 export { readImageSummary, readImageRemains, type ImageSummary, type ImageRemains } from './summary.js';

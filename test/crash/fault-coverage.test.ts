@@ -1,4 +1,4 @@
-// Every fault point in the SR layer and the GC is killed by some crash test: a
+// Every fault point in the SR layer, the GC and the datapath is killed by some crash test: a
 // new point that no test reaches fails here instead of staying untested. (The
 // LVM backend's points are covered by the VM tier, not by the host tests.)
 import fs from 'node:fs';
@@ -38,7 +38,7 @@ test('every fault point of lib/ and gc/ is killed by a crash test', (t) => {
   const { points, unreadable } = faultPoints();
   t.deepEqual(unreadable, [], 'fault point names are literals (or the journal kinds), so they can be listed');
   t.true(points.size >= 20, `the fault points were found (${points.size})`);
-  const tests = sources('test/crash')
+  const tests = [...sources('test/crash'), ...sources('test/datapath')]
     .filter((f) => f.endsWith('.test.ts'))
     .map((f) => fs.readFileSync(path.join(REPO, f), 'utf8'))
     .join('\n');

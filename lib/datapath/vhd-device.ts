@@ -1,0 +1,193 @@
+/**
+ * A VHD chain as a BlockDevice (lib/nbd's contract), opened from its leaf path.
+ * Read-only (a snapshot, a base copy): read, extents and close only, so the
+ * server advertises READ_ONLY. Writable: the leaf takes writes (LeafWriter has
+ * the ordering), flush, native FUA and zero; parents stay read-only. One device
+ * object serves every connection (multi-conn). After close every call rejects
+ * with ESHUTDOWN.
+ */
+import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../nbd/block-device.js';
+import { DeviceError } from '../nbd/block-device.js';
+import { SECTOR } from '../vhd/format/constants.js';
+import { scrubUnmarkedSectors, VhdChain, VhdError, type ParentResolver } from '../vhd/index.js';
+import { chainExtents, heldSectors } from './extents.js';
+import { LeafWriter } from './leaf-writer.js';
+
+export interface VhdDeviceOptions {
+  /** Open the leaf for writing (parents are always read-only). */
+  writable?: boolean;
+  resolver?: ParentResolver;
+  maxDepth?: number;
+}
+
+/** The device for the chain ending at `leafPath`; a read-only one has no write, flush or zero member. */
+export async function openVhdDevice(leafPath: string, opts: VhdDeviceOptions & { writable: true }): Promise<WritableVhdDevice>;
+export async function openVhdDevice(leafPath: string, opts?: VhdDeviceOptions): Promise<VhdDevice>;
+export async function openVhdDevice(leafPath: string, opts: VhdDeviceOptions = {}): Promise<VhdDevice> {
+  return opts.writable ? WritableVhdDevice.open(leafPath, opts) : VhdDevice.open(leafPath, opts);
+}
+
+export class VhdDevice implements BlockDevice {
+  readonly size: number;
+  readonly preferredBlockSize = 4096;
+  readonly multiConn = true;
+  private inFlight = 0;
+  private drained: (() => void) | undefined;
+  private closing: Promise<void> | undefined;
+
+  protected constructor(protected readonly chain: VhdChain) {
+    this.size = chain.virtualSize;
+  }
+
+  static async open(leafPath: string, opts: VhdDeviceOptions = {}): Promise<VhdDevice> {
+    const chain = await VhdChain.open(leafPath, { resolver: opts.resolver, maxDepth: opts.maxDepth, writable: false });
+    return new VhdDevice(chain);
+  }
+
+  /** The images, leaf first (for callers that report on the chain). */
+  get paths(): string[] {
+    return this.chain.images.map((i) => i.path);
+  }
+
+  read(buf: Buffer, offset: number): Promise<void> {
+    return this.track(async () => {
+      checkRange(offset, buf.length, this.size);
+      await this.chain.read(buf, offset);
+    });
+  }
+
+  extents(offset: number, length: number): Promise<Extent[]> {
+    return this.track(async () => {
+      checkRange(offset, length, this.size);
+      return chainExtents(this.chain, offset, length);
+    });
+  }
+
+  /** Waits for the calls in flight, makes the leaf consistent and durable, closes every image. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.inFlight > 0) await new Promise<void>((r) => (this.drained = r));
+      try {
+        await this.finish();
+      } finally {
+        await this.chain.close();
+      }
+    })();
+    return this.closing;
+  }
+
+  protected async finish(): Promise<void> {}
+
+  /** Runs one call: refused once closing, counted so close can wait for it, errors typed. */
+  protected async track<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closing) throw new DeviceError('ESHUTDOWN', 'device closed');
+    this.inFlight++;
+    try {
+      return await fn();
+    } catch (err) {
+      throw toDeviceError(err);
+    } finally {
+      if (--this.inFlight === 0 && this.drained) this.drained();
+    }
+  }
+}
+
+export class WritableVhdDevice extends VhdDevice {
+  readonly nativeFua = true;
+  private readonly writer: LeafWriter;
+
+  private constructor(chain: VhdChain) {
+    super(chain);
+    this.writer = new LeafWriter(chain);
+  }
+
+  /**
+   * Opens the chain with a writable leaf. A process killed between writing a
+   * sector and setting its bitmap bit leaves data under a clear bit: that is
+   * zeroed here, before any write (reads never saw it).
+   */
+  static override async open(leafPath: string, opts: VhdDeviceOptions = {}): Promise<WritableVhdDevice> {
+    const chain = await VhdChain.open(leafPath, { resolver: opts.resolver, maxDepth: opts.maxDepth, writable: true });
+    try {
+      await scrubUnmarkedSectors(chain.leaf);
+    } catch (err) {
+      await chain.close();
+      throw err;
+    }
+    return new WritableVhdDevice(chain);
+  }
+
+  write(data: Buffer, offset: number, opts: WriteOptions = {}): Promise<void> {
+    return this.track(async () => {
+      checkRange(offset, data.length, this.size);
+      await this.writer.write(data, offset);
+      if (opts.fua) await this.writer.flush();
+    });
+  }
+
+  flush(): Promise<void> {
+    return this.track(() => this.writer.flush());
+  }
+
+  /**
+   * Writes zeros where some image holds data (in block-sized pieces from one
+   * shared zero buffer); a range no image holds already reads as zero. Nothing
+   * is deallocated, so `mayTrim` changes nothing; `fast` refuses any range
+   * that would need writing.
+   */
+  zero(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
+    return this.track(async () => {
+      checkRange(offset, length, this.size);
+      const runs = await this.heldRuns(offset, length);
+      if (runs.length > 0 && opts.fast) throw new DeviceError('ENOTSUP', 'range holds data: zeroing it means writing');
+      const zeros = this.writer.zeroBlock;
+      for (const [from, to] of runs) {
+        for (let pos = from; pos < to; ) {
+          const n = Math.min(to - pos, zeros.length - (pos % zeros.length));
+          await this.writer.write(zeros.subarray(0, n), pos);
+          pos += n;
+        }
+      }
+      if (opts.fua && runs.length > 0) await this.writer.flush();
+    });
+  }
+
+  /** Byte ranges within [offset, offset+length), one per block at most, where some image holds a sector. */
+  private async heldRuns(offset: number, length: number): Promise<Array<[number, number]>> {
+    const runs: Array<[number, number]> = [];
+    const blockSize = this.chain.leaf.blockSize;
+    const spb = this.chain.leaf.sectorsPerBlock;
+    for (let pos = offset; pos < offset + length; ) {
+      const block = Math.floor(pos / blockSize);
+      const end = Math.min(offset + length, (block + 1) * blockSize);
+      const held = await heldSectors(this.chain, block, Math.floor(pos / SECTOR) - block * spb, Math.ceil(end / SECTOR) - block * spb);
+      if (held !== 'none') runs.push([pos, end]);
+      pos = end;
+    }
+    return runs;
+  }
+
+  protected override async finish(): Promise<void> {
+    await this.writer.finish();
+  }
+}
+
+function checkRange(offset: number, length: number, size: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
+    throw new DeviceError('EINVAL', `range ${offset}+${length} is outside the device (${size} bytes)`);
+  }
+}
+
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
+
+function toDeviceError(err: unknown): unknown {
+  if (err instanceof DeviceError) return err;
+  if (err instanceof VhdError) {
+    // A device (LV) without room for another block is out of space, not a bad request.
+    if (err.kind === 'invalid-argument' && /too small/.test(err.message)) return new DeviceError('ENOSPC', err.message);
+    return new DeviceError(err.kind === 'invalid-argument' ? 'EINVAL' : 'EIO', err.message);
+  }
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (code && NO_SPACE.has(code)) return new DeviceError('ENOSPC', (err as Error).message);
+  return new DeviceError('EIO', err instanceof Error ? err.message : String(err));
+}
