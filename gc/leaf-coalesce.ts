@@ -65,7 +65,7 @@ async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<'done' | 's
 /** Under the SR lock: why L cannot (or can no longer) be swapped with P, if anything. */
 async function whyNot(ctx: GcContext, j: LeafJournal, copied = false): Promise<string | undefined> {
   const holder = (await poolActivations(ctx.repo.backend)).get(j.vdi);
-  if (holder) return `the VDI is active on host ${holder.host}`;
+  if (holder) return `the VDI ${copied ? 'became' : 'is'} active on host ${holder.host}`;
   const { nodes } = await ctx.repo.tree();
   const leaf = nodes.get(j.vdi);
   const parent = nodes.get(j.parent);
