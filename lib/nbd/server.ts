@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
+import { acceptsConnections } from '../util/socket-probe.js';
 import { dirname } from 'node:path';
 import type { Duplex } from 'node:stream';
 import type { BlockDevice } from './block-device.js';
@@ -211,14 +212,7 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw err;
   }
-  const live = await new Promise<boolean>((resolve) => {
-    const probe = net.connect(socketPath);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
+  const live = await acceptsConnections(socketPath);
   if (live) throw new Error(`${socketPath}: another server is listening there`);
   fs.rmSync(socketPath, { force: true });
 }

@@ -10,6 +10,7 @@
 // MAX_REQUEST_BYTES gets a -32600 error line and the connection is closed.
 import fs from 'node:fs';
 import net from 'node:net';
+import { acceptsConnections } from '../util/socket-probe.js';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createJSONRPCErrorResponse, JSONRPCErrorCode, type JSONRPCResponse } from 'json-rpc-2.0';
@@ -129,14 +130,7 @@ async function answerHandOff(driver: Driver, line: string): Promise<string | und
 /** A socket file left by a dead server is removed; a live one is an error. */
 async function removeStaleSocket(socketPath: string): Promise<void> {
   if (!fs.existsSync(socketPath)) return;
-  const alive = await new Promise<boolean>((resolve) => {
-    const probe = net.connect(socketPath);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
+  const alive = await acceptsConnections(socketPath);
   if (alive) throw new Error(`${socketPath}: another server is already listening`);
   fs.unlinkSync(socketPath);
 }

@@ -11,6 +11,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
+import { acceptsConnections } from '../util/socket-probe.js';
 import { lockDir } from './paths.js';
 
 export interface HeldLock {
@@ -128,12 +129,5 @@ export function askHolder(srUuid: string, name: string, request: 'abort' | 'ping
  * (stopped with SIGSTOP, busy), and refuses it at once when nobody is bound.
  */
 export async function isLockHeld(srUuid: string, name: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = net.connect({ path: socketName(srUuid, name) });
-    sock.on('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.on('error', () => resolve(false));
-  });
+  return acceptsConnections(socketName(srUuid, name));
 }

@@ -403,6 +403,42 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     for (const u of [vdi, clone]) await deactivate(u);
   });
 
+  it('an LV returning EIO (device-mapper error target) leaves every tree alone for scan and the GC; once it reads again the GC collects, data exact', async () => {
+    // A leaf-coalesce candidate: the VDI's only snapshot deleted.
+    const s = await ok('vdi_snapshot', vdiArgs(vdi), full());
+    await ok('vdi_delete', vdiArgs((s.value as { uuid: string }).uuid), full());
+    const lvm = await srLvm();
+    const countVhdLvs = async () => (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length;
+    const before = await countVhdLvs();
+    // The clone's leaf, kept active by its activation, turned into an error target: every read is EIO.
+    await activate(clone);
+    const dm = `${VG.replace(/-/g, '--')}-VHD--${clone.replace(/-/g, '--')}`;
+    const table = (await pexec('dmsetup', ['table', dm])).stdout.trim();
+    const sectors = table.split(' ')[1]!;
+    const load = async (t: string) => {
+      await pexec('dmsetup', ['suspend', dm]);
+      await pexec('dmsetup', ['load', dm, '--table', t]);
+      await pexec('dmsetup', ['resume', dm]);
+    };
+    await load(`0 ${sectors} error`);
+    try {
+      await assert.rejects(readFile(lvPath(clone)).then(() => undefined), /EIO|I\/O error/, 'the LV returns EIO');
+      await ok('sr_scan', {}, full());
+      await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
+      const log = await readFile(join(smRoot, 'var', 'log', 'SMlog'), 'utf8');
+      assert.match(log, new RegExp(`image ${clone} is unreadable .* every tree is left alone`), 'the GC says why it does nothing');
+      assert.equal(await countVhdLvs(), before, 'nothing was coalesced or deleted while an image could not be read');
+    } finally {
+      await load(table);
+    }
+    await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
+    assert.equal(await countVhdLvs(), before - 1, 'once it reads again, the leaf-coalesce is done');
+    await activate(vdi);
+    for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model`);
+    await deactivate(vdi);
+    await deactivate(clone);
+  });
+
   it('killed at lvm-deflating (snapshot of an active VDI), lvm-inflated and mgt-written (GC): sr_scan and sm-gc recover; one thick LV, data identical, the killed holds dropped', async () => {
     const size = 32 * MiB;
     const c = await ok('vdi_create', { args: createArgs(size, 'crash') }, full());
