@@ -16,7 +16,7 @@ import { createAttachedSr, createVdi, makeSmEnv, readSmlog, smCli, smGc, snapsho
 import { diskState, readMetadata, readTree, writeVdi } from '../helpers/sr-state.js';
 import { World } from '../helpers/world.js';
 
-const metadataFile = (ctx: SmEnv) => path.join(ctx.location, '.sm', 'metadata.json');
+const metadataFile = (ctx: SmEnv) => path.join(ctx.location, '.sm', 'sr.json');
 
 async function withAttachedSr(fn: (s: Server, ctx: SmEnv) => Promise<void>): Promise<void> {
   const ctx = await makeSmEnv();
@@ -32,7 +32,7 @@ async function withAttachedSr(fn: (s: Server, ctx: SmEnv) => Promise<void>): Pro
 
 for (const [what, damage] of [
   ['damaged', (text: string) => text.slice(0, text.length / 2)],
-  ['written by a newer version', (text: string) => JSON.stringify({ ...JSON.parse(text), version: 2, future_field: 'kept' })],
+  ['written by a newer version', (text: string) => JSON.stringify({ ...JSON.parse(text), version: 3, future_field: 'kept' })],
 ] as const) {
   test(`sr_attach refuses SR metadata ${what} and never rewrites it; sm rebuild-metadata rebuilds it from the images and keeps the old`, async (t) => {
     await withAttachedSr(async (s, ctx) => {
