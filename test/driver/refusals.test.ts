@@ -66,6 +66,33 @@ for (const [what, damage] of [
   });
 }
 
+test('a damaged VDI record fails only the verbs on that VDI (MetadataError), is never written over, and sm rebuild-metadata records its image again', async (t) => {
+  await withAttachedSr(async (s, ctx) => {
+    const v = await createVdi(s, 8 * MiB, 'damaged');
+    const other = await createVdi(s, 8 * MiB, 'fine');
+    const file = path.join(ctx.location, '.sm', 'vdi', `${v}.json`);
+    const torn = '{"uuid": "' + v.slice(0, 10);
+    fs.writeFileSync(file, torn);
+    const on = { vdi_uuid: v, vdi_location: v };
+    for (const [verb, extra] of [['vdi_snapshot', on], ['vdi_clone', on], ['vdi_attach', { ...on, args: ['true'] }]] as const) {
+      const fault = await s.fault(verb, extra);
+      t.is(fault.code, 181, `${verb}: ${fault.faultString}`);
+      t.regex(fault.faultString, new RegExp(`record of VDI ${v}`));
+    }
+    await s.call('vdi_snapshot', { vdi_uuid: other, vdi_location: other });
+    await s.call('sr_scan');
+    t.is(fs.readFileSync(file, 'utf8'), torn, 'never written over, a scan included');
+    await s.call('sr_detach');
+    const r = await smCli(ctx, ['rebuild-metadata', ctx.sr, '--dir', ctx.location]);
+    t.is(r.code, 0, r.stderr);
+    await s.call('sr_attach');
+    const meta = readMetadata(ctx);
+    t.true(meta.vdis[v]!.managed, 'the image is a VDI again');
+    t.is(meta.vdis[other]!.name_label, 'fine', 'the records that parse are kept');
+    await s.call('vdi_snapshot', on);
+  });
+});
+
 test('an SR directory attaches only under its own uuid', async (t) => {
   await withAttachedSr(async (s, ctx) => {
     await s.call('sr_detach');
