@@ -1,6 +1,7 @@
 /**
  * SR benchmarks through the real driver executable: vdi_snapshot latency with a
- * process per call and through --serve, and sr_scan of an SR with 1200 images.
+ * process per call and through --serve, sr_scan of an SR with 1200 images, and
+ * vdi_create / vdi_snapshot / sr_scan against the number of images in the SR.
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
@@ -8,6 +9,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { callUnixSocket, encodeMethodCall } from '../../lib/smapi/index.js';
+import { randomUUID } from 'node:crypto';
+import { createDynamic } from '../../lib/vhd/index.js';
+import { FileBackend } from '../../lib/sr/file-backend.js';
+import { newVdiRecord } from '../../lib/sr/metadata.js';
+import { Repository } from '../../lib/sr/repository.js';
+import { batRoomFor } from '../../lib/sr/sizes.js';
+import { mapLimit } from '../../lib/util/map-limit.js';
 import { percentile, report, timed, workDir } from './measure.js';
 
 const run = promisify(execFile);
@@ -147,7 +155,66 @@ async function scanLatency(): Promise<void> {
   }
 }
 
+/** Fills an SR with `n` 1 GiB VDIs through the library (images and records), much faster than n driver calls. */
+async function populate(location: string, n: number): Promise<void> {
+  const repo = new Repository(new FileBackend(SR, location));
+  const uuids = Array.from({ length: n }, () => randomUUID());
+  await mapLimit(uuids, 16, (u) => createDynamic(repo.imagePath(u), 2 ** 30, { maxSize: batRoomFor(2 ** 30) }));
+  for (let i = 0; i < n; i += 500) {
+    await repo.records.putVdis(uuids.slice(i, i + 500).map((u, j) => newVdiRecord(u, { name_label: `vm${i + j}`, sm_config: { vdi_type: 'vhd' } })));
+  }
+}
+
+/** vdi_create, vdi_snapshot (through --serve) and sr_scan at 100, 1,000 and 5,000 images, in one run. */
+async function costBySrSize(): Promise<void> {
+  const sizes = [100, 1000, 5000];
+  const figures = new Map<number, { create: number; snapshot: number; scan: number; images: number }>();
+  for (const n of sizes) {
+    const { dir, cleanup } = workDir(`sr-size-${n}`);
+    const sr = await startSr(dir);
+    try {
+      await sr.call('sr_create', {}, ['0']);
+      await sr.call('sr_attach');
+      await populate(join(dir, 'sr'), n);
+      const newVdi = async (label: string) =>
+        ((await sr.call('vdi_create', {}, ['1073741824', label, '', '', 'false', '', '', 'false'])) as { uuid: string }).uuid;
+      const create: number[] = [];
+      const snapshot: number[] = [];
+      for (let i = 0; i < 30; i++) {
+        const { value: vdi, ms } = await timed(() => newVdi(`new${i}`));
+        create.push(ms);
+        snapshot.push((await timed(() => sr.call('vdi_snapshot', { vdi_uuid: vdi }))).ms);
+      }
+      const scans: number[] = [];
+      let images = 0;
+      for (let i = 0; i < 3; i++) {
+        const { value, ms } = await timed(() => sr.call('sr_scan'));
+        images = (value as unknown[]).length;
+        scans.push(ms);
+      }
+      figures.set(n, { create: percentile(create, 50), snapshot: percentile(snapshot, 50), scan: percentile(scans, 50), images });
+    } finally {
+      await sr.close();
+      cleanup();
+    }
+  }
+  const f = (x: number) => `${x.toFixed(1)} ms`;
+  const small = figures.get(sizes[0]!)!;
+  const big = figures.get(sizes[sizes.length - 1]!)!;
+  report('verb cost against SR size (File SR through --serve; 30 creates and 30 snapshots each)', [
+    ...sizes.map((n) => {
+      const x = figures.get(n)!;
+      return [`${n} images: vdi_create p50 / vdi_snapshot p50 / sr_scan p50 (${x.images} images scanned)`, `${f(x.create)} / ${f(x.snapshot)} / ${f(x.scan)}`] as [string, string];
+    }),
+    [`ratio ${sizes[sizes.length - 1]} / ${sizes[0]}: vdi_create, vdi_snapshot (goal <= 1.5)`, `${(big.create / small.create).toFixed(2)}, ${(big.snapshot / small.snapshot).toFixed(2)}`],
+  ]);
+}
+
 export async function runSrBenchmarks(): Promise<void> {
   await snapshotLatency();
   await scanLatency();
+}
+
+export async function runSrSizeBenchmarks(): Promise<void> {
+  await costBySrSize();
 }

@@ -62,7 +62,7 @@ test('the conversion from the single-document layout killed at each step: the ne
     await w.s.call('sr_attach');
     await w.scan(); // drops the records of images that are not in this SR
     await assertRecoveredAndUsable(t, w, 'converted', 0, true);
-    t.is(readMetadata(ctx).vdis[w.uuid('S')]!.name_label, 'S', 'names survive the conversion');
+    t.is(readMetadata(ctx).vdis[w.uuid('W')]!.name_label, 'W', 'names survive the conversion');
   } finally {
     await w.close();
     await ctx.cleanup();
