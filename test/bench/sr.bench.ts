@@ -165,48 +165,51 @@ async function populate(location: string, n: number): Promise<void> {
   }
 }
 
-/** vdi_create, vdi_snapshot (through --serve) and sr_scan at 100, 1,000 and 5,000 images, in one run. */
+/**
+ * vdi_create, vdi_snapshot (through --serve) and sr_scan at 100, 1,000 and
+ * 5,000 images, in one run: the three SRs are built first, then measured in
+ * rounds that take one create and one snapshot on each in turn, so that load
+ * from elsewhere on the machine falls on every size alike.
+ */
 async function costBySrSize(): Promise<void> {
   const sizes = [100, 1000, 5000];
-  const figures = new Map<number, { create: number; snapshot: number; scan: number; images: number }>();
-  for (const n of sizes) {
-    const { dir, cleanup } = workDir(`sr-size-${n}`);
-    const sr = await startSr(dir);
-    try {
+  const srs: Array<{ n: number; sr: Harness; cleanup: () => void; create: number[]; snapshot: number[]; scan: number[]; images: number }> = [];
+  try {
+    for (const n of sizes) {
+      const { dir, cleanup } = workDir(`sr-size-${n}`);
+      const sr = await startSr(dir);
+      srs.push({ n, sr, cleanup, create: [], snapshot: [], scan: [], images: 0 });
       await sr.call('sr_create', {}, ['0']);
       await sr.call('sr_attach');
       await populate(join(dir, 'sr'), n);
-      const newVdi = async (label: string) =>
-        ((await sr.call('vdi_create', {}, ['1073741824', label, '', '', 'false', '', '', 'false'])) as { uuid: string }).uuid;
-      const create: number[] = [];
-      const snapshot: number[] = [];
-      for (let i = 0; i < 30; i++) {
-        const { value: vdi, ms } = await timed(() => newVdi(`new${i}`));
-        create.push(ms);
-        snapshot.push((await timed(() => sr.call('vdi_snapshot', { vdi_uuid: vdi }))).ms);
+    }
+    await run('sync', []); // the populating writes are not left for the measured fsyncs to flush
+    for (let i = 0; i < 40; i++) {
+      for (const x of srs) {
+        const { value, ms } = await timed(() => x.sr.call('vdi_create', {}, ['1073741824', `new${i}`, '', '', 'false', '', '', 'false']));
+        x.create.push(ms);
+        x.snapshot.push((await timed(() => x.sr.call('vdi_snapshot', { vdi_uuid: (value as { uuid: string }).uuid }))).ms);
       }
-      const scans: number[] = [];
-      let images = 0;
-      for (let i = 0; i < 3; i++) {
-        const { value, ms } = await timed(() => sr.call('sr_scan'));
-        images = (value as unknown[]).length;
-        scans.push(ms);
+    }
+    for (let i = 0; i < 3; i++) {
+      for (const x of srs) {
+        const { value, ms } = await timed(() => x.sr.call('sr_scan'));
+        x.images = (value as unknown[]).length;
+        x.scan.push(ms);
       }
-      figures.set(n, { create: percentile(create, 50), snapshot: percentile(snapshot, 50), scan: percentile(scans, 50), images });
-    } finally {
-      await sr.close();
-      cleanup();
+    }
+  } finally {
+    for (const x of srs) {
+      await x.sr.close();
+      x.cleanup();
     }
   }
   const f = (x: number) => `${x.toFixed(1)} ms`;
-  const small = figures.get(sizes[0]!)!;
-  const big = figures.get(sizes[sizes.length - 1]!)!;
-  report('verb cost against SR size (File SR through --serve; 30 creates and 30 snapshots each)', [
-    ...sizes.map((n) => {
-      const x = figures.get(n)!;
-      return [`${n} images: vdi_create p50 / vdi_snapshot p50 / sr_scan p50 (${x.images} images scanned)`, `${f(x.create)} / ${f(x.snapshot)} / ${f(x.scan)}`] as [string, string];
-    }),
-    [`ratio ${sizes[sizes.length - 1]} / ${sizes[0]}: vdi_create, vdi_snapshot (goal <= 1.5)`, `${(big.create / small.create).toFixed(2)}, ${(big.snapshot / small.snapshot).toFixed(2)}`],
+  const p50 = (xs: number[]) => percentile(xs, 50);
+  const [small, , big] = srs;
+  report('verb cost against SR size (File SR through --serve; 40 creates and 40 snapshots each, interleaved)', [
+    ...srs.map((x) => [`${x.n} VDIs (${x.images} images at the scans): vdi_create / vdi_snapshot / sr_scan, p50`, `${f(p50(x.create))} / ${f(p50(x.snapshot))} / ${f(p50(x.scan))}`] as [string, string]),
+    [`ratio ${big!.n} / ${small!.n}: vdi_create, vdi_snapshot (goal <= 1.5)`, `${(p50(big!.create) / p50(small!.create)).toFixed(2)}, ${(p50(big!.snapshot) / p50(small!.snapshot)).toFixed(2)}`],
   ]);
 }
 
