@@ -6,6 +6,7 @@ import { mkdir, readdir, realpath, stat, unlink } from 'node:fs/promises';
 import { isAbsolute, normalize } from 'node:path';
 import { SMError, type Request } from '../lib/smapi/index.js';
 import { clearInterruptedCreate, FileBackend } from '../lib/sr/file-backend.js';
+import { SrRecords } from '../lib/sr/records.js';
 import { linkSrMount } from '../lib/sr/mount-link.js';
 import { srMountPath } from '../lib/sr/paths.js';
 import type { SrType } from '../lib/sr/sr-type.js';
@@ -83,7 +84,7 @@ export const fileSrType: SrType = {
 
   async probe(req) {
     const location = locationOf(req);
-    const meta = await new FileBackend('00000000-0000-0000-0000-000000000000', location).readMetadata().catch(() => undefined);
+    const meta = await new SrRecords(new FileBackend('00000000-0000-0000-0000-000000000000', location).recordMedium).readSr().catch(() => undefined);
     if (!meta) return '<?xml version="1.0" ?>\n<SRlist/>\n';
     return `<?xml version="1.0" ?>\n<SRlist>\n\t<SR>\n\t\t<UUID>${meta.uuid}</UUID>\n\t</SR>\n</SRlist>\n`;
   },

@@ -10,6 +10,7 @@ import { SMError, type Request } from '../lib/smapi/index.js';
 import { nfs, InvalidArgumentError } from '../lib/os/index.js';
 import type { BackendSpec } from '../lib/sr/attach-record.js';
 import { clearInterruptedCreate, FileBackend } from '../lib/sr/file-backend.js';
+import { SrRecords } from '../lib/sr/records.js';
 import { isUuid } from '../lib/sr/ids.js';
 import { srMountPath } from '../lib/sr/paths.js';
 import type { SrType } from '../lib/sr/sr-type.js';
@@ -197,7 +198,7 @@ export const nfsSrType: SrType = {
       const srs: string[] = [];
       for (const name of await readdir(root)) {
         if (!isUuid(name)) continue;
-        const meta = await new FileBackend(name, join(root, name)).readMetadata().catch(() => undefined);
+        const meta = await new SrRecords(new FileBackend(name, join(root, name)).recordMedium).readSr().catch(() => undefined);
         if (meta) srs.push(meta.uuid);
       }
       return srs.sort();

@@ -72,11 +72,7 @@ async function relinkHeld(ctx: GcContext, j: RelinkJournal): Promise<void> {
   const removes = j.removes ?? [j.vdi];
   await repo.backend.discardImages(removes);
   faultPoint('coalesced-discarded');
-  const meta = await repo.metadata();
-  if (removes.some((u) => meta.vdis[u])) {
-    for (const u of removes) delete meta.vdis[u];
-    await repo.saveMetadata(meta);
-  }
+  await repo.records.dropVdis(removes);
   log.info(`Deleted coalesced image${removes.length > 1 ? 's' : ''} ${removes.map(short).join(', ')}`);
   await endJournal(repo.backend, j);
 }

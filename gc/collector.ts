@@ -52,7 +52,8 @@ async function collectHeld(ctx: GcContext): Promise<void> {
   const told = new Set<string>();
   await recoverGcJournals(ctx);
   while (!ctx.signal.aborted) {
-    const meta = await repo.metadata();
+    const sr = await repo.srRecord();
+    const { records } = await repo.records.listVdis();
     const { nodes } = await repo.tree();
     // Trees holding an image unreadable now are left whole: the rest of the SR is collected.
     const alone = leftAloneFor(nodes);
@@ -60,7 +61,7 @@ async function collectHeld(ctx: GcContext): Promise<void> {
     const skip = new Set([...skipped, ...alone.images]);
     const activations = await poolActivations(repo.backend);
     const active = new Set(activations.keys());
-    trees.logTrees(repo, meta.name_label, nodes, active, Object.keys(meta.vdis).length);
+    trees.logTrees(repo, sr.name_label, nodes, active, records.size);
 
     // Active images are kept out of the garbage, or the loop would find them again and again.
     if (findGarbage(nodes, new Set([...active, ...alone.images])).length > 0) {
@@ -124,9 +125,7 @@ async function deleteGarbage(ctx: GcContext): Promise<void> {
     // Records first: a crash between the removals then leaves only hidden images
     // without records (the next scan introduces them as base copies, the next
     // run deletes them), never a record without its image.
-    const meta = await repo.metadata();
-    for (const u of garbage) delete meta.vdis[u];
-    await repo.saveMetadata(meta);
+    await repo.records.dropVdis(garbage);
     for (const u of garbage) {
       await repo.backend.removeImage(u); // children before parents: no image is ever left without its parent
       log.info(`Deleted ${u.slice(0, 8)}`);

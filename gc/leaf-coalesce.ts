@@ -85,11 +85,7 @@ async function abandonedMark(ctx: GcContext, j: LeafJournal): Promise<string | u
 }
 
 async function finish(ctx: GcContext, j: LeafJournal): Promise<void> {
-  const meta = await ctx.repo.metadata();
-  if (meta.vdis[j.parent]) {
-    delete meta.vdis[j.parent];
-    await ctx.repo.saveMetadata(meta);
-  }
+  await ctx.repo.records.dropVdis([j.parent]);
   ctx.log.info(`Leaf-coalesce done: ${short(j.vdi)} is now one image shorter`);
   await endJournal(ctx.repo.backend, j);
 }

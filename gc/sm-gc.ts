@@ -92,11 +92,12 @@ async function abortGc(sr: string): Promise<number> {
 async function dryRun(sr: string): Promise<number> {
   if (await attachedAsSlave(sr, (line) => process.stdout.write(line + '\n'))) return 0;
   const repo = new Repository(await attachedBackend(sr));
-  const meta = await repo.metadata();
+  const meta = await repo.srRecord();
+  const { records } = await repo.records.listVdis();
   const { nodes } = await repo.tree();
   const active = await activeVdiSet(repo.backend);
   const out = (s: string) => process.stdout.write(s + '\n');
-  for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, active, Object.keys(meta.vdis).length)) out(line);
+  for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, active, records.size)) out(line);
   const alone = leftAloneFor(nodes);
   for (const why of alone.reasons) out(why);
   const garbage = findGarbage(nodes, new Set([...active, ...alone.images]));

@@ -60,9 +60,10 @@ async function srScan(args: string[]): Promise<number> {
 async function tree(args: string[]): Promise<number> {
   const sr = srArg(args);
   const repo = new Repository(await attachedBackend(sr));
-  const meta = await repo.metadata();
+  const meta = await repo.srRecord();
+  const { records } = await repo.records.listVdis();
   const { nodes } = await repo.tree();
-  for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, await activeVdiSet(repo.backend), Object.keys(meta.vdis).length)) out(line);
+  for (const line of formatForest({ uuid: sr, name_label: meta.name_label }, nodes, await activeVdiSet(repo.backend), records.size)) out(line);
   for (const why of leftAloneFor(nodes).reasons) out(why);
   return 0;
 }

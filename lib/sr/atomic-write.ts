@@ -23,17 +23,31 @@ const TEMP_NAME = /^\..+\.(\d+)\.[0-9a-f]+\.tmp$/;
 const FOREIGN_TEMP_AGE_MS = 10 * 60 * 1000;
 
 export async function writeFileAtomic(path: string, data: string | Buffer, opts: AtomicWriteOptions = {}): Promise<void> {
-  const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const staged = stageFile(tmp, data);
+  await writeFilesAtomic(dirname(path), [[basename(path), data]], opts);
+}
+
+/**
+ * Several files of one folder, each replaced atomically, renamed into place in
+ * the order given after all are staged (one fsync round for the folder). With
+ * `tempDir`, the temp files are staged there (on the same file system), so a
+ * sweep of that one folder finds what a crash left, however many files `dir` holds.
+ */
+export async function writeFilesAtomic(
+  dir: string,
+  files: ReadonlyArray<readonly [name: string, data: string | Buffer]>,
+  opts: AtomicWriteOptions & { tempDir?: string } = {},
+): Promise<void> {
+  const tempDir = opts.tempDir ?? dir;
+  const temps = files.map(([name]) => join(tempDir, `.${name}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`));
+  const staged = Promise.all(files.map(([, data], i) => stageFile(temps[i]!, data)));
   // Both settle before anything is decided, so no rejection is left unobserved.
   const [stagedResult, afterResult] = await Promise.allSettled([staged, opts.after]);
   if (stagedResult.status === 'rejected' || afterResult.status === 'rejected') {
-    await unlink(tmp).catch(() => undefined);
+    await Promise.all(temps.map((t) => unlink(t).catch(() => undefined)));
     throw stagedResult.status === 'rejected' ? stagedResult.reason : (afterResult as PromiseRejectedResult).reason;
   }
   opts.tempWritten?.();
-  await rename(tmp, path);
+  for (const [i, [name]] of files.entries()) await rename(temps[i]!, join(dir, name));
   opts.renamed?.();
   await syncDir(dir);
 }

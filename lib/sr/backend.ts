@@ -3,7 +3,7 @@
  * delete and the GC are written once over this interface; a directory of files
  * and an LVM volume group are two implementations.
  */
-import type { SrMetadata } from './metadata.js';
+import type { RecordMedium } from './records.js';
 
 /** A VDI active on some host of the pool: who activated it, how, and when. */
 export interface Activation {
@@ -64,11 +64,8 @@ export interface StorageBackend {
   /** Free and total bytes of the storage. */
   space(): Promise<{ free: number; total: number }>;
 
-  readMetadata(): Promise<SrMetadata | undefined>;
-  /** The stored metadata document as it is, parseable or not (undefined: none). */
-  readMetadataText(): Promise<string | undefined>;
-  /** Atomic. With `after`, the new metadata becomes visible only once `after` resolves (never if it rejects). */
-  writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void>;
+  /** The SR-resident metadata records, as text (records.ts reads and writes them through it). */
+  readonly recordMedium: RecordMedium;
 
   /** Journals: small named documents that survive a crash. */
   listJournals(): Promise<string[]>;

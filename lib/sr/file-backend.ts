@@ -1,20 +1,29 @@
 /**
  * A directory of `<uuid>.vhd` files (File SR, NFS SR). SR metadata and journals
- * live in the directory's `.sm/` folder, so they travel with the SR.
+ * live in the directory's `.sm/` folder, so they travel with the SR:
+ * `.sm/sr.json` (the SR record), `.sm/vdi/<uuid>.json` (one record per VDI,
+ * each replaced atomically; their temp files are staged in `.sm/` itself, so
+ * the sweep of `.sm/` finds what a crash left without listing the records),
+ * `.sm/journal/`, `.sm/active/`, `.sm/trash/`; `.sm/metadata.json` is the
+ * layout-1 document an SR holds until its conversion.
  */
 import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { getLog } from '../log/index.js';
-import { createFileDurably, sweepAtomicTemps, syncDir, writeFileAtomic } from './atomic-write.js';
+import { createFileDurably, sweepAtomicTemps, syncDir, writeFileAtomic, writeFilesAtomic } from './atomic-write.js';
 import { listActivationsIn, removeActivationIn, writeActivationIn } from './activation-dir.js';
 import type { Activation, StorageBackend } from './backend.js';
 import { faultPoint } from './fault.js';
 import { isUuid } from './ids.js';
-import { parseSrMetadata, type SrMetadata } from './metadata.js';
+import type { RecordMedium } from './records.js';
+import { mapLimit } from '../util/map-limit.js';
 
 const VHD_SUFFIX = '.vhd';
 const META_DIR = '.sm';
 const JOURNAL_NAME = /^[a-z]+-[0-9a-f-]{36}$/;
+const SR_RECORD = 'sr.json';
+const LEGACY_DOCUMENT = 'metadata.json';
+const RECORD_DIR = 'vdi';
 
 /**
  * An sr_create killed before its metadata was in place leaves the directory
@@ -24,17 +33,21 @@ const JOURNAL_NAME = /^[a-z]+-[0-9a-f-]{36}$/;
 export async function clearInterruptedCreate(dir: string): Promise<void> {
   const names = await readdir(dir).catch(() => [] as string[]);
   if (names.length !== 1 || names[0] !== META_DIR) return;
-  if (await stat(join(dir, META_DIR, 'metadata.json')).catch(() => undefined)) return;
+  for (const name of [SR_RECORD, LEGACY_DOCUMENT]) if (await stat(join(dir, META_DIR, name)).catch(() => undefined)) return;
   await rm(join(dir, META_DIR), { recursive: true, force: true });
   getLog().info(`${dir}: leftovers of an interrupted sr_create removed`);
 }
 
 export class FileBackend implements StorageBackend {
+  readonly recordMedium: RecordMedium;
+
   constructor(
     readonly srUuid: string,
     /** The SR's directory. */
     readonly dir: string,
-  ) {}
+  ) {
+    this.recordMedium = new FileRecordMedium(join(dir, META_DIR));
+  }
 
   imagePath(uuid: string): string {
     if (!isUuid(uuid)) throw new Error(`not a uuid: ${uuid}`); // callers validate; this guards the path
@@ -157,28 +170,6 @@ export class FileBackend implements StorageBackend {
     return join(this.dir, META_DIR, ...parts);
   }
 
-  async readMetadata(): Promise<SrMetadata | undefined> {
-    const text = await this.readMetadataText();
-    return text === undefined ? undefined : parseSrMetadata(text);
-  }
-
-  async readMetadataText(): Promise<string | undefined> {
-    try {
-      return await readFile(this.metaPath('metadata.json'), 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-  }
-
-  async writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void> {
-    await writeFileAtomic(this.metaPath('metadata.json'), JSON.stringify(meta, null, 1) + '\n', {
-      after,
-      tempWritten: () => faultPoint('metadata-temp-written'),
-      renamed: () => faultPoint('metadata-renamed'),
-    });
-  }
-
   async listJournals(): Promise<string[]> {
     await this.sweepScratch();
     const names = await readdir(this.metaPath('journal')).catch(() => [] as string[]);
@@ -221,5 +212,94 @@ export class FileBackend implements StorageBackend {
 
   removeActivation(vdi: string): Promise<void> {
     return removeActivationIn(this.metaPath('active'), vdi);
+  }
+}
+
+/** The records as files in `.sm/` (see FileBackend). */
+class FileRecordMedium implements RecordMedium {
+  private recordDirMade = false;
+
+  constructor(private readonly metaDir: string) {}
+
+  private async read(path: string): Promise<string | undefined> {
+    try {
+      return await readFile(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  private recordPath(uuid: string): string {
+    if (!isUuid(uuid)) throw new Error(`not a uuid: ${uuid}`);
+    return join(this.metaDir, RECORD_DIR, `${uuid}.json`);
+  }
+
+  readSrText(): Promise<string | undefined> {
+    return this.read(join(this.metaDir, SR_RECORD));
+  }
+
+  async writeSrText(text: string): Promise<void> {
+    await writeFileAtomic(join(this.metaDir, SR_RECORD), text, {
+      tempWritten: () => faultPoint('metadata-temp-written'),
+      renamed: () => faultPoint('metadata-renamed'),
+    });
+  }
+
+  readLegacyText(): Promise<string | undefined> {
+    return this.read(join(this.metaDir, LEGACY_DOCUMENT));
+  }
+
+  async hasLegacy(): Promise<boolean> {
+    return (await stat(join(this.metaDir, LEGACY_DOCUMENT)).catch(() => undefined)) !== undefined;
+  }
+
+  async removeLegacy(): Promise<void> {
+    await unlink(join(this.metaDir, LEGACY_DOCUMENT)).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+    await syncDir(this.metaDir);
+  }
+
+  readRecordText(uuid: string): Promise<string | undefined> {
+    return this.read(this.recordPath(uuid));
+  }
+
+  async listRecordTexts(): Promise<Map<string, string>> {
+    const names = await readdir(join(this.metaDir, RECORD_DIR)).catch(() => [] as string[]);
+    const uuids = names.filter((n) => n.endsWith('.json') && isUuid(n.slice(0, -5))).map((n) => n.slice(0, -5));
+    const texts = await mapLimit(uuids, 64, async (u) => [u, await this.readRecordText(u)] as const);
+    return new Map(texts.filter((e): e is readonly [string, string] => e[1] !== undefined));
+  }
+
+  async writeRecordTexts(records: ReadonlyArray<readonly [string, string]>, after?: Promise<unknown>): Promise<void> {
+    if (records.length === 0) {
+      await after;
+      return;
+    }
+    const dir = join(this.metaDir, RECORD_DIR);
+    if (!this.recordDirMade) {
+      // Its entry in `.sm/` durable before any record is renamed into it.
+      if (await mkdir(dir, { recursive: true })) await syncDir(this.metaDir);
+      this.recordDirMade = true;
+    }
+    await writeFilesAtomic(dir, records.map(([u, text]) => [`${u}.json`, text] as const), {
+      tempDir: this.metaDir,
+      after,
+      tempWritten: () => faultPoint('metadata-temp-written'),
+      renamed: () => faultPoint('metadata-renamed'),
+    });
+  }
+
+  async removeRecordTexts(uuids: readonly string[]): Promise<void> {
+    for (const u of uuids) {
+      await unlink(this.recordPath(u)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+    }
+    faultPoint('records-dropped');
+    await syncDir(join(this.metaDir, RECORD_DIR)).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
   }
 }

@@ -26,7 +26,9 @@ import { listActivationsIn, removeActivationIn, writeActivationIn } from './acti
 import type { Activation, StorageBackend } from './backend.js';
 import { isUuid } from './ids.js';
 import { LvHolds, type TempHold } from './lv-holds.js';
-import { parseSrMetadata, type SrMetadata } from './metadata.js';
+import { MgtRecordArea, MgtRecordMedium } from './mgt-records.js';
+import type { RecordMedium } from './records.js';
+import { SMError } from '../smapi/errors.js';
 import { MGT_BYTES, MgtVolume } from './mgt-volume.js';
 import { runStateDir } from './paths.js';
 import { batRoomFor } from './sizes.js';
@@ -305,19 +307,29 @@ export class LvmBackend implements StorageBackend {
     return { free: vg.freeBytes, total: vg.sizeBytes };
   }
 
-  async readMetadata(): Promise<SrMetadata | undefined> {
-    const text = await this.readMetadataText();
-    return text === undefined ? undefined : parseSrMetadata(text);
-  }
+  readonly recordMedium: RecordMedium = new MgtRecordMedium(
+    () => this.mgt(),
+    () => new MgtRecordArea(Lvm.lvPath(this.vg, MGT_LV), this.srUuid, { ensureBytes: (bytes) => this.growMgt(bytes) }),
+    () => this.hasMgt(),
+    () => this.ensureMgt(),
+  );
 
-  async readMetadataText(): Promise<string | undefined> {
-    if (!this.hasMgt()) return undefined;
-    return (await this.mgt().readNewest())?.payload;
-  }
-
-  async writeMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void> {
-    await Promise.all([this.ensureMgt(), after]);
-    await this.mgt().writeNext(JSON.stringify(meta));
+  /**
+   * The MGT LV grows when its record area is full (mgt-records.ts): by whole
+   * extents, or SRNoSpace (44) before anything is written when the VG has no room.
+   */
+  private async growMgt(bytes: number): Promise<boolean> {
+    const lv = await this.lvm.lv(this.vg, MGT_LV);
+    if (!lv) throw new Error(`no ${MGT_LV} LV in ${this.vg}`);
+    if (lv.sizeBytes >= bytes) return false;
+    const target = roundUpToExtent(bytes);
+    const { free } = await this.space();
+    if (target - lv.sizeBytes > free) {
+      throw new SMError('SRNoSpace', `the SR metadata volume needs ${target - lv.sizeBytes} more bytes for further VDI records, the volume group has ${free} free`);
+    }
+    await this.lvm.lvresize(this.vg, MGT_LV, target);
+    getLog().info(`SR ${this.srUuid}: metadata volume grown to ${target} bytes`);
+    return false;
   }
 
   private mgtReady = false;

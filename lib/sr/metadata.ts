@@ -1,8 +1,13 @@
 /**
  * SR-resident metadata: the SR's and each VDI's names and flags, stored with the
- * SR itself (so another host attaching it sees the same VDIs) and replaced
- * atomically as a whole.
+ * SR itself (so another host attaching it sees the same VDIs). Layout 2 keeps
+ * one small SR record and one record per VDI, each replaced atomically on its
+ * own (records.ts), so a verb on one VDI reads and writes only that VDI's
+ * record. Layout 1 was a single document holding every record; an SR still in
+ * it is converted on the master's next attach (records.ts `convertLegacy`).
  */
+import { SMError } from '../smapi/errors.js';
+
 export interface VdiRecord {
   uuid: string;
   name_label: string;
@@ -19,18 +24,27 @@ export interface VdiRecord {
   sm_config: Record<string, string>;
 }
 
-export interface SrMetadata {
-  version: 1;
+/** The layout this version writes and reads. */
+export const LAYOUT_VERSION = 2;
+
+/** The SR's own record (layout 2): everything but the VDIs. */
+export interface SrRecord {
+  version: typeof LAYOUT_VERSION;
   uuid: string;
   type: string;
   name_label: string;
   name_description: string;
   created: string;
+}
+
+/** Layout 1: one document holding the SR record and every VDI record. */
+export interface LegacySrDocument extends Omit<SrRecord, 'version'> {
+  version: 1;
   vdis: Record<string, VdiRecord>;
 }
 
-export function newSrMetadata(uuid: string, type: string, name_label = '', name_description = ''): SrMetadata {
-  return { version: 1, uuid, type, name_label, name_description, created: new Date().toISOString(), vdis: {} };
+export function newSrRecord(uuid: string, type: string, name_label = '', name_description = ''): SrRecord {
+  return { version: LAYOUT_VERSION, uuid, type, name_label, name_description, created: new Date().toISOString() };
 }
 
 export function newVdiRecord(uuid: string, fields: Partial<VdiRecord> = {}): VdiRecord {
@@ -50,22 +64,66 @@ export function newVdiRecord(uuid: string, fields: Partial<VdiRecord> = {}): Vdi
   };
 }
 
-/**
- * Parses stored metadata, refusing anything that is not ours, or that a newer
- * version wrote (whose fields this one would drop on its next write).
- */
-export function parseSrMetadata(text: string): SrMetadata {
-  let m: SrMetadata;
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+function parseJson(text: string, what: string): unknown {
   try {
-    m = JSON.parse(text) as SrMetadata;
+    return JSON.parse(text) as unknown;
   } catch (err) {
-    throw new Error(`not an SR metadata document (${(err as Error).message})`);
+    throw new Error(`not ${what} (${(err as Error).message})`);
   }
-  if (m !== null && typeof m === 'object' && typeof m.version === 'number' && m.version > 1) {
-    throw new Error(`written by a newer version of the storage manager (metadata version ${m.version}, this one reads 1)`);
-  }
-  if (m === null || typeof m !== 'object' || m.version !== 1 || typeof m.uuid !== 'string' || m.vdis === null || typeof m.vdis !== 'object') {
-    throw new Error('not an SR metadata document');
-  }
-  return m;
 }
+
+/** A newer version's layout is refused: its fields would be dropped on our next write. */
+function refuseNewer(v: unknown, highest: number): void {
+  if (isObject(v) && typeof v.version === 'number' && v.version > highest) {
+    throw new Error(`written by a newer version of the storage manager (metadata version ${v.version}, this one reads up to ${LAYOUT_VERSION})`);
+  }
+}
+
+/** The stored SR record, refusing anything that is not ours or that a newer version wrote. */
+export function parseSrRecord(text: string): SrRecord {
+  const v = parseJson(text, 'an SR record');
+  refuseNewer(v, LAYOUT_VERSION);
+  if (!isObject(v) || v.version !== LAYOUT_VERSION || typeof v.uuid !== 'string') throw new Error('not an SR record');
+  return v as unknown as SrRecord;
+}
+
+/** A layout-1 document (converted at the master's attach), refusing anything not ours. */
+export function parseLegacyDocument(text: string): LegacySrDocument {
+  const v = parseJson(text, 'an SR metadata document');
+  refuseNewer(v, LAYOUT_VERSION);
+  if (!isObject(v) || v.version !== 1 || typeof v.uuid !== 'string' || !isObject(v.vdis)) throw new Error('not an SR metadata document');
+  return v as unknown as LegacySrDocument;
+}
+
+/** Whether a stored SR payload is a layout-1 document (the MGT keeps both layouts in the same slots). */
+export function isLegacyText(text: string): boolean {
+  try {
+    const v = JSON.parse(text) as unknown;
+    return isObject(v) && v.version === 1;
+  } catch {
+    return false;
+  }
+}
+
+/** One VDI's stored record; damaged, it is refused for that VDI only (MetadataError, 181). */
+export function parseVdiRecord(text: string, uuid: string): VdiRecord {
+  let v: unknown;
+  try {
+    v = JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new SMError('MetadataError', `metadata record of VDI ${uuid} is damaged (${(err as Error).message}); left as it is`);
+  }
+  if (!isObject(v) || v.uuid !== uuid || !isObject(v.sm_config)) throw new SMError('MetadataError', `metadata record of VDI ${uuid} is not one (left as it is)`);
+  return v as unknown as VdiRecord;
+}
+
+export const srRecordOf = (doc: LegacySrDocument): SrRecord => ({
+  version: LAYOUT_VERSION,
+  uuid: doc.uuid,
+  type: doc.type,
+  name_label: doc.name_label,
+  name_description: doc.name_description,
+  created: doc.created,
+});

@@ -1,5 +1,8 @@
 /**
  * The `MGT` LV of an LVM SR: SR metadata and journals on a small raw volume.
+ * Layout 2 keeps only the SR record in the metadata slots; the VDI records
+ * live past this region (mgt-records.ts). A layout-1 SR holds its whole
+ * document in the slots until the master's attach converts it.
  *
  * Layout (positional I/O, works the same on a plain file):
  * - two metadata slots of SLOT_BYTES at 0 and SLOT_BYTES. Each holds a header
@@ -119,6 +122,11 @@ export class MgtVolume {
       if (d?.payload !== undefined) out.push({ slot, seq: d.seq, payload: d.payload });
     }
     return out.sort((a, b) => (a.seq < b.seq ? 1 : a.seq > b.seq ? -1 : 0));
+  }
+
+  /** Every valid slot, newest first. */
+  async readAll(): Promise<MetaSlot[]> {
+    return this.withHandle(false, (fh) => this.readSlots(fh));
   }
 
   /** The newest valid metadata document, or undefined when neither slot holds one. */

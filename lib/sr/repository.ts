@@ -7,7 +7,8 @@ import { SMError } from '../smapi/errors.js';
 import { mapLimit } from '../util/map-limit.js';
 import type { StorageBackend } from './backend.js';
 import { isUuid, requireUuid } from './ids.js';
-import type { SrMetadata } from './metadata.js';
+import type { SrRecord, VdiRecord } from './metadata.js';
+import { SrRecords } from './records.js';
 
 /** One image as the tree sees it. */
 export interface ImageNode {
@@ -35,20 +36,28 @@ export class Repository {
     return this.backend.srUuid;
   }
 
-  async metadata(): Promise<SrMetadata> {
-    let meta: SrMetadata | undefined;
+  /** The SR's metadata records (records.ts): one per VDI, read and written one by one. */
+  get records(): SrRecords {
+    return (this.recordsOnce ??= new SrRecords(this.backend.recordMedium));
+  }
+
+  private recordsOnce: SrRecords | undefined;
+
+  /** The SR record, or MetadataError (181). */
+  async srRecord(): Promise<SrRecord> {
+    let sr: SrRecord | undefined;
     try {
-      meta = await this.backend.readMetadata();
+      sr = await this.records.readSr();
     } catch (err) {
       throw new SMError('MetadataError', `SR metadata unreadable: ${(err as Error).message}`);
     }
-    if (!meta) throw new SMError('MetadataError', `no SR metadata for ${this.uuid}`);
-    return meta;
+    if (!sr) throw new SMError('MetadataError', `no SR metadata for ${this.uuid}`);
+    return sr;
   }
 
-  /** With `after`: committed only once `after` (e.g. a barrier on the images) resolves. */
-  async saveMetadata(meta: SrMetadata, after?: Promise<unknown>): Promise<void> {
-    await this.backend.writeMetadata(meta, after);
+  /** One VDI's record (undefined: none); a damaged one is MetadataError (181) for this VDI only. */
+  vdiRecord(uuid: string): Promise<VdiRecord | undefined> {
+    return this.records.getVdi(uuid);
   }
 
   imagePath(uuid: string): string {

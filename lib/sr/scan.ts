@@ -1,7 +1,8 @@
 /**
  * sr_scan: the images are the truth for what exists, the metadata for names and
  * flags. Records without an image are dropped; images without a record get one
- * (hidden images as unmanaged base copies).
+ * (hidden images as unmanaged base copies). Only the records that change are
+ * written; a damaged record is left as it is and its VDI not reported.
  */
 import { getLog } from '../log/index.js';
 import { readJournals } from './journal.js';
@@ -18,39 +19,48 @@ export interface ScannedVdi extends VdiRecord {
 }
 
 export async function scanSr(repo: Repository): Promise<ScannedVdi[]> {
-  const meta = await repo.metadata();
+  await repo.srRecord(); // no SR metadata at all is refused (MetadataError) before anything changes
+  const { records, damaged } = await repo.records.listVdis();
   const { nodes } = await repo.tree();
   // A change in progress (or interrupted) may have an image briefly away: keep its records.
   const pending = new Set((await readJournals(repo.backend)).flatMap((j) => Object.values(j).filter((v) => typeof v === 'string')));
-  let changed = false;
-  for (const uuid of Object.keys(meta.vdis)) {
+  const drop: string[] = [];
+  const put: VdiRecord[] = [];
+  for (const uuid of [...records.keys(), ...damaged.keys()]) {
     if (!nodes.has(uuid) && !pending.has(uuid)) {
       getLog().info(`scan: VDI ${uuid} has no image any more: record dropped`);
-      delete meta.vdis[uuid];
-      changed = true;
+      drop.push(uuid);
+      records.delete(uuid);
     }
   }
   for (const node of nodes.values()) {
-    const rec = meta.vdis[node.uuid];
+    const rec = records.get(node.uuid);
     if (node.unreadable !== undefined) {
       // Its record (if any) stays as it is: what the image says is unknown until it reads again.
       getLog().warn(`scan: image ${node.uuid} is unreadable, its record kept as it is: ${node.unreadable}`);
+      continue;
+    }
+    if (damaged.has(node.uuid)) {
+      // Never written over: `sm rebuild-metadata` is the operator's way back; until then verbs on this VDI fail.
+      getLog().warn(`scan: ${damaged.get(node.uuid)}`);
       continue;
     }
     if (!rec) {
       getLog().info(`scan: image ${node.uuid} had no record: introduced${node.hidden ? ' as a base copy' : ''}`);
       // A visible image with children is a `single` snapshot: writing it would change its children.
       const readOnly = node.hidden || node.children.length > 0;
-      meta.vdis[node.uuid] = newVdiRecord(node.uuid, node.hidden ? { managed: false, read_only: true, name_label: 'base copy' } : { read_only: readOnly });
-      changed = true;
+      const made = newVdiRecord(node.uuid, node.hidden ? { managed: false, read_only: true, name_label: 'base copy' } : { read_only: readOnly });
+      records.set(node.uuid, made);
+      put.push(made);
     } else if (rec.managed === node.hidden) {
       // Hidden by a delete that left children, or unhidden by the GC's leaf-coalesce.
       rec.managed = !node.hidden;
-      changed = true;
+      put.push(rec);
     }
   }
-  if (changed) await repo.saveMetadata(meta);
-  return [...nodes.values()].filter((n) => n.unreadable === undefined).map((n) => scanned(meta.vdis[n.uuid], n));
+  await repo.records.dropVdis(drop);
+  await repo.records.putVdis(put);
+  return [...nodes.values()].filter((n) => n.unreadable === undefined && records.has(n.uuid)).map((n) => scanned(records.get(n.uuid)!, n));
 }
 
 function scanned(rec: VdiRecord, node: ImageNode): ScannedVdi {

@@ -4,7 +4,7 @@
  * empty children of that base take the VDI's uuid and (for a double snapshot or
  * a clone) the new VDI's uuid. A `single` snapshot makes the base itself the
  * snapshot. Journaled: an interrupted one is rolled back unless its metadata
- * was committed; after the commit the read-only base is settled (LVM: deflated),
+ * was committed (the snapshot's record, written after the base copy's); after the commit the read-only base is settled (LVM: deflated),
  * which recovery finishes when it was cut short.
  */
 import { randomUUID } from 'node:crypto';
@@ -13,7 +13,7 @@ import { getLog } from '../log/index.js';
 import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
-import { newVdiRecord } from './metadata.js';
+import { newVdiRecord, type VdiRecord } from './metadata.js';
 import type { Repository } from './repository.js';
 
 /** The established limit: a chain this deep takes no further snapshot. */
@@ -27,8 +27,7 @@ export async function snapshotVdi(repo: Repository, uuid: string, mode: Snapshot
 }
 
 async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode): Promise<string> {
-  const meta = await repo.metadata();
-  const record = meta.vdis[uuid];
+  const record = await repo.vdiRecord(uuid);
   if (!record) throw new SMError('VDIMissing', `${uuid} has no metadata record`);
   const depth = await repo.chainDepthOf(uuid);
   if (depth >= MAX_CHAIN_DEPTH) {
@@ -64,16 +63,17 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
   const barrier = repo.backend.flushImages(snap === base ? [uuid, base] : [uuid, snap, base]);
 
   const now = snapshotTime();
+  const records: VdiRecord[] = [];
   if (snap !== base) {
-    meta.vdis[base] = newVdiRecord(base, {
+    records.push(newVdiRecord(base, {
       name_label: 'base copy',
       name_description: `read-only base of ${uuid}`,
       read_only: true,
       managed: false,
       type: record.type,
-    });
+    }));
   }
-  meta.vdis[snap] = newVdiRecord(snap, {
+  records.push(newVdiRecord(snap, {
     name_label: record.name_label,
     name_description: record.name_description,
     type: record.type,
@@ -82,9 +82,9 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
     snapshot_time: mode === 'clone' ? '' : now,
     read_only: mode === 'single' ? true : record.read_only,
     sm_config: { ...record.sm_config },
-  });
-  // The new metadata is staged while the barrier runs and committed after it.
-  await repo.saveMetadata(meta, barrier);
+  }));
+  // Staged while the barrier runs and committed after it; the snapshot's own record last: it is the commit.
+  await repo.records.putVdis(records, { after: barrier });
   faultPoint('snapshot-metadata-written');
   await settleBase(repo, base);
   await endJournal(repo.backend, journal);
@@ -141,13 +141,14 @@ function snapshotTime(d = new Date()): string {
  * is left to drop); otherwise every step is undone, in reverse, idempotently.
  */
 export async function recoverSnapshot(repo: Repository, j: Extract<Journal, { kind: 'snapshot' }>): Promise<string> {
-  const meta = await repo.metadata();
   const has = (u: string) => repo.backend.hasImage(u);
-  if (meta.vdis[j.snap]) {
+  if (await repo.records.hasVdi(j.snap)) {
     if (await has(j.base)) await settleBase(repo, j.base); // idempotent: finishes a deflate cut short
     await endJournal(repo.backend, j);
     return `snapshot of ${j.vdi} was complete`;
   }
+  // The base copy's record is written just before the snapshot's: it may be there alone.
+  if (j.snap !== j.base) await repo.records.dropVdis([j.base]);
   if (j.snap !== j.base && (await has(j.snap))) await repo.backend.removeImage(j.snap);
   if (await has(j.base)) {
     // The original image was renamed to the base: whatever holds the VDI's uuid now is the new empty leaf.

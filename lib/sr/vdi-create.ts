@@ -23,9 +23,7 @@ async function createImage(repo: Repository, size: number, fields: Partial<VdiRe
   const path = await repo.backend.prepareImage(uuid, size);
   await createDynamic(path, size, { maxSize: batRoomFor(size), durable: true });
   faultPoint('create-image-written');
-  const meta = await repo.metadata();
-  meta.vdis[uuid] = newVdiRecord(uuid, fields);
-  await repo.saveMetadata(meta);
+  await repo.records.putVdis([newVdiRecord(uuid, fields)]);
   faultPoint('create-metadata-written');
   await endJournal(repo.backend, journal);
   // The reply is not logged: without this line `sm log --vdi` could not show where a VDI came from.
@@ -35,8 +33,7 @@ async function createImage(repo: Repository, size: number, fields: Partial<VdiRe
 
 /** Interrupted create: committed once the record exists; otherwise the image goes. */
 export async function recoverCreate(repo: Repository, j: Extract<Journal, { kind: 'create' }>): Promise<string> {
-  const meta = await repo.metadata();
-  if (meta.vdis[j.vdi]) {
+  if (await repo.records.hasVdi(j.vdi)) {
     await endJournal(repo.backend, j);
     return `create of ${j.vdi} was complete`;
   }

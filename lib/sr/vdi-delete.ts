@@ -26,9 +26,7 @@ export async function deleteVdi(repo: Repository, uuid: string): Promise<Outcome
     await beginJournal(repo.backend, journal);
     const outcome = await carryOut(repo, uuid, plan);
     faultPoint('delete-image-gone');
-    const meta = await repo.metadata();
-    delete meta.vdis[uuid];
-    await repo.saveMetadata(meta);
+    await repo.records.dropVdis([uuid]);
     await endJournal(repo.backend, journal);
     getLog().info(`VDI ${uuid} deleted (image ${outcome})`);
     return outcome;
@@ -69,11 +67,7 @@ export async function recoverDelete(repo: Repository, j: Extract<Journal, { kind
     return undefined;
   }
   const outcome = await carryOut(repo, j.vdi, plan);
-  const meta = await repo.metadata();
-  if (meta.vdis[j.vdi]) {
-    delete meta.vdis[j.vdi];
-    await repo.saveMetadata(meta);
-  }
+  await repo.records.dropVdis([j.vdi]);
   await endJournal(repo.backend, j);
   return `delete of ${j.vdi} completed (${outcome})`;
 }

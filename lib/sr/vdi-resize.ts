@@ -20,7 +20,7 @@ export async function resizeVdi(repo: Repository, uuid: string, size: number, re
 
 async function resizeActive(repo: Repository, uuid: string, size: number, requested: number): Promise<void> {
   const { virtualSize: current, maxVirtualSize, hidden } = await repo.info(uuid);
-  const record = (await repo.metadata()).vdis[uuid];
+  const record = await repo.vdiRecord(uuid);
   await refuseDependedOn(repo, uuid, hidden, !record || record.read_only || !record.managed, 'VDIUnavailable');
   // Asked for less than it has (even if rounding up would land on the same size): that is a shrink.
   if (requested < current) throw new SMError('VDISize', `shrinking is not supported (${current} -> ${requested})`);

@@ -23,7 +23,7 @@ import { faultPoint } from './fault.js';
 import { abandonLeafCoalesce } from './journal.js';
 import { kickGc } from './gc-trigger.js';
 import { requireUuid } from './ids.js';
-import { newSrMetadata, newVdiRecord } from './metadata.js';
+import { newSrRecord, newVdiRecord } from './metadata.js';
 import { recoverSrJournals } from './recovery.js';
 import { Repository } from './repository.js';
 import { scanSr } from './scan.js';
@@ -91,7 +91,10 @@ function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Pro
       await sweepHostTemps(sr);
       await repo.backend.settleHolds(vdiActiveHere(sr));
       return repo.backend.withImagesActive([], async () => {
-        if (roleOf(req) === 'master') await recoverSrJournals(repo);
+        if (roleOf(req) === 'master') {
+          await repo.records.convertLegacy(); // one look once converted; an SR attached by an older version converts here
+          await recoverSrJournals(repo);
+        }
         return fn(repo, sr, req);
       });
     });
@@ -120,9 +123,9 @@ export function srDriver(type: SrType): Driver {
           faultPoint('sr-create-storage-made');
           const repo = new Repository(backendFor(sr, spec));
           // Metadata that cannot be read is still an SR's: never written over.
-          const present = await repo.backend.readMetadata().catch((err: Error) => `unreadable (${err.message})`);
+          const present = await repo.records.readSr().catch((err: Error) => `unreadable (${err.message})`);
           if (present) throw new SMError('SRExists', `SR metadata already present${typeof present === 'string' ? `, ${present}` : ''}`);
-          await repo.saveMetadata(newSrMetadata(sr, type.driver, req.sr_sm_config?.name_label ?? ''));
+          await repo.records.writeSr(newSrRecord(sr, type.driver, req.sr_sm_config?.name_label ?? ''));
           faultPoint('sr-create-metadata-written');
         });
         getLog().info(`SR ${sr} created`);
@@ -184,8 +187,10 @@ export function srDriver(type: SrType): Driver {
         });
         if (role === 'master' && !meta) {
           // Storage without our metadata (e.g. made by another SM): adopt it; scan introduces its images.
-          await repo.saveMetadata(newSrMetadata(sr, type.driver));
+          await repo.records.writeSr(newSrRecord(sr, type.driver));
         }
+        // An SR still in the single-document layout is converted by the master (records.ts), before anything else changes it.
+        if (role === 'master') await repo.records.convertLegacy();
         await writeAttachRecord(sr, type.driver, spec, role);
         await sweepHostTemps(sr);
         await clearStaleActivations(repo.backend);
@@ -256,8 +261,8 @@ export function srDriver(type: SrType): Driver {
 
     vdi_attach: onVdi(async (repo, vdi, sr, req) => {
       const writable = boolArg(req.args[0]);
-      const meta = await repo.metadata();
-      if (writable && (meta.vdis[vdi]?.read_only || !meta.vdis[vdi]?.managed)) {
+      const record = await repo.vdiRecord(vdi);
+      if (writable && (record?.read_only || !record?.managed)) {
         throw new SMError('VDIUnavailable', `${vdi} is read-only`);
       }
       await writeVdiState(sr, vdi, { writable, active: false, since: new Date().toISOString() });
@@ -324,22 +329,16 @@ export function srDriver(type: SrType): Driver {
     }),
 
     vdi_update: onVdi(async (repo, vdi) => {
-      const meta = await repo.metadata();
-      if (!meta.vdis[vdi]) {
-        meta.vdis[vdi] = newVdiRecord(vdi);
-        await repo.saveMetadata(meta);
-      }
+      if (!(await repo.records.hasVdi(vdi))) await repo.records.putVdis([newVdiRecord(vdi)]);
       return null;
     }),
 
     vdi_introduce: onAttachedSr(async (repo, _sr, req) => {
       const vdi = requireUuid(req.vdi_location ?? req.vdi_uuid, 'vdi_location', 'VDIUnavailable');
       if (!(await repo.backend.hasImage(vdi))) throw new SMError('VDIMissing', vdi);
-      const meta = await repo.metadata();
-      if (meta.vdis[vdi]) throw new SMError('VDIExists', vdi);
+      if (await repo.records.hasVdi(vdi)) throw new SMError('VDIExists', vdi);
       const info = await repo.info(vdi);
-      meta.vdis[vdi] = newVdiRecord(vdi, { managed: !info.hidden, read_only: info.hidden, type: req.vdi_type ?? 'user' });
-      await repo.saveMetadata(meta);
+      await repo.records.putVdis([newVdiRecord(vdi, { managed: !info.hidden, read_only: info.hidden, type: req.vdi_type ?? 'user' })]);
       return vdiReply(vdi);
     }),
 
@@ -356,12 +355,12 @@ export function srDriver(type: SrType): Driver {
 
 /**
  * The SR's metadata at attach: absent (storage another SM made: adopted), or
- * ours and naming this SR. Metadata that cannot be parsed, or that a newer
- * version wrote, is refused and left as it is (`sm rebuild-metadata` makes a
+ * ours and naming this SR. An SR record (or a single-layout document) that
+ * cannot be parsed, or that a newer version wrote, is refused and left as it is (`sm rebuild-metadata` makes a
  * new document from the images, keeping the old one); so is another SR's.
  */
 async function checkSrMetadata(repo: Repository, sr: string) {
-  const meta = await repo.backend.readMetadata().catch((err: Error) => {
+  const meta = await repo.records.readSr().catch((err: Error) => {
     throw new SMError('MetadataError', `SR metadata of ${sr} cannot be used: ${err.message}; left as it is (see \`sm rebuild-metadata\`)`);
   });
   if (meta && meta.uuid !== sr) throw new SMError('SRUnavailable', `this storage holds SR ${meta.uuid}, not ${sr}`);

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { FileBackend } from '../../lib/sr/file-backend.js';
-import { newSrMetadata } from '../../lib/sr/metadata.js';
+import { newSrRecord } from '../../lib/sr/metadata.js';
 import { Repository } from '../../lib/sr/repository.js';
 import { writeAttachRecord } from '../../lib/sr/attach-record.js';
 import { createVdi } from '../../lib/sr/vdi-create.js';
@@ -31,7 +31,7 @@ export async function runGcBenchmarks(): Promise<void> {
     const location = join(dir, 'sr');
     mkdirSync(location, { recursive: true });
     const repo = new Repository(new FileBackend(SR, location));
-    await repo.saveMetadata(newSrMetadata(SR, 'FileSR', 'gc-bench'));
+    await repo.records.writeSr(newSrRecord(SR, 'FileSR', 'gc-bench'));
     await writeAttachRecord(SR, 'FileSR', { kind: 'file', dir: location }, 'master');
     const vdi = await createVdi(repo, 2048 * MiB, { name_label: 'chain' });
     const delta = Buffer.alloc(100 * MiB);

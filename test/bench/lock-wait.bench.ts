@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { callUnixSocket } from '../../lib/smapi/index.js';
 import { writeAttachRecord } from '../../lib/sr/attach-record.js';
 import { FileBackend } from '../../lib/sr/file-backend.js';
-import { newSrMetadata } from '../../lib/sr/metadata.js';
+import { newSrRecord } from '../../lib/sr/metadata.js';
 import { Repository } from '../../lib/sr/repository.js';
 import { snapshotVdi } from '../../lib/sr/snapshot.js';
 import { createVdi } from '../../lib/sr/vdi-create.js';
@@ -35,7 +35,7 @@ export async function runLockWaitBenchmarks(): Promise<void> {
     const location = join(dir, 'sr');
     mkdirSync(location, { recursive: true });
     const repo = new Repository(new FileBackend(SR, location));
-    await repo.saveMetadata(newSrMetadata(SR, 'FileSR', 'lock-wait-bench'));
+    await repo.records.writeSr(newSrRecord(SR, 'FileSR', 'lock-wait-bench'));
     await writeAttachRecord(SR, 'FileSR', { kind: 'file', dir: location }, 'master');
     // A 1 GiB leaf alone under its base copy: the leaf-coalesce copies 1 GiB.
     const vdi = await createVdi(repo, 1024 * MiB, { name_label: 'leaf' });

@@ -1,6 +1,7 @@
 /**
  * SR benchmarks through the real driver executable: vdi_snapshot latency with a
- * process per call and through --serve, and sr_scan of an SR with 1200 images.
+ * process per call and through --serve, sr_scan of an SR with 1200 images, and
+ * vdi_create / vdi_snapshot / sr_scan against the number of images in the SR.
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
@@ -8,6 +9,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { callUnixSocket, encodeMethodCall } from '../../lib/smapi/index.js';
+import { randomUUID } from 'node:crypto';
+import { createDynamic } from '../../lib/vhd/index.js';
+import { FileBackend } from '../../lib/sr/file-backend.js';
+import { newVdiRecord } from '../../lib/sr/metadata.js';
+import { Repository } from '../../lib/sr/repository.js';
+import { batRoomFor } from '../../lib/sr/sizes.js';
+import { mapLimit } from '../../lib/util/map-limit.js';
 import { percentile, report, timed, workDir } from './measure.js';
 
 const run = promisify(execFile);
@@ -147,7 +155,69 @@ async function scanLatency(): Promise<void> {
   }
 }
 
+/** Fills an SR with `n` 1 GiB VDIs through the library (images and records), much faster than n driver calls. */
+async function populate(location: string, n: number): Promise<void> {
+  const repo = new Repository(new FileBackend(SR, location));
+  const uuids = Array.from({ length: n }, () => randomUUID());
+  await mapLimit(uuids, 16, (u) => createDynamic(repo.imagePath(u), 2 ** 30, { maxSize: batRoomFor(2 ** 30) }));
+  for (let i = 0; i < n; i += 500) {
+    await repo.records.putVdis(uuids.slice(i, i + 500).map((u, j) => newVdiRecord(u, { name_label: `vm${i + j}`, sm_config: { vdi_type: 'vhd' } })));
+  }
+}
+
+/**
+ * vdi_create, vdi_snapshot (through --serve) and sr_scan at 100, 1,000 and
+ * 5,000 images, in one run: the three SRs are built first, then measured in
+ * rounds that take one create and one snapshot on each in turn, so that load
+ * from elsewhere on the machine falls on every size alike.
+ */
+async function costBySrSize(): Promise<void> {
+  const sizes = [100, 1000, 5000];
+  const srs: Array<{ n: number; sr: Harness; cleanup: () => void; create: number[]; snapshot: number[]; scan: number[]; images: number }> = [];
+  try {
+    for (const n of sizes) {
+      const { dir, cleanup } = workDir(`sr-size-${n}`);
+      const sr = await startSr(dir);
+      srs.push({ n, sr, cleanup, create: [], snapshot: [], scan: [], images: 0 });
+      await sr.call('sr_create', {}, ['0']);
+      await sr.call('sr_attach');
+      await populate(join(dir, 'sr'), n);
+    }
+    await run('sync', []); // the populating writes are not left for the measured fsyncs to flush
+    for (let i = 0; i < 40; i++) {
+      for (const x of srs) {
+        const { value, ms } = await timed(() => x.sr.call('vdi_create', {}, ['1073741824', `new${i}`, '', '', 'false', '', '', 'false']));
+        x.create.push(ms);
+        x.snapshot.push((await timed(() => x.sr.call('vdi_snapshot', { vdi_uuid: (value as { uuid: string }).uuid }))).ms);
+      }
+    }
+    for (let i = 0; i < 3; i++) {
+      for (const x of srs) {
+        const { value, ms } = await timed(() => x.sr.call('sr_scan'));
+        x.images = (value as unknown[]).length;
+        x.scan.push(ms);
+      }
+    }
+  } finally {
+    for (const x of srs) {
+      await x.sr.close();
+      x.cleanup();
+    }
+  }
+  const f = (x: number) => `${x.toFixed(1)} ms`;
+  const p50 = (xs: number[]) => percentile(xs, 50);
+  const [small, , big] = srs;
+  report('verb cost against SR size (File SR through --serve; 40 creates and 40 snapshots each, interleaved)', [
+    ...srs.map((x) => [`${x.n} VDIs (${x.images} images at the scans): vdi_create / vdi_snapshot / sr_scan, p50`, `${f(p50(x.create))} / ${f(p50(x.snapshot))} / ${f(p50(x.scan))}`] as [string, string]),
+    [`ratio ${big!.n} / ${small!.n}: vdi_create, vdi_snapshot (goal <= 1.5)`, `${(p50(big!.create) / p50(small!.create)).toFixed(2)}, ${(p50(big!.snapshot) / p50(small!.snapshot)).toFixed(2)}`],
+  ]);
+}
+
 export async function runSrBenchmarks(): Promise<void> {
   await snapshotLatency();
   await scanLatency();
+}
+
+export async function runSrSizeBenchmarks(): Promise<void> {
+  await costBySrSize();
 }

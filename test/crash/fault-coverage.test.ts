@@ -6,7 +6,7 @@ import path from 'node:path';
 import test from 'ava';
 import { REPO } from '../helpers/sm.js';
 
-const EXCLUDED = (file: string) => /(^|\/)(lvm-[^/]*|mgt-volume)\.ts$/.test(file);
+const EXCLUDED = (file: string) => /(^|\/)(lvm-[^/]*|mgt-[^/]*)\.ts$/.test(file);
 
 function sources(dir: string): string[] {
   return fs

@@ -131,6 +131,6 @@ test('leaf-coalesce killed at each fault point, then recovered', async (t) => {
   await runGcFaults(t, coalesceTrees, ['leaf-journaled', 'leaf-copied', 'leaf-unhidden', 'leaf-renamed']);
 });
 
-test('garbage deletion killed between the removals of a hidden subtree, and in its metadata write', async (t) => {
-  await runGcFaults(t, garbageTree, ['garbage-removed', 'garbage-removed:2', 'metadata-renamed']);
+test('garbage deletion killed between the removals of a hidden subtree, and between its record removals and their sync', async (t) => {
+  await runGcFaults(t, garbageTree, ['garbage-removed', 'garbage-removed:2', 'records-dropped']);
 });

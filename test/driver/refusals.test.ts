@@ -16,7 +16,7 @@ import { createAttachedSr, createVdi, makeSmEnv, readSmlog, smCli, smGc, snapsho
 import { diskState, readMetadata, readTree, writeVdi } from '../helpers/sr-state.js';
 import { World } from '../helpers/world.js';
 
-const metadataFile = (ctx: SmEnv) => path.join(ctx.location, '.sm', 'metadata.json');
+const metadataFile = (ctx: SmEnv) => path.join(ctx.location, '.sm', 'sr.json');
 
 async function withAttachedSr(fn: (s: Server, ctx: SmEnv) => Promise<void>): Promise<void> {
   const ctx = await makeSmEnv();
@@ -32,7 +32,7 @@ async function withAttachedSr(fn: (s: Server, ctx: SmEnv) => Promise<void>): Pro
 
 for (const [what, damage] of [
   ['damaged', (text: string) => text.slice(0, text.length / 2)],
-  ['written by a newer version', (text: string) => JSON.stringify({ ...JSON.parse(text), version: 2, future_field: 'kept' })],
+  ['written by a newer version', (text: string) => JSON.stringify({ ...JSON.parse(text), version: 3, future_field: 'kept' })],
 ] as const) {
   test(`sr_attach refuses SR metadata ${what} and never rewrites it; sm rebuild-metadata rebuilds it from the images and keeps the old`, async (t) => {
     await withAttachedSr(async (s, ctx) => {
@@ -65,6 +65,33 @@ for (const [what, damage] of [
     });
   });
 }
+
+test('a damaged VDI record fails only the verbs on that VDI (MetadataError), is never written over, and sm rebuild-metadata records its image again', async (t) => {
+  await withAttachedSr(async (s, ctx) => {
+    const v = await createVdi(s, 8 * MiB, 'damaged');
+    const other = await createVdi(s, 8 * MiB, 'fine');
+    const file = path.join(ctx.location, '.sm', 'vdi', `${v}.json`);
+    const torn = '{"uuid": "' + v.slice(0, 10);
+    fs.writeFileSync(file, torn);
+    const on = { vdi_uuid: v, vdi_location: v };
+    for (const [verb, extra] of [['vdi_snapshot', on], ['vdi_clone', on], ['vdi_attach', { ...on, args: ['true'] }]] as const) {
+      const fault = await s.fault(verb, extra);
+      t.is(fault.code, 181, `${verb}: ${fault.faultString}`);
+      t.regex(fault.faultString, new RegExp(`record of VDI ${v}`));
+    }
+    await s.call('vdi_snapshot', { vdi_uuid: other, vdi_location: other });
+    await s.call('sr_scan');
+    t.is(fs.readFileSync(file, 'utf8'), torn, 'never written over, a scan included');
+    await s.call('sr_detach');
+    const r = await smCli(ctx, ['rebuild-metadata', ctx.sr, '--dir', ctx.location]);
+    t.is(r.code, 0, r.stderr);
+    await s.call('sr_attach');
+    const meta = readMetadata(ctx);
+    t.true(meta.vdis[v]!.managed, 'the image is a VDI again');
+    t.is(meta.vdis[other]!.name_label, 'fine', 'the records that parse are kept');
+    await s.call('vdi_snapshot', on);
+  });
+});
 
 test('an SR directory attaches only under its own uuid', async (t) => {
   await withAttachedSr(async (s, ctx) => {

@@ -74,8 +74,27 @@ export interface Metadata {
   vdis: Record<string, { uuid: string; managed: boolean; read_only: boolean; is_a_snapshot: boolean; snapshot_of: string; name_label: string }>;
 }
 
+/**
+ * The SR's metadata as one object: the SR record (`.sm/sr.json`) with every
+ * VDI record (`.sm/vdi/<uuid>.json`), or a single-layout document
+ * (`.sm/metadata.json`) while the SR has not been converted.
+ */
 export function readMetadata(ctx: SmEnv): Metadata {
-  return JSON.parse(fs.readFileSync(path.join(ctx.location, '.sm', 'metadata.json'), 'utf8')) as Metadata;
+  const dir = path.join(ctx.location, '.sm');
+  if (!fs.existsSync(path.join(dir, 'sr.json'))) return JSON.parse(fs.readFileSync(path.join(dir, 'metadata.json'), 'utf8')) as Metadata;
+  const sr = JSON.parse(fs.readFileSync(path.join(dir, 'sr.json'), 'utf8')) as Omit<Metadata, 'vdis'>;
+  const vdis: Metadata['vdis'] = {};
+  const names = fs.existsSync(path.join(dir, 'vdi')) ? fs.readdirSync(path.join(dir, 'vdi')) : [];
+  for (const n of names.filter((x) => x.endsWith('.json')).sort()) vdis[n.slice(0, -5)] = JSON.parse(fs.readFileSync(path.join(dir, 'vdi', n), 'utf8'));
+  return { ...sr, vdis };
+}
+
+/** Writes an SR's metadata in the single-document layout of earlier versions (what a conversion starts from). */
+export function writeLegacyMetadata(ctx: SmEnv, meta: Metadata): void {
+  const dir = path.join(ctx.location, '.sm');
+  fs.rmSync(path.join(dir, 'vdi'), { recursive: true, force: true });
+  fs.rmSync(path.join(dir, 'sr.json'), { force: true });
+  fs.writeFileSync(path.join(dir, 'metadata.json'), JSON.stringify({ ...meta, version: 1 }, null, 1) + '\n');
 }
 
 export function journals(ctx: SmEnv): string[] {
@@ -94,7 +113,7 @@ export function activations(ctx: SmEnv): Map<string, { host: string; writable: b
 }
 
 /**
- * Anything in the SR directory besides images and the metadata document (and
+ * Anything in the SR directory besides images and the metadata records (and
  * the journal, activation and trash folders, which must be empty).
  */
 export function strayFiles(ctx: SmEnv): string[] {
@@ -105,7 +124,7 @@ export function strayFiles(ctx: SmEnv): string[] {
     out.push(n);
   }
   for (const n of fs.readdirSync(path.join(ctx.location, '.sm'))) {
-    if (n === 'metadata.json' || n === 'journal' || n === 'active' || n === 'trash') continue;
+    if (n === 'sr.json' || n === 'vdi' || n === 'journal' || n === 'active' || n === 'trash') continue;
     out.push(`.sm/${n}`);
   }
   const trash = path.join(ctx.location, '.sm', 'trash');

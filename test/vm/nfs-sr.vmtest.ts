@@ -144,7 +144,7 @@ describe('lifecycle', () => {
   it('sr_create makes <serverpath>/<sr> on the export, leaves nothing mounted', async () => {
     assert.equal(ok(await nfsCall('sr_create', V3, { args: ['0'], sr_sm_config: { name_label: 'nfs-sr vmtest' } }), 'sr_create'), null);
     assert.ok(statSync(join(EXPORT, sr)).isDirectory());
-    assert.equal(JSON.parse(readFileSync(join(EXPORT, sr, '.sm', 'metadata.json'), 'utf8')).uuid, sr);
+    assert.equal(JSON.parse(readFileSync(join(EXPORT, sr, '.sm', 'sr.json'), 'utf8')).uuid, sr);
     const left = nfs.parseProcMounts(await readFile('/proc/mounts', 'utf8')).filter((m) => m.mountpoint.startsWith(root));
     assert.deepEqual(left, [], 'no mount left behind');
     // a second create of the same SR is refused
