@@ -136,7 +136,14 @@ async function cleanUpDead(repo: Repository, sr: string, vdi: string, writable: 
  * the VDI's leaf as it is then (the new leaf after a snapshot, the old one
  * after a rollback). Clients see latency, never an error.
  */
-export async function withPausedServing<T>(repo: Repository, sr: string, vdi: string, fn: () => Promise<T>): Promise<T> {
+export async function withPausedServing<T>(
+  repo: Repository,
+  sr: string,
+  vdi: string,
+  fn: () => Promise<T>,
+  /** After a failure of `fn`, before the unpause: settle the chain (recover its journal) so the datapath reopens what stays. */
+  onFailure?: () => Promise<unknown>,
+): Promise<T> {
   if (!(await settleServing(repo, sr, vdi))) return fn();
   const control = datapathControlPath(sr);
   const started = Date.now();
@@ -146,9 +153,45 @@ export async function withPausedServing<T>(repo: Repository, sr: string, vdi: st
   getLog().info(`VDI ${vdi}: datapath paused (drained and closed in ${Date.now() - started} ms)`);
   try {
     return await fn();
+  } catch (err) {
+    await onFailure?.().catch((e: Error) => getLog().warn(`VDI ${vdi}: settling after a failed change: ${e.message}`));
+    throw err;
   } finally {
     const { pausedMs } = await controlCall(control, { op: 'unpause', vdi, path: repo.imagePath(vdi) });
     getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
+  }
+}
+
+/**
+ * The GC's relink: the VDIs of `vdis` served here are paused (images closed)
+ * while `fn` rewrites their parent and removes the image they read through,
+ * then unpaused on their leaves, which now read through the new parent.
+ */
+export async function withServedPaused<T>(repo: Repository, sr: string, vdis: readonly string[], fn: () => Promise<T>): Promise<T> {
+  const control = datapathControlPath(sr);
+  const paused: string[] = [];
+  try {
+    for (const s of await servedHere(sr)) {
+      if (!vdis.includes(s.vdi)) continue;
+      await controlCall(control, { op: 'pause', vdi: s.vdi });
+      paused.push(s.vdi);
+      getLog().info(`VDI ${s.vdi}: datapath paused for a relink`);
+    }
+    return await fn();
+  } finally {
+    for (const vdi of paused) {
+      const { pausedMs } = await controlCall(control, { op: 'unpause', vdi, path: repo.imagePath(vdi) });
+      getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
+    }
+  }
+}
+
+/** Every VDI a killed verb left paused is unpaused on its leaf as it is now (after journal recovery). */
+export async function unpauseLeftovers(repo: Repository, sr: string): Promise<void> {
+  for (const s of await servedHere(sr)) {
+    if (!s.paused) continue;
+    const { pausedMs } = await controlCall(datapathControlPath(sr), { op: 'unpause', vdi: s.vdi, path: repo.imagePath(s.vdi) });
+    getLog().info(`VDI ${s.vdi}: found paused by an interrupted verb; unpaused on ${repo.imagePath(s.vdi)} after ${pausedMs} ms`);
   }
 }
 

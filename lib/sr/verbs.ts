@@ -19,7 +19,7 @@ import {
   writeAttachRecord,
   writeVdiState,
 } from './attach-record.js';
-import { allocateParams, connectKernelNbd, paramsNbd, serveVdi, servedHere, settleServing, stopServing, withPausedServing } from './datapath.js';
+import { allocateParams, connectKernelNbd, paramsNbd, serveVdi, servedHere, settleServing, stopServing, unpauseLeftovers, withPausedServing } from './datapath.js';
 import { faultPoint } from './fault.js';
 import { hostId } from './host-id.js';
 import { abandonLeafCoalesce } from './journal.js';
@@ -94,6 +94,8 @@ function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Pro
       await repo.backend.settleHolds(vdiActiveHere(sr));
       return repo.backend.withImagesActive([], async () => {
         if (roleOf(req) === 'master') await recoverSrJournals(repo);
+        // Paused by a verb that was killed: the chain is settled now, so the datapath reopens its leaf.
+        await unpauseLeftovers(repo, sr);
         return fn(repo, sr, req);
       });
     });
@@ -337,23 +339,23 @@ export function srDriver(type: SrType): Driver {
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
       await refuseActiveElsewhere(repo, vdi);
-      return vdiReply(await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode)).catch(wrap('VDISnapshot')));
+      return vdiReply(await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode), () => recoverSrJournals(repo)).catch(wrap('VDISnapshot')));
     }),
 
     vdi_clone: onVdi(async (repo, vdi, sr) => {
       await refuseActiveElsewhere(repo, vdi);
-      return vdiReply(await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone')).catch(wrap('VDIClone')));
+      return vdiReply(await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone'), () => recoverSrJournals(repo)).catch(wrap('VDIClone')));
     }),
 
     vdi_resize: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0]))).catch(wrap('VDIResize'));
+      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
       return vdiReply(vdi);
     }),
 
     vdi_resize_online: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0]))).catch(wrap('VDIResize'));
+      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
       return vdiReply(vdi);
     }),
 

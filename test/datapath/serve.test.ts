@@ -267,3 +267,44 @@ test('memory of the datapath with 1, 10 and 50 active VDIs', async (t) => {
     void path;
   });
 });
+
+test('the GC coalesces the chain under a VDI being written here: the datapath is paused for the relink and reopened on the new parent', async (t) => {
+  await withWorld(async (w, ctx) => {
+    const V = await w.create('V', 8 * MiB);
+    await w.fill('V', 0, 2 * MiB);
+    for (let i = 0; i < 2; i++) {
+      await w.snapshot('V', `S${i}`);
+      await w.fill('V', (2 + 2 * i) * MiB, MiB);
+      await w.delete(`S${i}`);
+    }
+    await activate(w, V);
+    const c = await openNbd(ctx, V);
+    let stop = false;
+    let writerError: unknown;
+    let n = 0;
+    const writer = (async () => {
+      try {
+        for (; !stop; n++) {
+          const data = pattern(500 + n, 8192);
+          await c.write((n * 8192) % (8 * MiB), data);
+          w.models.get(V)!.write((n * 8192) % (8 * MiB), data);
+        }
+      } catch (err) {
+        writerError = err;
+      }
+    })();
+    const { gc } = await import('../helpers/sm.js');
+    await gc(ctx);
+    stop = true;
+    await writer;
+    t.is(writerError, undefined, 'the writer saw no error');
+    const log = readSmlog(ctx);
+    t.regex(log, new RegExp(`SMGC: \\[\\d+\\] VDI ${V}: datapath paused for a relink`));
+    t.regex(log, new RegExp(`SMGC: \\[\\d+\\] VDI ${V}: datapath unpaused on`));
+    t.true((await c.read(0, 2 * MiB)).equals(w.models.get(V)!.read(0, 2 * MiB)), 'reads through the new chain');
+    c.close();
+    await deactivate(w, V);
+    t.is(await w.shape(), '*?(V)', 'one base copy left under V (V itself, active, is not leaf-coalesced)');
+    await w.check(t);
+  });
+});
