@@ -18,7 +18,7 @@ import { openVhdDevice } from '../datapath/vhd-device.js';
 import { getLog } from '../log/index.js';
 import { connectNbd, disconnectNbd, freeNbdDevice, kernelNbdAvailable } from '../os/nbd-client.js';
 import { SMError } from '../smapi/errors.js';
-import { listVdiStates, readVdiState, writeVdiState } from './attach-record.js';
+import { listVdiStates, readVdiState } from './attach-record.js';
 import { installRoot } from './install-root.js';
 import { datapathControlPath, nbdSocketPath } from './paths.js';
 import type { Repository } from './repository.js';

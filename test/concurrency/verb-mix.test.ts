@@ -8,11 +8,10 @@
 // no call may hang; at the end every VDI reads as its model, every image passes
 // check, metadata matches the images, and no journal or stray file is left.
 // SM_SEED=<n> replays a run; SM_SOAK=<seconds> runs longer.
-import fs from 'node:fs';
 import test from 'ava';
 import { MiB, pattern, SparseDisk } from '../helpers/model.js';
 import { SeededRandom } from '../helpers/random.js';
-import { callDriver, createArgs, gc, makeSmEnv, readSmlog, request, sleep, smGc, smVhd, waitForStartedGcs, xml, type SmEnv } from '../helpers/sm.js';
+import { callDriver, createArgs, gc, makeSmEnv, readSmlog, request, sleep, smGc, waitForStartedGcs, xml, type SmEnv } from '../helpers/sm.js';
 import { nbdSocket, openNbd } from '../helpers/nbd-vdi.js';
 import { assertConsistent, hostLeftovers, writeVdi } from '../helpers/sr-state.js';
 

@@ -3,11 +3,10 @@
 // the datapath it started, and the images are checked with the VHD library
 // after deactivation.
 import fs from 'node:fs';
-import path from 'node:path';
 import test from 'ava';
-import { MiB, pattern, SparseDisk } from '../helpers/model.js';
+import { MiB, pattern } from '../helpers/model.js';
 import { isServed, libnbdUri, nbdSocket, openNbd, qemuIo, shortSocket } from '../helpers/nbd-vdi.js';
-import { callDriver, datapathPids, makeSmEnv, readSmlog, request, run, smCli, waitFor, type SmEnv } from '../helpers/sm.js';
+import { callDriver, datapathPids, gc, makeSmEnv, readSmlog, request, run, smCli, waitFor, type SmEnv } from '../helpers/sm.js';
 import { checkProblems, diffVdi, journals } from '../helpers/sr-state.js';
 import { World } from '../helpers/world.js';
 
@@ -264,7 +263,6 @@ test('memory of the datapath with 1, 10 and 50 active VDIs', async (t) => {
     for (const v of vdis) await deactivate(w, v);
     await waitFor('the datapath to exit', () => datapathPids(ctx.root).length === 0, 10_000);
     t.deepEqual(await checkProblems(ctx), []);
-    void path;
   });
 });
 
@@ -293,7 +291,6 @@ test('the GC coalesces the chain under a VDI being written here: the datapath is
         writerError = err;
       }
     })();
-    const { gc } = await import('../helpers/sm.js');
     await gc(ctx);
     stop = true;
     await writer;
