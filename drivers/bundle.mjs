@@ -1,6 +1,6 @@
 // Build step: bundles each driver executable's entry (dist/drivers/<x>-main.js)
 // into one file, dist/bundle/<Type>SR.mjs, and the collector into
-// dist/bundle/sm-gc.mjs: a process per call then loads one file instead of ~60 modules.
+// dist/bundle/sm-gc.mjs (the datapath into dist/bundle/sm-datapath.mjs): a process per call then loads one file instead of ~60 modules.
 import { build } from 'esbuild';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -12,6 +12,7 @@ const entries = {
   NFSSR: 'drivers/nfs-sr-main.js',
   LVMoISCSISR: 'drivers/lvmoiscsi-sr-main.js',
   'sm-gc': 'gc/sm-gc.js',
+  'sm-datapath': 'lib/datapath/sm-datapath.js',
 };
 
 // winston's debug channel (@dabh/diagnostics) prints nothing unless DEBUG names it;

@@ -7,6 +7,7 @@
  * each step is idempotent, so recovery simply runs the rest again.
  */
 import { setParent } from '../lib/vhd/index.js';
+import { withServedPaused } from '../lib/sr/datapath.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
 import { leftAloneFor } from '../lib/sr/unreadable.js';
@@ -55,7 +56,10 @@ async function settleParent(ctx: GcContext, j: CoalesceJournal): Promise<void> {
 
 /** Points every child of X at P, then deletes X (and the rest of its run, top first: no image is left without its parent) and their records. */
 async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> {
-  await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], () => relinkHeld(ctx, j));
+  // Children served on this host (active leaves) are paused meanwhile: their datapath reopens them on the new parent.
+  await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], () =>
+    withServedPaused(ctx.repo, ctx.repo.uuid, j.children, () => relinkHeld(ctx, j)),
+  );
 }
 
 async function relinkHeld(ctx: GcContext, j: RelinkJournal): Promise<void> {

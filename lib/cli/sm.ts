@@ -6,12 +6,14 @@
  *   sm log [--vdi <uuid>]  SMlog lines (about one VDI and its chain)
  *   sm rebuild-metadata <sr> [--dir DIR | --vg VG] [--type T]
  *                          new SR metadata made from the images (the old copy kept)
+ *   sm datapath [<sr>]     the VDIs served here over NBD: sockets, clients, paused
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { initLog, smlogPath } from '../log/index.js';
 import { activeVdiSet } from '../sr/activation.js';
-import { attachedBackend, backendOf, readAttachRecord } from '../sr/attach-record.js';
+import { attachedBackend, backendOf, listAttachRecords, readAttachRecord } from '../sr/attach-record.js';
+import { servedHere } from '../sr/datapath.js';
 import type { StorageBackend } from '../sr/backend.js';
 import { FileBackend } from '../sr/file-backend.js';
 import { LvmBackend } from '../sr/lvm-backend.js';
@@ -25,7 +27,7 @@ import { scanSr } from '../sr/scan.js';
 import { formatForest, num2str } from '../sr/tree-format.js';
 import { leftAloneFor } from '../sr/unreadable.js';
 
-const USAGE = `usage: sm sr-scan <sr_uuid> | sm tree <sr_uuid> | sm log [--vdi <uuid>] | sm rebuild-metadata <sr_uuid> [--dir DIR | --vg VG] [--type T]\n`;
+const USAGE = `usage: sm sr-scan <sr_uuid> | sm tree <sr_uuid> | sm log [--vdi <uuid>] | sm rebuild-metadata <sr_uuid> [--dir DIR | --vg VG] [--type T] | sm datapath [<sr_uuid>]\n`;
 const out = (s: string) => process.stdout.write(s + '\n');
 
 function srArg(args: string[]): string {
@@ -122,10 +124,26 @@ async function rebuild(args: string[]): Promise<number> {
   return 0;
 }
 
+/** One row per VDI served on this host (every attached SR, or the one named). */
+async function datapath(args: string[]): Promise<number> {
+  const srs = args.length > 0 ? [srArg(args)] : (await listAttachRecords()).map((r) => r.sr_uuid);
+  const head = ['sr', 'vdi', 'mode', 'state', 'clients', 'socket'];
+  const rows: string[][] = [];
+  for (const sr of srs) {
+    for (const v of await servedHere(sr)) {
+      rows.push([sr, v.vdi, v.writable ? 'rw' : 'ro', v.paused ? `paused ${v.pausedMs ?? 0}ms` : 'serving', String(v.clients), v.socket]);
+    }
+  }
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  for (const r of [head, ...rows]) out(r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
+  out(`${rows.length} VDIs served`);
+  return 0;
+}
+
 async function main(argv: string[]): Promise<number> {
   initLog('SM');
   const [cmd, ...args] = argv;
-  const commands: Record<string, (a: string[]) => Promise<number>> = { 'sr-scan': srScan, tree, log: logLines, 'rebuild-metadata': rebuild };
+  const commands: Record<string, (a: string[]) => Promise<number>> = { 'sr-scan': srScan, tree, log: logLines, 'rebuild-metadata': rebuild, datapath };
   const run = cmd ? commands[cmd] : undefined;
   if (!run) {
     process.stderr.write(USAGE);

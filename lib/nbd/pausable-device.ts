@@ -60,12 +60,15 @@ export class PausableDevice extends PassthroughDevice {
 
   /**
    * Swaps the inner device; only once pause() has resolved. The new device must
-   * have the same size and the same operations (clients negotiated against the
-   * old one). Returns the old device, still open: closing it is the caller's call.
+   * have the same operations and the same size (clients negotiated against the
+   * old one), or with `grow` a size at least as large: each connection keeps
+   * checking ranges against the size it negotiated, new connections get the new
+   * one. Returns the old device, still open: closing it is the caller's call.
    */
-  refresh(next: BlockDevice): BlockDevice {
+  refresh(next: BlockDevice, opts: { grow?: boolean } = {}): BlockDevice {
     if (!this.quiesced) throw new Error('refresh needs a paused device (await pause() first)');
-    if (next.size !== this.inner.size) throw new Error(`refresh: size ${next.size} differs from ${this.inner.size}`);
+    const sizeOk = opts.grow ? next.size >= this.inner.size : next.size === this.inner.size;
+    if (!sizeOk) throw new Error(`refresh: size ${next.size} ${opts.grow ? 'is smaller than' : 'differs from'} ${this.inner.size}`);
     const had = operationsOf(this.inner).join(',');
     const has = operationsOf(next).join(',');
     if (had !== has) throw new Error(`refresh: operations [${has}] differ from [${had}]`);

@@ -8,3 +8,4 @@ export * from './lvm.js';
 export * from './scsi.js';
 export * as iscsi from './iscsi.js';
 export * as nfs from './nfs.js';
+export * from './nbd-client.js';

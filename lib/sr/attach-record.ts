@@ -93,6 +93,8 @@ export interface VdiState {
   writable: boolean;
   active: boolean;
   since: string;
+  /** The kernel NBD device the attach chose (where the nbd module is loaded); connected while active. */
+  nbd_device?: string;
 }
 
 /** Whether this host has the VDI activated: what a VDI's hold on its images (LVM) rests on. */
@@ -115,4 +117,17 @@ export async function writeVdiState(sr: string, vdi: string, state: VdiState | u
   }
   await mkdir(runStateDir('vdi', sr), { recursive: true });
   await writeFileAtomic(vdiStatePath(sr, vdi), JSON.stringify(state) + '\n');
+}
+
+/** The attach state of every VDI of every SR on this host (to keep /dev/nbdN choices apart). */
+export async function listVdiStates(): Promise<VdiState[]> {
+  const out: VdiState[] = [];
+  for (const sr of await readdir(runStateDir('vdi')).catch(() => [] as string[])) {
+    for (const n of await readdir(runStateDir('vdi', sr)).catch(() => [] as string[])) {
+      if (!n.endsWith('.json')) continue;
+      const state = await readVdiState(sr, n.slice(0, -'.json'.length));
+      if (state) out.push(state);
+    }
+  }
+  return out;
 }

@@ -23,3 +23,16 @@ export function attachRecordPath(srUuid: string): string {
 export function lockDir(srUuid: string): string {
   return join(smRoot(), 'var', 'lock', 'sm', srUuid);
 }
+
+/** The control socket of the SR's datapath process on this host (lib/datapath/sm-datapath.ts). */
+export function datapathControlPath(srUuid: string): string {
+  return runStateDir('datapath', `${srUuid}.sock`);
+}
+
+/**
+ * Where an active VDI is served over NBD (DESIGN item 8): a link to the
+ * datapath's socket, as the established SM links tapdisk's; no colon in it.
+ */
+export function nbdSocketPath(srUuid: string, vdiUuid: string): string {
+  return join(smRoot(), 'run', 'blktap-control', 'nbd', srUuid, vdiUuid);
+}

@@ -19,7 +19,9 @@ import {
   writeAttachRecord,
   writeVdiState,
 } from './attach-record.js';
+import { allocateParams, connectKernelNbd, paramsNbd, serveVdi, servedHere, settleServing, stopServing, unpauseLeftovers, withPausedServing } from './datapath.js';
 import { faultPoint } from './fault.js';
+import { hostId } from './host-id.js';
 import { abandonLeafCoalesce } from './journal.js';
 import { kickGc } from './gc-trigger.js';
 import { requireUuid } from './ids.js';
@@ -95,6 +97,8 @@ function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Pro
           await repo.records.convertLegacy(); // one look once converted; an SR attached by an older version converts here
           await recoverSrJournals(repo);
         }
+        // Paused by a verb that was killed: the chain is settled now, so the datapath reopens its leaf.
+        await unpauseLeftovers(repo, sr);
         return fn(repo, sr, req);
       });
     });
@@ -209,6 +213,11 @@ export function srDriver(type: SrType): Driver {
         const record = await readAttachRecord(sr);
         const busy = record ? await activeHere(backendOf(record)) : [];
         if (busy.length > 0) throw new SMError('SRInUse', `VDIs still active: ${busy.join(', ')}`);
+        // Nothing is active here, so whatever the datapath still serves was left by an interrupted verb.
+        if (record) {
+          const repo = new Repository(backendOf(record));
+          for (const s of await servedHere(sr)) await stopServing(repo, sr, s.vdi);
+        }
         await type.detach(req, sr);
         await removeAttachRecord(sr);
         return null;
@@ -265,10 +274,12 @@ export function srDriver(type: SrType): Driver {
       if (writable && (record?.read_only || !record?.managed)) {
         throw new SMError('VDIUnavailable', `${vdi} is read-only`);
       }
-      await writeVdiState(sr, vdi, { writable, active: false, since: new Date().toISOString() });
+      // The VDI is read and written through its datapath (DESIGN item 8), never through its image file.
+      const { params, nbdDevice } = await allocateParams(sr, vdi);
+      await writeVdiState(sr, vdi, { writable, active: false, since: new Date().toISOString(), ...(nbdDevice ? { nbd_device: nbdDevice } : {}) });
       return {
-        params: repo.imagePath(vdi),
-        params_nbd: '',
+        params,
+        params_nbd: paramsNbd(sr, vdi),
         o_direct: true,
         o_direct_reason: '',
         xenstore_data: { 'vdi-uuid': vdi, 'storage-type': type.driver.replace(/SR$/, '').toLowerCase() },
@@ -276,6 +287,9 @@ export function srDriver(type: SrType): Driver {
     }),
 
     vdi_detach: onVdi(async (repo, vdi, sr) => {
+      // Detached without a vdi_deactivate first: still served, or its datapath died.
+      await settleServing(repo, sr, vdi);
+      await stopServing(repo, sr, vdi);
       await dropActivation(repo.backend, vdi);
       await repo.backend.releaseVdi(vdi); // detached without a vdi_deactivate first
       await writeVdiState(sr, vdi, undefined);
@@ -298,11 +312,27 @@ export function srDriver(type: SrType): Driver {
         if (!state.active) await dropActivation(repo.backend, vdi);
         throw e;
       }
+      try {
+        // As tapdisk starts at activate: a datapath that died since the last verb is cleaned up first.
+        await settleServing(repo, sr, vdi);
+        await serveVdi(sr, vdi, repo.imagePath(vdi), writable);
+        await connectKernelNbd(sr, vdi, state.nbd_device);
+      } catch (e) {
+        if (!state.active) {
+          await stopServing(repo, sr, vdi).catch(() => undefined);
+          await repo.backend.releaseVdi(vdi);
+          await dropActivation(repo.backend, vdi);
+        }
+        throw e;
+      }
       await writeVdiState(sr, vdi, { ...state, writable, active: true });
       return null;
     }),
 
     vdi_deactivate: onVdi(async (repo, vdi, sr) => {
+      // Served no more first: every acknowledged write flushed, the image closed (or a dead datapath cleaned up).
+      await settleServing(repo, sr, vdi);
+      await stopServing(repo, sr, vdi);
       const state = await readVdiState(sr, vdi);
       // Inactive first: killed before the release, the hold is dropped by the next verb's settleHolds.
       if (state) await writeVdiState(sr, vdi, { ...state, active: false });
@@ -311,20 +341,26 @@ export function srDriver(type: SrType): Driver {
       return null;
     }),
 
-    vdi_snapshot: onVdi(async (repo, vdi, _sr, req) => {
+    vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
-      return vdiReply(await snapshotVdi(repo, vdi, mode).catch(wrap('VDISnapshot')));
+      await refuseActiveElsewhere(repo, vdi);
+      return vdiReply(await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode), () => recoverSrJournals(repo)).catch(wrap('VDISnapshot')));
     }),
 
-    vdi_clone: onVdi(async (repo, vdi) => vdiReply(await snapshotVdi(repo, vdi, 'clone').catch(wrap('VDIClone')))),
+    vdi_clone: onVdi(async (repo, vdi, sr) => {
+      await refuseActiveElsewhere(repo, vdi);
+      return vdiReply(await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone'), () => recoverSrJournals(repo)).catch(wrap('VDIClone')));
+    }),
 
-    vdi_resize: onVdi(async (repo, vdi, _sr, req) => {
-      await resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).catch(wrap('VDIResize'));
+    vdi_resize: onVdi(async (repo, vdi, sr, req) => {
+      await refuseActiveElsewhere(repo, vdi);
+      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
       return vdiReply(vdi);
     }),
 
-    vdi_resize_online: onVdi(async (repo, vdi, _sr, req) => {
-      await resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).catch(wrap('VDIResize'));
+    vdi_resize_online: onVdi(async (repo, vdi, sr, req) => {
+      await refuseActiveElsewhere(repo, vdi);
+      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
       return vdiReply(vdi);
     }),
 
@@ -365,6 +401,15 @@ async function checkSrMetadata(repo: Repository, sr: string) {
   });
   if (meta && meta.uuid !== sr) throw new SMError('SRUnavailable', `this storage holds SR ${meta.uuid}, not ${sr}`);
   return meta;
+}
+
+/**
+ * Snapshot, clone and resize change the VDI's chain under its datapath, which
+ * only this host can pause: a VDI active on another host is refused (VDIInUse).
+ */
+async function refuseActiveElsewhere(repo: Repository, vdi: string): Promise<void> {
+  const holder = (await poolActivations(repo.backend)).get(vdi);
+  if (holder && holder.host !== hostId()) throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}`);
 }
 
 /** Keeps SM errors as they are; anything else becomes the verb's own error code. */

@@ -2,17 +2,17 @@
 // process per call), issue seeded random verb mixes on one File SR while the
 // GC runs (started by the drivers, and `sm-gc -g` in a loop). Each worker owns
 // its VDIs and their model: it writes only while its VDI is attached and
-// activated (with `sm-vhd write`), reads back through the vdi_attach path
-// (`sm-vhd export`) and compares. Scans and SR detach/attach cycles are shared.
+// activated, through the datapath the activation started (NBD, then a flush),
+// reads back through the socket vdi_attach returned, and compares. Scans and SR detach/attach cycles are shared.
 // Every reply must be a success or a fault whose code the situation explains;
 // no call may hang; at the end every VDI reads as its model, every image passes
 // check, metadata matches the images, and no journal or stray file is left.
 // SM_SEED=<n> replays a run; SM_SOAK=<seconds> runs longer.
-import fs from 'node:fs';
 import test from 'ava';
 import { MiB, pattern, SparseDisk } from '../helpers/model.js';
 import { SeededRandom } from '../helpers/random.js';
-import { callDriver, createArgs, gc, makeSmEnv, readSmlog, request, sleep, smGc, smVhd, waitForStartedGcs, xml, type SmEnv } from '../helpers/sm.js';
+import { callDriver, createArgs, gc, makeSmEnv, readSmlog, request, sleep, smGc, waitForStartedGcs, xml, type SmEnv } from '../helpers/sm.js';
+import { nbdSocket, openNbd } from '../helpers/nbd-vdi.js';
 import { assertConsistent, hostLeftovers, writeVdi } from '../helpers/sr-state.js';
 
 const SEED = Number(process.env.SM_SEED ?? Math.floor(Math.random() * 1e9));
@@ -180,7 +180,7 @@ async function worker(run: Run, id: number, deadline: number, models: Map<string
   }
 }
 
-/** Attach and activate (writable), write, read back through the attach path, deactivate, detach. */
+/** Attach and activate (writable), write and read back through the VDI's NBD socket, deactivate, detach. */
 async function session(run: Run, id: number, opStart: number, u: string, model: SparseDisk, rng: SeededRandom, n: number): Promise<void> {
   const attach = await run.call(id, opStart, 'vdi_attach', vdiArgs(u, { args: ['true'] }));
   if (attach.code !== 0) return;
@@ -192,11 +192,19 @@ async function session(run: Run, id: number, opStart: number, u: string, model: 
     const data = pattern(SEED + id * 100_000 + n, length);
     await writeVdi(run.ctx, u, offset, data, 'cli');
     model.write(offset, data);
-    const out = run.ctx.scratch(`w${id}.raw`);
-    const r = await smVhd(['export', '-n', path, '-o', out]);
-    if (r.code !== 0) run.dataErrors.push(`worker ${id}: export of ${u} failed: ${r.stderr}`);
-    else if (!fs.readFileSync(out).equals(model.read(0, model.size))) run.dataErrors.push(`worker ${id}: ${u} read back differs from its model`);
-    fs.rmSync(out, { force: true });
+    if (path !== nbdSocket(run.ctx, u)) run.dataErrors.push(`worker ${id}: vdi_attach gave ${path}, not the VDI's NBD socket`);
+    try {
+      const c = await openNbd(run.ctx, u);
+      let same = true;
+      for (let at = 0; at < model.size && same; at += 4 * MiB) {
+        const n = Math.min(4 * MiB, model.size - at);
+        same = (await c.read(at, n)).equals(model.read(at, n));
+      }
+      c.close();
+      if (!same) run.dataErrors.push(`worker ${id}: ${u} read back differs from its model`);
+    } catch (err) {
+      run.dataErrors.push(`worker ${id}: reading ${u} through NBD failed: ${(err as Error).message}`);
+    }
     await run.call(id, opStart, 'vdi_deactivate', vdiArgs(u));
   }
   await run.call(id, opStart, 'vdi_detach', vdiArgs(u));

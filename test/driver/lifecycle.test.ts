@@ -208,8 +208,10 @@ async function lifecycle(t: ExecutionContext, ctx: SmEnv, tr: Transport): Promis
   const a = att as Record<string, unknown>;
   t.deepEqual(Object.keys(a).sort(), ['o_direct', 'o_direct_reason', 'params', 'params_nbd', 'xenstore_data']);
   t.is(typeof a.params, 'string');
-  t.is(fs.realpathSync(a.params as string), fs.realpathSync(imagePath(ctx, V)), 'params is the leaf image');
-  t.is(typeof a.params_nbd, 'string');
+  // Read and written through the datapath, never through the image (no nbd module on this host: the socket itself).
+  const socket = path.join(ctx.root, 'run', 'blktap-control', 'nbd', ctx.sr, V);
+  t.is(a.params, socket, 'params is the VDI\'s NBD socket');
+  t.is(a.params_nbd, `nbd:unix:${socket}:exportname=${V}`, 'params_nbd in the established form');
   t.is(typeof a.o_direct, 'boolean');
   t.is(typeof a.o_direct_reason, 'string');
   t.is(typeof a.xenstore_data, 'object');

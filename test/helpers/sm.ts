@@ -70,8 +70,30 @@ export async function makeSmEnv(opts: EnvOptions = {}): Promise<SmEnv> {
     hostId: writeInventory(root),
     srMaster: true,
     scratch: (name) => path.join(base, `${n++}-${name}`),
-    cleanup: () => rm(base, { recursive: true, force: true }),
+    cleanup: async () => {
+      // The safety net: a datapath a test left running (its SM_ROOT is under base) must not outlive the test.
+      const left = datapathPids(base);
+      for (const pid of left) process.kill(pid, 'SIGKILL');
+      await rm(base, { recursive: true, force: true });
+    },
   };
+}
+
+/** The sm-datapath processes whose control socket lies under `dir` (a test's base or SM_ROOT). */
+export function datapathPids(dir: string): number[] {
+  const pids: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const argv = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if (!argv.some((a) => a.includes('sm-datapath'))) continue;
+      const control = argv[argv.indexOf('--control') + 1] ?? '';
+      if (control.startsWith(dir + path.sep)) pids.push(Number(name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
 }
 
 /** A host's xensource-inventory with a fresh INSTALLATION_UUID, as the established SM reads it. */

@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { checkChain, imageInfo, VhdChain, writeAt } from '../../lib/vhd/index.js';
 import { BLOCK, type SparseDisk } from './model.js';
+import { isServed, writeServed } from './nbd-vdi.js';
 import { smVhd, type SmEnv } from './sm.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -244,8 +245,16 @@ export function snapshotDir(dir: string, exclude: (rel: string) => boolean = () 
   return out;
 }
 
-/** Writes `data` at a virtual offset of a VDI's leaf: with `sm-vhd write` (cli) or the same library call in-process. */
+/**
+ * Writes `data` at a virtual offset of a VDI: through its datapath (NBD, then a
+ * flush) while it is served, as a guest writes; otherwise into its leaf with
+ * `sm-vhd write` (cli) or the same library call in-process.
+ */
 export async function writeVdi(ctx: SmEnv, uuid: string, offset: number, data: Buffer, how: 'cli' | 'lib' = 'lib'): Promise<void> {
+  if (isServed(ctx, uuid)) {
+    await writeServed(ctx, uuid, offset, data);
+    return;
+  }
   if (how === 'lib') {
     await writeAt(imagePath(ctx, uuid), data, offset);
     return;

@@ -231,3 +231,28 @@ test('MemoryDevice extents and zero; FileDevice round trip; PassthroughDevice hi
   }
   t.deepEqual(operationsOf(new PassthroughDevice(new ReadOnlyDevice(m))), ['flush', 'extents']);
 });
+
+test('refresh with grow: a larger device is taken; connections keep the size they negotiated, new ones get the new size', async (t) => {
+  const first = new MemoryDevice(4 * MiB);
+  const pausable = new PausableDevice(first);
+  await withServer({}, async (s) => {
+    s.server.addExport('d', pausable);
+    const before = await RawClient.open(s.socket, 'd');
+    await pausable.pause();
+    t.throws(() => pausable.refresh(new MemoryDevice(2 * MiB), { grow: true }), { message: /smaller/ }, 'never shrinks');
+    const bigger = new MemoryDevice(8 * MiB);
+    pausable.refresh(bigger, { grow: true });
+    pausable.unpause();
+    t.is(pausable.size, 8 * MiB);
+    before.request(CMD.WRITE, 6 * MiB, 512, { payload: Buffer.alloc(512, 1) });
+    t.is((await before.simpleReply())?.error, 28, 'past the size it negotiated: ENOSPC');
+    const after = await RawClient.connect(s.socket);
+    await after.greet();
+    const go = await after.go('d');
+    t.deepEqual('size' in go ? go.size : go, BigInt(8 * MiB), 'a new connection sees the new size');
+    after.request(CMD.WRITE, 6 * MiB, 512, { payload: Buffer.alloc(512, 2) });
+    t.is((await after.simpleReply())?.error, 0);
+    before.destroy();
+    after.destroy();
+  });
+});

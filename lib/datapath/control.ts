@@ -1,0 +1,99 @@
+/**
+ * The datapath's control protocol: one JSON object per line on a unix socket,
+ * one reply line per request, in order. The client here is what lib/sr uses;
+ * it knows nothing of SRs (every path is an argument).
+ */
+import net from 'node:net';
+
+export type ControlRequest =
+  /** Serve the chain ending at `path` as export `vdi`, on a socket linked at `socket`. */
+  | { op: 'serve'; vdi: string; path: string; socket: string; writable: boolean }
+  /** Stop serving: connections drained and closed, the image flushed and closed, the link removed. */
+  | { op: 'stop'; vdi: string }
+  /** Hold new requests, drain the ones in flight, close the image (its files are then consistent and closed). */
+  | { op: 'pause'; vdi: string }
+  /** Open the chain ending at `path` (a snapshot's new leaf), switch to it, release the held requests. */
+  | { op: 'unpause'; vdi: string; path: string }
+  | { op: 'list' };
+
+export interface ServedVdi {
+  vdi: string;
+  /** The leaf image served. */
+  path: string;
+  /** The NBD socket (a link to `listening`). */
+  socket: string;
+  listening: string;
+  writable: boolean;
+  paused: boolean;
+  /** Milliseconds paused so far, when paused. */
+  pausedMs?: number;
+  clients: number;
+  size: number;
+  since: string;
+}
+
+export type ControlReply =
+  | { ok: true; pid: number; served?: ServedVdi[]; pausedMs?: number; wasServed?: boolean; exiting?: boolean }
+  | { ok: false; pid: number; error: string };
+
+/** Nobody answers on the control socket (never started, or the process died). */
+export class DatapathUnreachable extends Error {
+  constructor(
+    readonly controlPath: string,
+    readonly code: string,
+  ) {
+    super(`datapath at ${controlPath} unreachable (${code})`);
+    this.name = 'DatapathUnreachable';
+  }
+}
+
+/** The datapath answered with an error. */
+export class DatapathError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DatapathError';
+  }
+}
+
+/**
+ * One request, one reply. DatapathUnreachable when nothing listens (or the
+ * process died before answering), DatapathError for a refused request.
+ */
+export function controlCall(controlPath: string, req: ControlRequest, timeoutMs = 120_000): Promise<Extract<ControlReply, { ok: true }>> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(controlPath);
+    let buffered = '';
+    let connected = false;
+    let settled = false;
+    const finish = (err: Error | undefined, reply?: Extract<ControlReply, { ok: true }>) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.destroy();
+      if (err) reject(err);
+      else resolve(reply!);
+    };
+    const timer = setTimeout(() => finish(new DatapathError(`${req.op}: no reply from ${controlPath} within ${timeoutMs} ms`)), timeoutMs);
+    socket.setEncoding('utf8');
+    socket.once('connect', () => {
+      connected = true;
+      socket.write(JSON.stringify(req) + '\n');
+    });
+    socket.on('data', (chunk: string) => {
+      buffered += chunk;
+      const nl = buffered.indexOf('\n');
+      if (nl < 0) return;
+      let reply: ControlReply;
+      try {
+        reply = JSON.parse(buffered.slice(0, nl)) as ControlReply;
+      } catch {
+        finish(new DatapathError(`${req.op}: unparseable reply from ${controlPath}`));
+        return;
+      }
+      if (reply.ok) finish(undefined, reply);
+      else finish(new DatapathError(reply.error));
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => finish(new DatapathUnreachable(controlPath, err.code ?? err.message)));
+    socket.on('close', () => finish(new DatapathUnreachable(controlPath, connected ? 'closed before replying' : 'ENOENT')));
+  });
+}

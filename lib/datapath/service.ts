@@ -1,0 +1,168 @@
+/**
+ * What one datapath process does: serves VDIs (a VHD chain behind a
+ * PausableDevice, one NbdServer each) and pauses, unpauses and stops them on
+ * request. Every path comes with the request; nothing here knows SRs.
+ *
+ * Each VDI's server listens on a short socket in the datapath's own run
+ * directory and the requested socket path is a link to it, as the established
+ * SM links tapdisk's sockets: a unix socket address holds at most 107 bytes,
+ * and `<root>/run/blktap-control/nbd/<sr>/<vdi>` can be longer than that
+ * under a test root (clients connect through the link; the kernel follows it).
+ */
+import { mkdir, readlink, rename, rm, symlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { NbdServer, PausableDevice, type NbdLogger } from '../nbd/index.js';
+import type { ServedVdi } from './control.js';
+import { openVhdDevice } from './vhd-device.js';
+
+export interface ServiceLog {
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+interface Served {
+  vdi: string;
+  path: string;
+  socket: string;
+  listening: string;
+  writable: boolean;
+  server: NbdServer;
+  device: PausableDevice;
+  since: string;
+  pausedAt?: number;
+}
+
+export class DatapathService {
+  private readonly served = new Map<string, Served>();
+  private next = 0;
+
+  constructor(
+    /** Where the listening sockets go (the control socket's directory). */
+    private readonly runDir: string,
+    private readonly log: ServiceLog,
+  ) {}
+
+  get size(): number {
+    return this.served.size;
+  }
+
+  async serve(vdi: string, path: string, socket: string, writable: boolean): Promise<void> {
+    const known = this.served.get(vdi);
+    if (known) {
+      if (known.path === path && known.writable === writable && known.socket === socket) return; // a repeated activate
+      throw new Error(`VDI ${vdi} is already served (${known.writable ? 'rw' : 'ro'} from ${known.path})`);
+    }
+    const started = Date.now();
+    const inner = writable ? await openVhdDevice(path, { writable: true }) : await openVhdDevice(path);
+    const device = new PausableDevice(inner);
+    const server = new NbdServer({ logger: this.nbdLogger(vdi) });
+    const listening = join(this.runDir, `nbd${process.pid}.${this.next++}`);
+    try {
+      server.addExport(vdi, device, { description: `VDI ${vdi}` });
+      await server.listen(listening);
+      await linkAtomically(listening, socket);
+    } catch (err) {
+      await server.destroy();
+      await device.close();
+      throw err;
+    }
+    this.served.set(vdi, { vdi, path, socket, listening, writable, server, device, since: new Date().toISOString() });
+    this.log.info(`datapath: VDI ${vdi} served ${writable ? 'read-write' : 'read-only'} from ${path} on ${socket} (${device.size} bytes, opened in ${Date.now() - started} ms)`);
+  }
+
+  /** Connections drained and closed, the image flushed and closed, the link removed. False if it was not served. */
+  async stop(vdi: string): Promise<boolean> {
+    const s = this.served.get(vdi);
+    if (!s) return false;
+    this.served.delete(vdi);
+    const clients = s.server.connectionCount;
+    // Paused, held requests would never drain: those connections are dropped instead.
+    if (s.device.paused) await s.server.destroy();
+    else await s.server.close();
+    await s.device.close();
+    await removeLinkTo(s.socket, s.listening);
+    this.log.info(`datapath: VDI ${vdi} no longer served (${clients} clients disconnected; image closed)`);
+    return true;
+  }
+
+  /** Holds new requests, drains those in flight, closes the image. Resolves to nothing once its files are closed. */
+  async pause(vdi: string): Promise<void> {
+    const s = this.require(vdi);
+    if (s.pausedAt === undefined) s.pausedAt = Date.now();
+    await s.device.pause();
+    await s.device.current.close();
+    this.log.info(`datapath: VDI ${vdi} paused (drained and closed in ${Date.now() - s.pausedAt} ms)`);
+  }
+
+  /** Opens the chain at `path` (the VDI's leaf now), switches to it and releases the held requests; returns how long it was paused. */
+  async unpause(vdi: string, path: string): Promise<number> {
+    const s = this.require(vdi);
+    if (!s.device.paused) return 0;
+    await s.device.pause(); // a pause still draining finishes first
+    const next = s.writable ? await openVhdDevice(path, { writable: true }) : await openVhdDevice(path);
+    const grew = next.size > s.device.size ? ` (size ${s.device.size} -> ${next.size} bytes for new connections)` : '';
+    try {
+      s.device.refresh(next, { grow: true });
+    } catch (err) {
+      await next.close();
+      throw err;
+    }
+    s.path = path;
+    s.device.unpause();
+    const ms = Date.now() - (s.pausedAt ?? Date.now());
+    s.pausedAt = undefined;
+    this.log.info(`datapath: VDI ${vdi} unpaused on ${path} after ${ms} ms paused${grew}`);
+    return ms;
+  }
+
+  list(): ServedVdi[] {
+    return [...this.served.values()].map((s) => ({
+      vdi: s.vdi,
+      path: s.path,
+      socket: s.socket,
+      listening: s.listening,
+      writable: s.writable,
+      paused: s.device.paused,
+      ...(s.pausedAt === undefined ? {} : { pausedMs: Date.now() - s.pausedAt }),
+      clients: s.server.connectionCount,
+      size: s.device.size,
+      since: s.since,
+    }));
+  }
+
+  /** Stops everything (SIGTERM): paused VDIs lose their held requests, the others drain. */
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.served.keys()].map((vdi) => this.stop(vdi).catch((err: Error) => this.log.error(`datapath: stopping VDI ${vdi}: ${err.message}`))));
+  }
+
+  private require(vdi: string): Served {
+    const s = this.served.get(vdi);
+    if (!s) throw new Error(`VDI ${vdi} is not served here`);
+    return s;
+  }
+
+  /** Connection opens/closes are routine (debug-level chatter kept out of SMlog); protocol trouble is logged. */
+  private nbdLogger(vdi: string): NbdLogger {
+    return {
+      info: () => {},
+      warn: (m) => this.log.warn(`datapath: VDI ${vdi}: ${m}`),
+      error: (m) => this.log.error(`datapath: VDI ${vdi}: ${m}`),
+    };
+  }
+}
+
+/** `link` -> `target`, replacing whatever `link` was in one rename. */
+async function linkAtomically(target: string, link: string): Promise<void> {
+  await mkdir(dirname(link), { recursive: true });
+  const tmp = `${link}.tmp-${process.pid}`;
+  await rm(tmp, { force: true });
+  await symlink(target, tmp);
+  await rename(tmp, link);
+}
+
+/** Removes `link` only if it still points at `target` (a newer datapath may own it). */
+async function removeLinkTo(link: string, target: string): Promise<void> {
+  const now = await readlink(link).catch(() => undefined);
+  if (now === target) await rm(link, { force: true });
+}

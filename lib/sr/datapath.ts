@@ -1,0 +1,217 @@
+/**
+ * The verbs' side of the datapath (lib/datapath): one sm-datapath process per
+ * SR on this host, started by the first activation, reached on its control
+ * socket. Every verb runs under the SR lock, so no two of these race; the
+ * control socket is still the datapath's own lock against a double start.
+ *
+ * What says a VDI is served: the link at its NBD socket path. A link the
+ * datapath does not list (the process died) is cleaned up by the next verb on
+ * that VDI: link and socket removed, a writable image opened once for writing
+ * and closed (which repairs what the kill left), and the verb carries on.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readlink, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { controlCall, DatapathUnreachable, type ServedVdi } from '../datapath/control.js';
+import { openVhdDevice } from '../datapath/vhd-device.js';
+import { getLog } from '../log/index.js';
+import { connectNbd, disconnectNbd, freeNbdDevice, kernelNbdAvailable } from '../os/nbd-client.js';
+import { SMError } from '../smapi/errors.js';
+import { listVdiStates, readVdiState } from './attach-record.js';
+import { installRoot } from './install-root.js';
+import { datapathControlPath, nbdSocketPath } from './paths.js';
+import type { Repository } from './repository.js';
+
+const START_TIMEOUT_MS = 15_000;
+
+/** The bundled datapath (one file: starts faster), else the compiled module. */
+function datapathEntry(): string {
+  const bundled = join(installRoot(), 'dist', 'bundle', 'sm-datapath.mjs');
+  return existsSync(bundled) ? bundled : join(installRoot(), 'dist', 'lib', 'datapath', 'sm-datapath.js');
+}
+
+/** `params_nbd` of a VDI, the established form (xapi splits it on `:`). */
+export function paramsNbd(sr: string, vdi: string): string {
+  return `nbd:unix:${nbdSocketPath(sr, vdi)}:exportname=${vdi}`;
+}
+
+/** What the SR's datapath on this host serves; empty when none runs. */
+export async function servedHere(sr: string): Promise<ServedVdi[]> {
+  try {
+    return (await controlCall(datapathControlPath(sr), { op: 'list' }, 10_000)).served ?? [];
+  } catch (err) {
+    if (err instanceof DatapathUnreachable) return [];
+    throw err;
+  }
+}
+
+async function startDatapath(sr: string): Promise<void> {
+  const control = datapathControlPath(sr);
+  const child = spawn(process.execPath, [datapathEntry(), '--sr', sr, '--control', control], { detached: true, stdio: 'ignore', env: process.env });
+  child.on('error', (err) => getLog().warn(`datapath of SR ${sr} failed to start: ${err.message}`));
+  child.unref();
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    try {
+      const { pid } = await controlCall(control, { op: 'list' }, 5_000);
+      getLog().info(`datapath of SR ${sr} started (pid ${pid})`);
+      return;
+    } catch (err) {
+      if (!(err instanceof DatapathUnreachable) || Date.now() > deadline) throw new SMError('VDIUnavailable', `the datapath of SR ${sr} did not start: ${(err as Error).message}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Serves the VDI (read-only unless `writable`) from `path`, starting the SR's datapath if none runs. */
+export async function serveVdi(sr: string, vdi: string, path: string, writable: boolean): Promise<void> {
+  const req = { op: 'serve' as const, vdi, path, socket: nbdSocketPath(sr, vdi), writable };
+  try {
+    await controlCall(datapathControlPath(sr), req);
+  } catch (err) {
+    if (!(err instanceof DatapathUnreachable)) throw new SMError('VDIUnavailable', `VDI ${vdi} cannot be served: ${(err as Error).message}`);
+    await startDatapath(sr);
+    await controlCall(datapathControlPath(sr), req).catch((e: Error) => {
+      throw new SMError('VDIUnavailable', `VDI ${vdi} cannot be served: ${e.message}`);
+    });
+  }
+}
+
+/**
+ * Stops serving the VDI (connections closed, image flushed and closed), or
+ * cleans up after a datapath that died. Nothing to do when it was not served.
+ */
+export async function stopServing(repo: Repository, sr: string, vdi: string): Promise<void> {
+  const state = await readVdiState(sr, vdi);
+  if (state?.nbd_device) {
+    await disconnectNbd(state.nbd_device).catch((err: Error) => getLog().warn(`VDI ${vdi}: nbd-client -disconnect ${state.nbd_device}: ${err.message}`));
+  }
+  try {
+    const r = await controlCall(datapathControlPath(sr), { op: 'stop', vdi });
+    if (r.exiting) getLog().info(`datapath of SR ${sr}: serves nothing more, exiting`);
+    if (r.wasServed) return;
+  } catch (err) {
+    if (!(err instanceof DatapathUnreachable)) throw new SMError('VDIUnavailable', `VDI ${vdi}: stopping its datapath failed: ${(err as Error).message}`);
+  }
+  await cleanUpDead(repo, sr, vdi, state?.writable === true);
+}
+
+/**
+ * At the start of every verb on a VDI: a VDI left paused by a killed verb is
+ * unpaused on its leaf as it is now (journals are already recovered); a VDI
+ * whose datapath died is cleaned up. Returns whether it is being served.
+ */
+export async function settleServing(repo: Repository, sr: string, vdi: string): Promise<boolean> {
+  const link = nbdSocketPath(sr, vdi);
+  const linked = await readlink(link).catch(() => undefined);
+  const served = (await servedHere(sr)).find((s) => s.vdi === vdi);
+  if (served?.paused) {
+    const { pausedMs } = await controlCall(datapathControlPath(sr), { op: 'unpause', vdi, path: repo.imagePath(vdi) });
+    getLog().info(`VDI ${vdi}: found paused by an interrupted verb; unpaused on ${repo.imagePath(vdi)} after ${pausedMs} ms`);
+  }
+  if (served) return true;
+  if (linked !== undefined) await cleanUpDead(repo, sr, vdi, (await readVdiState(sr, vdi))?.writable === true);
+  return false;
+}
+
+/** What a dead datapath left of one VDI: its sockets, and (writable) whatever its kill left in the leaf. */
+async function cleanUpDead(repo: Repository, sr: string, vdi: string, writable: boolean): Promise<void> {
+  const link = nbdSocketPath(sr, vdi);
+  const target = await readlink(link).catch(() => undefined);
+  if (target === undefined) return;
+  // Only a socket of the datapath's own directory goes with the link.
+  if (dirname(target) === dirname(datapathControlPath(sr))) await rm(target, { force: true });
+  await rm(link, { force: true });
+  if (writable && (await repo.backend.hasImage(vdi))) {
+    const device = await openVhdDevice(repo.imagePath(vdi), { writable: true });
+    await device.close();
+  }
+  getLog().warn(`VDI ${vdi}: its datapath had died; sockets removed${writable ? ', image repaired and closed' : ''}`);
+}
+
+/**
+ * Runs `fn` (a change of the VDI's chain) with the VDI's datapath paused and
+ * its image closed when it is served here; always unpauses afterwards, on
+ * the VDI's leaf as it is then (the new leaf after a snapshot, the old one
+ * after a rollback). Clients see latency, never an error.
+ */
+export async function withPausedServing<T>(
+  repo: Repository,
+  sr: string,
+  vdi: string,
+  fn: () => Promise<T>,
+  /** After a failure of `fn`, before the unpause: settle the chain (recover its journal) so the datapath reopens what stays. */
+  onFailure?: () => Promise<unknown>,
+): Promise<T> {
+  if (!(await settleServing(repo, sr, vdi))) return fn();
+  const control = datapathControlPath(sr);
+  const started = Date.now();
+  await controlCall(control, { op: 'pause', vdi }).catch((err: Error) => {
+    throw new SMError('VDIInUse', `VDI ${vdi}: its datapath could not pause: ${err.message}`);
+  });
+  getLog().info(`VDI ${vdi}: datapath paused (drained and closed in ${Date.now() - started} ms)`);
+  try {
+    return await fn();
+  } catch (err) {
+    await onFailure?.().catch((e: Error) => getLog().warn(`VDI ${vdi}: settling after a failed change: ${e.message}`));
+    throw err;
+  } finally {
+    const { pausedMs } = await controlCall(control, { op: 'unpause', vdi, path: repo.imagePath(vdi) });
+    getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
+  }
+}
+
+/**
+ * The GC's relink: the VDIs of `vdis` served here are paused (images closed)
+ * while `fn` rewrites their parent and removes the image they read through,
+ * then unpaused on their leaves, which now read through the new parent.
+ */
+export async function withServedPaused<T>(repo: Repository, sr: string, vdis: readonly string[], fn: () => Promise<T>): Promise<T> {
+  const control = datapathControlPath(sr);
+  const paused: string[] = [];
+  try {
+    for (const s of await servedHere(sr)) {
+      if (!vdis.includes(s.vdi)) continue;
+      await controlCall(control, { op: 'pause', vdi: s.vdi });
+      paused.push(s.vdi);
+      getLog().info(`VDI ${s.vdi}: datapath paused for a relink`);
+    }
+    return await fn();
+  } finally {
+    for (const vdi of paused) {
+      const { pausedMs } = await controlCall(control, { op: 'unpause', vdi, path: repo.imagePath(vdi) });
+      getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
+    }
+  }
+}
+
+/** Every VDI a killed verb left paused is unpaused on its leaf as it is now (after journal recovery). */
+export async function unpauseLeftovers(repo: Repository, sr: string): Promise<void> {
+  for (const s of await servedHere(sr)) {
+    if (!s.paused) continue;
+    const { pausedMs } = await controlCall(datapathControlPath(sr), { op: 'unpause', vdi: s.vdi, path: repo.imagePath(s.vdi) });
+    getLog().info(`VDI ${s.vdi}: found paused by an interrupted verb; unpaused on ${repo.imagePath(s.vdi)} after ${pausedMs} ms`);
+  }
+}
+
+/**
+ * The `params` of an attach: with the kernel's nbd module and nbd-client, a
+ * free /dev/nbdN (connected at activate); otherwise the NBD socket path.
+ */
+export async function allocateParams(sr: string, vdi: string): Promise<{ params: string; nbdDevice?: string }> {
+  const socket = nbdSocketPath(sr, vdi);
+  if (!kernelNbdAvailable()) return { params: socket };
+  const mine = (await readVdiState(sr, vdi))?.nbd_device;
+  if (mine) return { params: mine, nbdDevice: mine };
+  const taken = new Set((await listVdiStates()).map((s) => s.nbd_device).filter((d): d is string => !!d));
+  const dev = freeNbdDevice(taken);
+  return dev ? { params: dev, nbdDevice: dev } : { params: socket };
+}
+
+/** Connects the VDI's /dev/nbdN to its socket (activate), when it has one. */
+export async function connectKernelNbd(sr: string, vdi: string, device: string | undefined): Promise<void> {
+  if (!device) return;
+  await connectNbd(nbdSocketPath(sr, vdi), device, vdi);
+  getLog().info(`VDI ${vdi}: ${device} connected to ${nbdSocketPath(sr, vdi)}`);
+}
