@@ -1,13 +1,20 @@
 /** `npm run bench`: every benchmark, figures with same-run baselines. `npm run bench -- sr` runs one group. */
+import { runDatapathBenchmarks } from './datapath.bench.js';
 import { runGcBenchmarks } from './gc.bench.js';
 import { runLockWaitBenchmarks } from './lock-wait.bench.js';
 import { runMgtBenchmarks } from './mgt.bench.js';
 import { runSrBenchmarks, runSrSizeBenchmarks } from './sr.bench.js';
 import { runVhdBenchmarks } from './vhd.bench.js';
 
-const groups: Record<string, () => Promise<void>> = { vhd: runVhdBenchmarks, sr: runSrBenchmarks,
+const groups: Record<string, () => Promise<void>> = {
+  vhd: runVhdBenchmarks,
+  sr: runSrBenchmarks,
   srsize: runSrSizeBenchmarks,
-  mgt: runMgtBenchmarks, gc: runGcBenchmarks, lockwait: runLockWaitBenchmarks };
+  mgt: runMgtBenchmarks,
+  gc: runGcBenchmarks,
+  lockwait: runLockWaitBenchmarks,
+  datapath: runDatapathBenchmarks,
+};
 const wanted = process.argv.slice(2);
 console.log(`benchmarks on ${process.env.BENCH_DIR ?? 'the temp dir'} (node ${process.version})`);
 for (const [name, run] of Object.entries(groups)) if (wanted.length === 0 || wanted.includes(name)) await run();
