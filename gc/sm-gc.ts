@@ -39,11 +39,15 @@ async function runGc(sr: string): Promise<number> {
   }
   const started = Date.now();
   const abort = new AbortController();
+  let abortedAt = 0;
   const stop = (why: string) => {
     if (abort.signal.aborted) return;
     log.info(`Abort requested (${why})`);
+    abortedAt = Date.now();
     abort.abort();
   };
+  // How long the collector took to stop once asked: what an operator waits for beyond process start-up.
+  const abortLatency = () => `, ${Date.now() - abortedAt} ms after the request`;
   void lock.abortRequested.then(() => stop('sm-gc -a or sr_detach'));
   process.on('SIGTERM', () => stop('SIGTERM'));
   const stats = { deleted: 0, coalesced: 0, leafCoalesced: 0, bytesCopied: 0, copyMs: 0 };
@@ -57,11 +61,11 @@ async function runGc(sr: string): Promise<number> {
       `GC summary: deleted ${stats.deleted}, coalesced ${stats.coalesced}, leaf-coalesced ${stats.leafCoalesced}; ` +
         `copied ${(stats.bytesCopied / 1048576).toFixed(1)} MiB in ${stats.copyMs} ms (${rate} MiB/s); total ${Date.now() - started} ms`,
     );
-    log.info(abort.signal.aborted ? 'GC process exiting: aborted' : 'GC process exiting, no work left');
+    log.info(abort.signal.aborted ? `GC process exiting: aborted${abortLatency()}` : 'GC process exiting, no work left');
     return 0;
   } catch (err) {
     if (abort.signal.aborted) {
-      log.info('GC process exiting: aborted (interrupted steps resume on the next run)');
+      log.info(`GC process exiting: aborted${abortLatency()} (interrupted steps resume on the next run)`);
       return 0;
     }
     log.error(`GC failed:\n${describeError(err)}`);

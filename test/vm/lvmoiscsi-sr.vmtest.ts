@@ -18,7 +18,9 @@ import * as iscsi from '../../lib/os/iscsi.js';
 import { Lvm } from '../../lib/os/lvm.js';
 import { encodeMethodCall, parseMethodResponse, type MethodResponse } from '../../lib/smapi/index.js';
 import { deflatedSizeFor, thickSizeFor } from '../../lib/sr/lvm-sizes.js';
-import { BLOCK_SIZE, VhdImage } from '../../lib/vhd/index.js';
+import { BLOCK_SIZE, readImageSummary, VhdImage } from '../../lib/vhd/index.js';
+import { openNbd, writeServed } from '../helpers/nbd-vdi.js';
+import type { SmEnv } from '../helpers/sm.js';
 import { batRoomFor } from '../../lib/sr/sizes.js';
 import { OUT, requireGuest, sparseFile, startDaemon, until } from './support/guest.js';
 import type { Daemon } from './support/guest.js';
@@ -178,7 +180,15 @@ const SIZE = 64 * MiB;
 const createArgs = (size: number, label: string) => [String(size), label, '', '', 'false', '', '', 'false'];
 const lvPath = (vdi: string) => `/dev/${VG}/VHD-${vdi}`;
 
+/** An active VDI is served (DESIGN item 8): written and read through its NBD socket, never its LV. */
+const served = (vdi: string) => existsSync(join(smRoot, 'run', 'blktap-control', 'nbd', SR, vdi));
+const nbdCtx = () => ({ root: smRoot, base: smRoot, sr: SR }) as unknown as SmEnv;
+
 async function writeVdi(vdi: string, offset: number, data: Buffer): Promise<void> {
+  if (served(vdi)) {
+    await writeServed(nbdCtx(), vdi, offset, data);
+    return;
+  }
   const f = join(smRoot, `data-${randomUUID()}`);
   await writeFile(f, data);
   await pexec('node', [SM_VHD, 'write', '-n', lvPath(vdi), '-i', f, '-o', String(offset)]);
@@ -186,6 +196,17 @@ async function writeVdi(vdi: string, offset: number, data: Buffer): Promise<void
 }
 
 async function exportVdi(vdi: string): Promise<Buffer> {
+  if (served(vdi)) {
+    const { virtualSize } = await readImageSummary(lvPath(vdi));
+    const c = await openNbd(nbdCtx(), vdi);
+    try {
+      const parts: Buffer[] = [];
+      for (let at = 0; at < virtualSize; at += 4 * MiB) parts.push(await c.read(at, Math.min(4 * MiB, virtualSize - at)));
+      return Buffer.concat(parts);
+    } finally {
+      c.close();
+    }
+  }
   const f = join(smRoot, `export-${vdi}.raw`);
   await pexec('node', [SM_VHD, 'export', '-n', lvPath(vdi), '-o', f], { maxBuffer: 16 * MiB });
   const b = await readFile(f);
@@ -315,7 +336,7 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     await fault('sr_create', 42, { args: ['0'] }, full()); // the LUN holds an SR now
   });
 
-  it('sr_attach, vdi_create (thick LV, left inactive), vdi_activate, writes through sm-vhd', async () => {
+  it('sr_attach, vdi_create (thick LV, left inactive), vdi_activate, writes through its NBD socket', async () => {
     const a = await ok('sr_attach', {}, full());
     timing('sr_attach', a.ms);
     assert.ok(existsSync(`/dev/${VG}/MGT`), 'sr_attach activates the MGT LV');
