@@ -26,7 +26,8 @@
  * naming it written. Killed before the header, the next growth reuses the room.
  */
 import { createHash } from 'node:crypto';
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { withFile } from '../util/with-file.js';
 import { SMError } from '../smapi/errors.js';
 import { faultPoint } from './fault.js';
 import { isLegacyText } from './metadata.js';
@@ -97,13 +98,8 @@ export class MgtRecordArea {
     return h.digest();
   }
 
-  private async withHandle<T>(write: boolean, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
-    const fh = await open(this.path, write ? 'r+' : 'r');
-    try {
-      return await fn(fh);
-    } finally {
-      await fh.close();
-    }
+  private withHandle<T>(write: boolean, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    return withFile(this.path, write, fn);
   }
 
   private static async readAt(fh: FileHandle, length: number, position: number): Promise<Buffer> {

@@ -18,7 +18,8 @@
  */
 import { faultPoint } from './fault.js';
 import { createHash } from 'node:crypto';
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { withFile } from '../util/with-file.js';
 
 export const SLOT_BYTES = 3 * 1024 * 1024;
 export const JOURNAL_SLOT_BYTES = 4096;
@@ -98,13 +99,8 @@ export function decodeJournalSlot(buf: Buffer): { name: string; text: string } |
 export class MgtVolume {
   constructor(readonly path: string) {}
 
-  private async withHandle<T>(write: boolean, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
-    const fh = await open(this.path, write ? 'r+' : 'r');
-    try {
-      return await fn(fh);
-    } finally {
-      await fh.close();
-    }
+  private withHandle<T>(write: boolean, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    return withFile(this.path, write, fn);
   }
 
   private static async readAt(fh: FileHandle, length: number, position: number): Promise<Buffer> {
