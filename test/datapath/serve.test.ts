@@ -6,22 +6,11 @@ import fs from 'node:fs';
 import test from 'ava';
 import { MiB, pattern } from '../helpers/model.js';
 import { isServed, libnbdUri, nbdSocket, openNbd, qemuIo, shortSocket } from '../helpers/nbd-vdi.js';
-import { callDriver, datapathPids, gc, makeSmEnv, readSmlog, request, run, smCli, waitFor, type SmEnv } from '../helpers/sm.js';
+import { callDriver, datapathPids, gc, readSmlog, request, run, smCli, waitFor } from '../helpers/sm.js';
 import { checkProblems, diffVdi, journals } from '../helpers/sr-state.js';
-import { World } from '../helpers/world.js';
+import { World, withWorld } from '../helpers/world.js';
 
 const vdiArgs = (vdi: string, extra: Record<string, unknown> = {}) => ({ vdi_uuid: vdi, vdi_location: vdi, ...extra });
-
-async function withWorld(fn: (w: World, ctx: SmEnv) => Promise<void>): Promise<void> {
-  const ctx = await makeSmEnv();
-  const w = await World.open(ctx);
-  try {
-    await fn(w, ctx);
-  } finally {
-    await w.close();
-    await ctx.cleanup();
-  }
-}
 
 async function activate(w: World, vdi: string, writable = true): Promise<{ params: string; params_nbd: string }> {
   const a = (await w.s.call('vdi_attach', vdiArgs(vdi, { args: [String(writable)] }))) as { params: string; params_nbd: string };

@@ -5,22 +5,11 @@
 import fs from 'node:fs';
 import test from 'ava';
 import { MiB } from '../helpers/model.js';
-import { gc, makeSmEnv, readSmlog, smGc, smVhd, type SmEnv } from '../helpers/sm.js';
+import { gc, readSmlog, smGc, smVhd, type SmEnv } from '../helpers/sm.js';
 import { depthOf, diffVdi, imagePath, readTree, snapshotDir } from '../helpers/sr-state.js';
-import { World } from '../helpers/world.js';
+import { withWorld } from '../helpers/world.js';
 
 const GiB = 1024 * MiB;
-
-async function inWorld(fn: (w: World, ctx: SmEnv) => Promise<void>): Promise<void> {
-  const ctx = await makeSmEnv();
-  const w = await World.open(ctx);
-  try {
-    await fn(w, ctx);
-  } finally {
-    await w.close();
-    await ctx.cleanup();
-  }
-}
 
 async function hide(ctx: SmEnv, uuid: string): Promise<void> {
   const r = await smVhd(['set', '-n', imagePath(ctx, uuid), '-f', 'hidden', '-v', '1']);
@@ -28,7 +17,7 @@ async function hide(ctx: SmEnv, uuid: string): Promise<void> {
 }
 
 test('(a) snapshots taken then deleted: the VDI becomes one image again', async (t) => {
-  await inWorld(async (w, ctx) => {
+  await withWorld(async (w, ctx) => {
     await w.create('V', 40 * MiB);
     await w.fill('V', 0, 6 * MiB);
     for (let i = 1; i <= 4; i++) {
@@ -46,7 +35,7 @@ test('(a) snapshots taken then deleted: the VDI becomes one image again', async 
 });
 
 test('(b) a clone: the shared base stays, everything else is coalesced', async (t) => {
-  await inWorld(async (w, ctx) => {
+  await withWorld(async (w, ctx) => {
     await w.create('V', 30 * MiB);
     await w.fill('V', MiB, 5 * MiB);
     await w.snapshot('V', 'S1');
@@ -70,7 +59,7 @@ test('(b) a clone: the shared base stays, everything else is coalesced', async (
 });
 
 test('(c) hidden garbage: hidden leaves and all-hidden subtrees are deleted', async (t) => {
-  await inWorld(async (w, ctx) => {
+  await withWorld(async (w, ctx) => {
     await w.create('V', 16 * MiB);
     await w.fill('V', 0, 4 * MiB);
     await w.snapshot('V', 'S');
@@ -93,7 +82,7 @@ test('(c) hidden garbage: hidden leaves and all-hidden subtrees are deleted', as
 });
 
 test('(d) mixed trees in one SR', async (t) => {
-  await inWorld(async (w, ctx) => {
+  await withWorld(async (w, ctx) => {
     await w.create('P', 8 * MiB);
     await w.fill('P', MiB, 2 * MiB);
     // A chain whose middle snapshot is kept
@@ -134,7 +123,7 @@ test('(d) mixed trees in one SR', async (t) => {
 });
 
 test('(e) a VDI grown beyond its base copy\'s BAT room is still coalesced', async (t) => {
-  await inWorld(async (w, ctx) => {
+  await withWorld(async (w, ctx) => {
     await w.create('R', 10 * MiB);
     await w.fill('R', 0, 3 * MiB);
     await w.snapshot('R', 'RS');
@@ -149,7 +138,7 @@ test('(e) a VDI grown beyond its base copy\'s BAT room is still coalesced', asyn
 });
 
 test('(g) a single snapshot (the old image itself, visible) is never written into', async (t) => {
-  await inWorld(async (w, ctx) => {
+  await withWorld(async (w, ctx) => {
     await w.create('D', 12 * MiB);
     await w.fill('D', 0, 2 * MiB);
     await w.snapshot('D', 'DS', 'single');
@@ -165,7 +154,7 @@ test('(g) a single snapshot (the old image itself, visible) is never written int
 });
 
 test('(f) an active hidden leaf is not garbage, nor are its ancestors; the GC still ends', async (t) => {
-  await inWorld(async (w, ctx) => {
+  await withWorld(async (w, ctx) => {
     await w.create('V', 8 * MiB);
     await w.fill('V', 0, 2 * MiB);
     const s = await w.snapshot('V', 'S');

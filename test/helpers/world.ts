@@ -3,7 +3,7 @@
 // read as, and names the VDIs for tree shapes.
 import type { ExecutionContext } from 'ava';
 import { bigPattern, pattern, SparseDisk } from './model.js';
-import { clone, createAttachedSr, createVdi, deleteVdi, snapshot, startServer, type Server, type SmEnv } from './sm.js';
+import { clone, createAttachedSr, createVdi, deleteVdi, makeSmEnv, snapshot, startServer, type Server, type SmEnv } from './sm.js';
 import { assertConsistent, shape, writeVdi, type ConsistencyOptions } from './sr-state.js';
 
 export class World {
@@ -103,5 +103,17 @@ export class World {
 
   close(): Promise<void> {
     return this.s.stop();
+  }
+}
+
+/** Runs `fn` on a fresh SR of its own (a World in a new SM_ROOT), always closed and removed afterwards. */
+export async function withWorld(fn: (w: World, ctx: SmEnv) => Promise<void>): Promise<void> {
+  const ctx = await makeSmEnv();
+  const w = await World.open(ctx);
+  try {
+    await fn(w, ctx);
+  } finally {
+    await w.close();
+    await ctx.cleanup();
   }
 }
