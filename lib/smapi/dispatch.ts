@@ -2,7 +2,7 @@
 // XML-RPC, JSON-RPC and the socket server are thin adapters onto it.
 import { log } from '../log/smlog.js';
 import { driverInfoReply, type Driver, type DriverVerbName } from './driver.js';
-import { SMError, toSMError } from './errors.js';
+import { SMError, toSMError } from '../errors/sm-error.js';
 import { parseRequest } from './request.js';
 import { isVerbName } from './verbs.js';
 

@@ -74,7 +74,7 @@ function parse(line: string): { result?: unknown; error?: { code?: unknown } } |
 
 /** A GenericException (1200) fault; the encoder loads only on this rare path. */
 async function lostCallFault(detail: string): Promise<string> {
-  const [{ encodeFault }, { SMError }] = await Promise.all([import('./xmlrpc-codec.js'), import('./errors.js')]);
+  const [{ encodeFault }, { SMError }] = await Promise.all([import('./xmlrpc-codec.js'), import('../errors/sm-error.js')]);
   const err = new SMError('GenericException', detail);
   return encodeFault(err.code, err.faultString);
 }

@@ -1,5 +1,5 @@
 // The protocol layer's public API.
-export { SMError, SM_ERRORS, toSMError, faultStringOf, isSMErrorName, type SMErrorName } from './errors.js';
+export { SMError, SM_ERRORS, toSMError, faultStringOf, isSMErrorName, type SMErrorName } from '../errors/sm-error.js';
 export {
   XmlRpcDateTime,
   encodeValue,

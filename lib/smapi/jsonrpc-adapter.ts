@@ -20,7 +20,7 @@ import {
 } from 'json-rpc-2.0';
 import type { Driver } from './driver.js';
 import { dispatch } from './dispatch.js';
-import { toSMError, type SMError } from './errors.js';
+import { toSMError, type SMError } from '../errors/sm-error.js';
 import { nestedDeeperThan, toJsonValue } from './json-value.js';
 import { MAX_REQUEST_BYTES, MAX_VALUE_DEPTH } from './limits.js';
 

@@ -13,7 +13,7 @@
 import { format } from 'node:util';
 import { log } from '../log/smlog.js';
 import type { Driver } from './driver.js';
-import { type SMError, toSMError } from './errors.js';
+import { type SMError, toSMError } from '../errors/sm-error.js';
 import { MAX_REQUEST_BYTES } from './limits.js';
 import { encodeFault } from './xmlrpc-codec.js';
 import { runXmlRpc } from './xmlrpc-adapter.js';

@@ -1,7 +1,7 @@
 // The typed SM request: the one struct param every SMAPIv1 call carries,
 // checked and given types. Anything wrong with it is BadRequest (143) with an
 // opterr naming the field, so a hand-written JSON-RPC call gets a clear answer.
-import { SMError } from './errors.js';
+import { SMError } from '../errors/sm-error.js';
 
 export interface Request {
   /** The verb; equals the XML-RPC methodName. */

@@ -2,7 +2,7 @@
 import { log } from '../log/smlog.js';
 import type { Driver } from './driver.js';
 import { dispatch } from './dispatch.js';
-import { toSMError, type SMError } from './errors.js';
+import { toSMError, type SMError } from '../errors/sm-error.js';
 import { encodeFault, encodeResponse, parseMethodCall, type MethodCall } from './xmlrpc-codec.js';
 import { NIL_REPLY_VERBS, type VerbName } from './verbs.js';
 

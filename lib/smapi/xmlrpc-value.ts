@@ -1,7 +1,7 @@
 // XML-RPC values: the encoder writes exactly what Python's xmlrpc.client
 // writes (the established drivers' output, byte for byte); the decoder reads
 // the element tree xml2js builds (see xmlrpc-codec.ts for the parser options).
-import { SMError } from './errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { MAX_VALUE_DEPTH } from './limits.js';
 
 /** An XML-RPC dateTime.iso8601, kept as the text it was sent as (no time zone in the format). */

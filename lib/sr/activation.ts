@@ -4,7 +4,7 @@
  * say it to every host, so the master's GC leaves another host's VDIs alone.
  */
 import { getLog } from '../log/index.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { readVdiState } from './attach-record.js';
 import type { Activation, StorageBackend } from './backend.js';
 import { hostId } from './host-id.js';

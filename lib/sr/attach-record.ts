@@ -4,7 +4,7 @@
  */
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { sweepAtomicTemps, writeFileAtomic } from './atomic-write.js';
 import type { StorageBackend } from './backend.js';
 import { FileBackend } from './file-backend.js';

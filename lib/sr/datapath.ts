@@ -17,7 +17,7 @@ import { controlCall, DatapathUnreachable, type ServedVdi } from '../datapath/co
 import { openVhdDevice } from '../datapath/vhd-device.js';
 import { getLog } from '../log/index.js';
 import { connectNbd, disconnectNbd, freeNbdDevice, kernelNbdAvailable } from '../os/nbd-client.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { listVdiStates, readVdiState } from './attach-record.js';
 import { installRoot } from './install-root.js';
 import { datapathControlPath, nbdSocketPath } from './paths.js';

@@ -1,5 +1,5 @@
 /** Identifiers arriving from outside are validated before they touch any path. */
-import { SMError, type SMErrorName } from '../smapi/errors.js';
+import { SMError, type SMErrorName } from '../errors/sm-error.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

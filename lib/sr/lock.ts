@@ -10,7 +10,7 @@ import { mkdir, unlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
 import { getLog } from '../log/index.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { acceptsConnections } from '../util/socket-probe.js';
 import { lockDir } from './paths.js';
 

@@ -28,7 +28,7 @@ import { isUuid } from './ids.js';
 import { LvHolds, type TempHold } from './lv-holds.js';
 import { MgtRecordArea, MgtRecordMedium } from './mgt-records.js';
 import type { RecordMedium } from './records.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { MGT_BYTES, MgtVolume } from './mgt-volume.js';
 import { runStateDir } from './paths.js';
 import { batRoomFor } from './sizes.js';

@@ -6,7 +6,7 @@
  * record. Layout 1 was a single document holding every record; an SR still in
  * it is converted on the master's next attach (records.ts `convertLegacy`).
  */
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 
 export interface VdiRecord {
   uuid: string;

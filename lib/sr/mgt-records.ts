@@ -28,7 +28,7 @@
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { withFile } from '../util/with-file.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { faultPoint } from './fault.js';
 import { isLegacyText } from './metadata.js';
 import { MGT_BYTES, type MetaSlot, type MgtVolume } from './mgt-volume.js';

@@ -4,7 +4,7 @@
  * Only the master changes the SR, runs journal recovery and the GC.
  */
 import type { Request } from '../smapi/index.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 
 export type PoolRole = 'master' | 'slave';
 

@@ -12,7 +12,7 @@
  * already introduces as a base copy.
  */
 import { getLog } from '../log/index.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { faultPoint } from './fault.js';
 import {
   isLegacyText,

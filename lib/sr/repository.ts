@@ -3,7 +3,7 @@
  * validated lookups. The verbs, the GC and the operator CLI all work through it.
  */
 import { imageInfo, readImageRemains, readImageSummary, VhdError, type ImageInfo, type ImageSummary } from '../vhd/index.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { mapLimit } from '../util/map-limit.js';
 import type { StorageBackend } from './backend.js';
 import { isUuid, requireUuid } from './ids.js';

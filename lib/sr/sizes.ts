@@ -1,5 +1,5 @@
 /** VDI sizes from requests: decimal byte counts, rounded up to whole 2 MiB blocks. */
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { BLOCK_SIZE, MAX_VIRTUAL_SIZE } from '../vhd/index.js';
 
 export function parseVdiSize(text: unknown): number {

@@ -10,7 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import { createDifferencing, readImageSummary, setImageHidden } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import { newVdiRecord, type VdiRecord } from './metadata.js';

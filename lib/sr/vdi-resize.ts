@@ -7,7 +7,7 @@ import { rm } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 import { resizeImage } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
-import { SMError } from '../smapi/errors.js';
+import { SMError } from '../errors/sm-error.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';

@@ -4,7 +4,8 @@
  * to the SR type and the backend.
  */
 import { getLog } from '../log/index.js';
-import { encodeMethodCall, SMError, type Driver, type Request, type Verb } from '../smapi/index.js';
+import { encodeMethodCall, type Driver, type Request, type Verb } from '../smapi/index.js';
+import { SMError } from '../errors/sm-error.js';
 import { askHolder, isLockHeld, lockOrFail } from './lock.js';
 import { activeHere, clearStaleActivations, dropActivation, poolActivations, recordActivation } from './activation.js';
 import {

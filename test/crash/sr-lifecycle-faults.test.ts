@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { SM_ERRORS } from '../../lib/smapi/errors.js';
+import { SM_ERRORS } from '../../lib/errors/sm-error.js';
 import { assertRecoveredAndUsable } from '../helpers/crash.js';
 import { MiB } from '../helpers/model.js';
 import { callDriver, makeSmEnv, request, SmFault, xml, type SmEnv } from '../helpers/sm.js';

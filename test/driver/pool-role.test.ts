@@ -2,7 +2,7 @@
 // through the real driver: which verbs it may run and which fault 58 first,
 // before any validation or lock, and change nothing.
 import test from 'ava';
-import { SMError } from '../../lib/smapi/errors.js';
+import { SMError } from '../../lib/errors/sm-error.js';
 import type { Request } from '../../lib/smapi/index.js';
 import { requireMaster, roleOf } from '../../lib/sr/pool-role.js';
 import { createArgs, makeSmEnv, poolHost, withServer } from '../helpers/sm.js';

@@ -13,7 +13,7 @@ import { newVdiRecord, type VdiRecord } from '../../lib/sr/metadata.js';
 import { bytesForLevels, COPY, levelOffset, MgtRecordArea, MgtRecordMedium, SLOT, type MgtGrowth } from '../../lib/sr/mgt-records.js';
 import { MGT_BYTES, MgtVolume } from '../../lib/sr/mgt-volume.js';
 import { SrRecords } from '../../lib/sr/records.js';
-import { SMError } from '../../lib/smapi/errors.js';
+import { SMError } from '../../lib/errors/sm-error.js';
 
 const SR = '5e1ec7ed-0000-4000-8000-00000000a9e7';
 

@@ -1,7 +1,8 @@
-// The SM error table and the one error type every layer throws. The names and
-// codes are the established protocol's (the toolstack maps some codes to its
-// own errors: 38 not implemented, 39 SR_NOT_EMPTY, 24 VDI_IN_USE, 16
-// SR_DEVICE_IN_USE, 144 VDI_MISSING); the descriptions are ours.
+// The SM error table and the one error type every layer throws. It lives
+// outside lib/smapi so lib/sr and the GC need not import the protocol. The
+// names and codes are the established protocol's (the toolstack maps some
+// codes to its own errors: 38 not implemented, 39 SR_NOT_EMPTY, 24 VDI_IN_USE,
+// 16 SR_DEVICE_IN_USE, 144 VDI_MISSING); the descriptions are ours.
 
 export const SM_ERRORS = {
   SRInUse: { code: 16, description: 'The SR is still in use' },
