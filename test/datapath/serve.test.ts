@@ -87,7 +87,7 @@ interface Acked {
   data: Buffer;
 }
 
-test('snapshots and a clone of a VDI being written: each holds exactly the writes acknowledged before its pause; the writer sees no error', async (t) => {
+test('20 snapshots and a clone of a VDI being written: each holds exactly the writes acknowledged before its pause; the writer sees no error', async (t) => {
   await withWorld(async (w, ctx) => {
     const SIZE = 8 * MiB;
     const V = await w.create('V', SIZE);
@@ -117,11 +117,15 @@ test('snapshots and a clone of a VDI being written: each holds exactly the write
     })();
     const taken: Array<{ uuid: string; from: number; to: number }> = [];
     const pauses: number[] = [];
-    for (let k = 0; k < 8; k++) {
+    // 20 snapshots (the requirement: a writer streaming while 20 snapshots are
+    // taken) and one clone in the middle of them.
+    const SNAPSHOTS = 20;
+    const CLONE_AT = 10;
+    for (let k = 0; k <= SNAPSHOTS; k++) {
       await waitFor('some writes', () => acked >= (k + 1) * 10 || writerError !== undefined, 30_000, 5);
       const from = acked; // acknowledged before the verb started: in the snapshot
       const before = readSmlog(ctx).length;
-      const uuid = k === 4 ? await w.clone('V', `C${k}`) : await w.snapshot('V', `S${k}`);
+      const uuid = k === CLONE_AT ? await w.clone('V', `C${k}`) : await w.snapshot('V', `S${k}`);
       const to = sent; // sent after the verb returned: not in it
       taken.push({ uuid, from, to });
       const m = /datapath unpaused on .*; paused (\d+) ms/.exec(readSmlog(ctx).slice(before));
@@ -133,7 +137,7 @@ test('snapshots and a clone of a VDI being written: each holds exactly the write
     await c.flush();
     c.close();
     t.log(`${acked} writes; pauses (ms): ${pauses.join(', ')}`);
-    t.is(pauses.length, 8, 'each pause logged with its duration');
+    t.is(pauses.length, SNAPSHOTS + 1, 'each pause logged with its duration');
     await deactivate(w, V);
 
     const modelAfter = (n: number) => {
