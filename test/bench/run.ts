@@ -3,6 +3,7 @@ import { runDatapathBenchmarks } from './datapath.bench.js';
 import { runGcBenchmarks } from './gc.bench.js';
 import { runLockWaitBenchmarks } from './lock-wait.bench.js';
 import { runMgtBenchmarks } from './mgt.bench.js';
+import { runPauseStallBenchmark } from './pausestall.bench.js';
 import { runSrBenchmarks, runSrSizeBenchmarks } from './sr.bench.js';
 import { runVhdBenchmarks } from './vhd.bench.js';
 
@@ -14,6 +15,7 @@ const groups: Record<string, () => Promise<void>> = {
   gc: runGcBenchmarks,
   lockwait: runLockWaitBenchmarks,
   datapath: runDatapathBenchmarks,
+  pausestall: runPauseStallBenchmark,
 };
 const wanted = process.argv.slice(2);
 console.log(`benchmarks on ${process.env.BENCH_DIR ?? 'the temp dir'} (node ${process.version})`);

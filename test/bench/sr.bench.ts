@@ -22,7 +22,7 @@ const run = promisify(execFile);
 const FILE_SR = fileURLToPath(new URL('../../../drivers/FileSR', import.meta.url));
 const SR = '5e1ec7ed-0000-4000-8000-00000000be0c';
 
-interface Harness {
+export interface Harness {
   call(method: string, extra?: Record<string, unknown>, args?: string[]): Promise<unknown>;
   callProcess(method: string, extra?: Record<string, unknown>): Promise<void>;
   /** Starts the driver's resident server where the executable hands calls to (hand-off.ts); returns its pid. */
@@ -42,7 +42,7 @@ async function waitForSocket(socket: string): Promise<void> {
   throw new Error(`${socket}: no server`);
 }
 
-async function startSr(dir: string): Promise<Harness> {
+export async function startSr(dir: string): Promise<Harness> {
   const env = { ...process.env, SM_ROOT: join(dir, 'root'), SM_GC: 'off' };
   mkdirSync(env.SM_ROOT, { recursive: true });
   const location = join(dir, 'sr');
