@@ -118,15 +118,17 @@ async function pauseStall(): Promise<void> {
     const t0 = Date.now();
     const loadBefore = loadavg();
 
-    const snaps: Array<Window & { pauseMs?: number }> = [];
+    const snaps: Array<Window & { pauseMs?: number; closeMs?: number }> = [];
     for (let k = 0; k < SNAPSHOTS; k++) {
       await sleepUntil(t0 + WARMUP_MS + k * SLOT_MS);
       const logBefore = readFileSync(smlog, 'utf8').length;
       const from = Date.now();
       await sr.call('vdi_snapshot', { vdi_uuid: vdi });
       const to = Date.now();
-      const m = /datapath unpaused on .*; paused (\d+) ms/.exec(readFileSync(smlog, 'utf8').slice(logBefore));
-      snaps.push({ from, to, pauseMs: m ? Number(m[1]) : undefined });
+      const logged = readFileSync(smlog, 'utf8').slice(logBefore);
+      const m = /datapath unpaused on .*; paused (\d+) ms/.exec(logged);
+      const closed = /datapath paused \(drained and closed in (\d+) ms\)/.exec(logged);
+      snaps.push({ from, to, pauseMs: m ? Number(m[1]) : undefined, closeMs: closed ? Number(closed[1]) : undefined });
     }
     const loadAfter = loadavg();
     const code = await fioDone;
@@ -160,6 +162,7 @@ async function pauseStall(): Promise<void> {
       ['longest I/O latency during a snapshot call (goal p50 <= 50 ms)', f(stall)],
       ['longest gap without a completion during a snapshot call', f(during.map((d) => d.maxGapMs))],
       ['pause logged by the datapath (SMlog)', `${f(pauses)} (${pauses.length} of ${snaps.length} logged)`],
+      ['  of which: drain, flush and close of the leaf (SMlog)', f(snaps.map((x) => x.closeMs).filter((x): x is number => x !== undefined))],
       ['vdi_snapshot call', f(calls)],
       [`baseline: the same load, ${baselines.length} windows of the same lengths without a snapshot, longest I/O latency`, f(base)],
       ['baseline: longest gap without a completion', f(quiet.map((d) => d.maxGapMs))],
