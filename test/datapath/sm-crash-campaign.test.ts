@@ -12,7 +12,7 @@
 // check (`sm-vhd check -p`), and qemu-img reads each dynamic image the same as
 // our library does (qemu has no check for VHD, nor differencing support).
 //
-// SM_CRASH_SEEDS sets the number of seeds (default 5: under 2 minutes at load 15-25); SM_CRASH_SEED_BASE
+// SM_CRASH_SEEDS sets the number of seeds (default 4: under 2 minutes at load 15-25); SM_CRASH_SEED_BASE
 // shifts them (a failure names its seed).
 import fs from 'node:fs';
 import path from 'node:path';
@@ -28,7 +28,7 @@ import { withWorld, type World } from '../helpers/world.js';
 import { readChain } from '../vhd/helpers.js';
 import { CMD } from '../nbd/helpers.js';
 
-const SEEDS = Number(process.env.SM_CRASH_SEEDS ?? 5);
+const SEEDS = Number(process.env.SM_CRASH_SEEDS ?? 4);
 const SEED_BASE = Number(process.env.SM_CRASH_SEED_BASE ?? 1);
 // 16 blocks: writes keep allocating new blocks for a while, so the allocation fault points are reached.
 const SIZE = 32 * MiB;
