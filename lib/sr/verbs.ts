@@ -39,6 +39,7 @@ import { deleteVdi } from './vdi-delete.js';
 import { resizeVdi } from './vdi-resize.js';
 import { introduceVdi } from './vdi-introduce.js';
 import { resetLeaf } from './reset-leaf.js';
+import { withVdiLock } from './host-pause.js';
 
 const LOCK_TIMEOUT_MS = Number(process.env.SM_LOCK_TIMEOUT_MS ?? 60_000);
 /** How long sr_detach waits for an aborted GC to stop. */
@@ -106,6 +107,11 @@ function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Pro
       });
     });
   };
+}
+
+/** Holds the VDI's host-local lock, which the pool's pause (tapdisk-pause) takes too, around `fn`. */
+function underVdiLock<T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) => Promise<T>) {
+  return (repo: Repository, vdi: string, sr: string, req: Request) => withVdiLock(vdi, () => fn(repo, vdi, sr, req));
 }
 
 /** As onAttachedSr, for a verb on one existing VDI. */
@@ -289,7 +295,7 @@ export function srDriver(type: SrType): Driver {
       };
     }),
 
-    vdi_detach: onVdi(async (repo, vdi, sr) => {
+    vdi_detach: onVdi(underVdiLock(async (repo, vdi, sr) => {
       // Detached without a vdi_deactivate first: still served, or its datapath died.
       await settleServing(repo, sr, vdi);
       await stopServing(repo, sr, vdi);
@@ -297,9 +303,9 @@ export function srDriver(type: SrType): Driver {
       await repo.backend.releaseVdi(vdi); // detached without a vdi_deactivate first
       await writeVdiState(sr, vdi, undefined);
       return null;
-    }),
+    })),
 
-    vdi_activate: onVdi(async (repo, vdi, sr, req) => {
+    vdi_activate: onVdi(underVdiLock(async (repo, vdi, sr, req) => {
       const state = await readVdiState(sr, vdi);
       if (!state) throw new SMError('VDIUnavailable', `${vdi} must be attached before it is activated`);
       const writable = boolArg(req.args[0]) || state.writable;
@@ -330,9 +336,9 @@ export function srDriver(type: SrType): Driver {
       }
       await writeVdiState(sr, vdi, { ...state, writable, active: true });
       return null;
-    }),
+    })),
 
-    vdi_deactivate: onVdi(async (repo, vdi, sr) => {
+    vdi_deactivate: onVdi(underVdiLock(async (repo, vdi, sr) => {
       // Served no more first: every acknowledged write flushed, the image closed (or a dead datapath cleaned up).
       await settleServing(repo, sr, vdi);
       await stopServing(repo, sr, vdi);
@@ -342,7 +348,7 @@ export function srDriver(type: SrType): Driver {
       await repo.backend.releaseVdi(vdi);
       await dropActivation(repo.backend, vdi);
       return null;
-    }),
+    })),
 
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
