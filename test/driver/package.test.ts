@@ -151,7 +151,8 @@ test('the extracted FileSR answers real verbs; sm-vhd, sm and sm-gc run from the
   await call('vdi_detach', { vdi_uuid: uuid, vdi_location: uuid });
 
   const bin = (name: string) => path.join(root, 'usr/bin', name);
-  const q = await run(bin('sm-vhd'), ['query', '-n', image, '-v'], { env });
+  // The README's commands, as written there.
+  const q = await run(bin('sm-vhd'), ['query', '-n', path.join(smRoot, 'run/sr-mount', sr, `${uuid}.vhd`), '-v'], { env });
   t.is(q.code, 0, q.stderr);
   t.is(q.stdout.trim(), '8');
   const made = path.join(scratch, 'made.vhd');
@@ -162,6 +163,11 @@ test('the extracted FileSR answers real verbs; sm-vhd, sm and sm-gc run from the
   t.true(scan.stdout.includes(uuid), 'sm sr-scan lists the VDI');
   const tree = await run(bin('sm'), ['tree', sr], { env });
   t.is(tree.code, 0, tree.stderr);
+  const log = await run(bin('sm'), ['log', '--vdi', uuid], { env });
+  t.is(log.code, 0, log.stderr);
+  t.regex(log.stdout, new RegExp(`vdi_create|${uuid}`));
+  const q2 = await run(bin('sm-gc'), ['-u', sr, '-q'], { env });
+  t.is(q2.code, 0, q2.stderr);
   const gc = await run(bin('sm-gc'), ['-u', sr, '-g'], { env });
   t.is(gc.code, 0, gc.stderr);
   t.regex(fs.readFileSync(path.join(smRoot, 'var/log/SMlog'), 'utf8'), /SMGC: \[\d+\]/);
