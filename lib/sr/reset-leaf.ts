@@ -8,10 +8,18 @@
  * (VhdImage.discardAllBlocks), so a reset cut short is finished by the next
  * epoch_begin, which the toolstack sends before every VM start.
  */
-import { VhdImage, readImageSummary } from '../vhd/index.js';
+import { VhdImage, readImageSummary, type DiscardStep } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
+import { faultPoint } from './fault.js';
 import type { Repository } from './repository.js';
+
+/** A crash after each step of the emptying (test/crash/reset-faults.test.ts). */
+function resetFaultPoint(step: DiscardStep): void {
+  if (step === 'batmap-cleared') faultPoint('reset-batmap-cleared');
+  else if (step === 'bat-cleared') faultPoint('reset-bat-cleared');
+  else faultPoint('reset-footer-moved');
+}
 
 export async function resetLeaf(repo: Repository, vdi: string): Promise<void> {
   await repo.backend.withImagesActive([vdi], async () => {
@@ -21,7 +29,7 @@ export async function resetLeaf(repo: Repository, vdi: string): Promise<void> {
     const image = await VhdImage.open(path, true);
     try {
       const dropped = image.allocatedBlocks;
-      await image.discardAllBlocks();
+      await image.discardAllBlocks(resetFaultPoint);
       await image.sync();
       getLog().info(`VDI ${vdi}: reset on boot, ${dropped} blocks of its leaf dropped; it reads from its parent again`);
     } finally {

@@ -36,6 +36,9 @@ export interface BlockBuffer {
   data: Buffer;
 }
 
+/** The steps of discardAllBlocks, each leaving a valid image (for callers that test a crash after each). */
+export type DiscardStep = 'batmap-cleared' | 'bat-cleared' | 'footer-moved';
+
 export class VhdImage {
   /** Sector bitmaps recently read (bounded; our own writes keep it current). */
   private readonly bitmapCache = new Map<number, Buffer>();
@@ -448,19 +451,22 @@ export class VhdImage {
    * data is gone), then a file is cut to its metadata and footer (the old
    * last sector is the same footer until the truncate).
    */
-  async discardAllBlocks(): Promise<void> {
+  async discardAllBlocks(onStep: (step: DiscardStep) => void = () => {}): Promise<void> {
     if (this.batmapHeader) {
       this.batmap = Buffer.alloc(this.batmapHeader.sizeSectors * SECTOR);
       await this.writeBatmap();
+      onStep('batmap-cleared');
     }
     this.bat.fill(BAT_UNUSED);
     await this.io.write(encodeBatBytes(this.bat), this.header.tableOffset);
     this.bitmapCache.clear();
     this.bitmapWrites++;
+    onStep('bat-cleared');
     this.endOfData = this.metadataEnd;
     if (!this.io.isDevice) {
       this.footerAt = this.endOfData;
       await this.io.write(encodeFooter(this.footer), this.endOfData);
+      onStep('footer-moved');
       await this.io.truncate(this.endOfData + FOOTER_SIZE);
     }
   }
