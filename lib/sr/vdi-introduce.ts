@@ -11,6 +11,7 @@
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
 import { poolActivations } from './activation.js';
+import { faultPoint } from './fault.js';
 import { newVdiRecord } from './metadata.js';
 import type { Repository } from './repository.js';
 
@@ -36,5 +37,6 @@ async function renameForIntroduce(repo: Repository, image: string, uuid: string)
   const children = nodes.get(image)?.children ?? [];
   if (children.length > 0) throw new SMError('VDIUnavailable', `image ${image} is the parent of ${children.join(', ')}; it cannot take the uuid ${uuid}`);
   await repo.backend.renameImage(image, uuid);
+  faultPoint('introduce-renamed');
   getLog().info(`image ${image} renamed to ${uuid} to be introduced under that uuid`);
 }
