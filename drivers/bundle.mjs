@@ -1,6 +1,6 @@
 // Build step: bundles each driver executable's entry (dist/drivers/<x>-main.js)
 // into one file, dist/bundle/<Type>SR.mjs, and the collector into
-// dist/bundle/sm-gc.mjs (the datapath into dist/bundle/sm-datapath.mjs): a process per call then loads one file instead of ~60 modules.
+// dist/bundle/sm-gc.mjs (the datapath into dist/bundle/sm-datapath.mjs, the host plugin into dist/bundle/tapdisk-pause.mjs): a process per call then loads one file instead of ~60 modules.
 import { build } from 'esbuild';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -13,6 +13,7 @@ const entries = {
   LVMoISCSISR: 'drivers/lvmoiscsi-sr-main.js',
   'sm-gc': 'gc/sm-gc.js',
   'sm-datapath': 'lib/datapath/sm-datapath.js',
+  'tapdisk-pause': 'drivers/tapdisk-pause-main.js',
 };
 
 // winston's debug channel (@dabh/diagnostics) prints nothing unless DEBUG names it;

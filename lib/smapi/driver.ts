@@ -1,6 +1,6 @@
 // What a driver hands the protocol layer: its description and its verbs.
 import type { Request } from './request.js';
-import { EXTRA_CAPABILITIES, VERB_CAPABILITIES, VERB_NAMES, type ExtraCapability, type VerbName } from './verbs.js';
+import { CAPABILITY_NEEDS, EXTRA_CAPABILITIES, VERB_CAPABILITIES, VERB_NAMES, type ExtraCapability, type VerbName } from './verbs.js';
 
 /** One verb implementation. Throw SMError for protocol errors; anything else becomes 1200. */
 export type Verb = (req: Request) => Promise<unknown>;
@@ -32,7 +32,8 @@ export function capabilitiesOf(driver: Driver): string[] {
   const out: string[] = [];
   for (const verb of VERB_NAMES) {
     const cap = (VERB_CAPABILITIES as Partial<Record<VerbName, string>>)[verb];
-    if (cap && typeof driver.verbs[verb as DriverVerbName] === 'function') out.push(cap);
+    const has = (v: VerbName) => typeof driver.verbs[v as DriverVerbName] === 'function';
+    if (cap && has(verb) && (CAPABILITY_NEEDS[cap] ?? []).every(has)) out.push(cap);
   }
   for (const cap of driver.info.capabilities ?? []) {
     // Only property-style capabilities: a verb capability must come from a verb.

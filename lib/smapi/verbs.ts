@@ -28,6 +28,7 @@ export const VERB_NAMES = [
   'vdi_epoch_begin',
   'vdi_epoch_end',
   'vdi_attach_from_config',
+  'vdi_detach_from_config',
   'vdi_reset_leaf',
 ] as const;
 
@@ -59,6 +60,8 @@ export const VERB_CAPABILITIES = {
   vdi_update: 'VDI_UPDATE',
   vdi_introduce: 'VDI_INTRODUCE',
   vdi_generate_config: 'VDI_GENERATE_CONFIG',
+  // Implementing epoch_begin means implementing reset on boot (the "/2" form the established SM checks).
+  vdi_epoch_begin: 'VDI_RESET_ON_BOOT/2',
 } as const satisfies Partial<Record<VerbName, string>>;
 
 /** Capabilities that are properties of the SR type, not verbs; a driver declares them. */
@@ -96,4 +99,16 @@ export const NIL_REPLY_VERBS: ReadonlySet<VerbName> = new Set<VerbName>([
   'vdi_activate',
   'vdi_deactivate',
   'vdi_update',
+  'vdi_epoch_begin',
+  'vdi_epoch_end',
+  'vdi_detach_from_config',
 ]);
+
+/**
+ * Verbs a capability needs besides its own: the toolstack's use of it calls
+ * them too, so without them the capability is not advertised.
+ */
+export const CAPABILITY_NEEDS: Partial<Record<string, readonly VerbName[]>> = {
+  // A generated config is only worth having if the host can attach and detach with it.
+  VDI_GENERATE_CONFIG: ['vdi_attach_from_config', 'vdi_detach_from_config'],
+};

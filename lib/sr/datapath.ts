@@ -20,6 +20,7 @@ import { connectNbd, disconnectNbd, freeNbdDevice, kernelNbdAvailable } from '..
 import { SMError } from '../errors/sm-error.js';
 import { listVdiStates, readVdiState } from './attach-record.js';
 import { installRoot } from './install-root.js';
+import { isPoolPaused } from './pool-pause.js';
 import { datapathControlPath, nbdSocketPath } from './paths.js';
 import type { Repository } from './repository.js';
 
@@ -106,7 +107,8 @@ export async function settleServing(repo: Repository, sr: string, vdi: string): 
   const link = nbdSocketPath(sr, vdi);
   const linked = await readlink(link).catch(() => undefined);
   const served = (await servedHere(sr)).find((s) => s.vdi === vdi);
-  if (served?.paused) {
+  // Paused for the pool (the master changes its chain): only the master's unpause releases it.
+  if (served?.paused && !(await isPoolPaused(sr, vdi))) {
     const { pausedMs } = await controlCall(datapathControlPath(sr), { op: 'unpause', vdi, path: repo.imagePath(vdi) });
     getLog().info(`VDI ${vdi}: found paused by an interrupted verb; unpaused on ${repo.imagePath(vdi)} after ${pausedMs} ms`);
   }
@@ -145,6 +147,8 @@ export async function withPausedServing<T>(
   onFailure?: () => Promise<unknown>,
 ): Promise<T> {
   if (!(await settleServing(repo, sr, vdi))) return fn();
+  // Paused for the pool already (image closed): the master's unpause reopens it at the leaf then.
+  if (await isPoolPaused(sr, vdi)) return fn();
   const control = datapathControlPath(sr);
   const started = Date.now();
   await controlCall(control, { op: 'pause', vdi }).catch((err: Error) => {
@@ -189,7 +193,7 @@ export async function withServedPaused<T>(repo: Repository, sr: string, vdis: re
 /** Every VDI a killed verb left paused is unpaused on its leaf as it is now (after journal recovery). */
 export async function unpauseLeftovers(repo: Repository, sr: string): Promise<void> {
   for (const s of await servedHere(sr)) {
-    if (!s.paused) continue;
+    if (!s.paused || (await isPoolPaused(sr, s.vdi))) continue;
     const { pausedMs } = await controlCall(datapathControlPath(sr), { op: 'unpause', vdi: s.vdi, path: repo.imagePath(s.vdi) });
     getLog().info(`VDI ${s.vdi}: found paused by an interrupted verb; unpaused on ${repo.imagePath(s.vdi)} after ${pausedMs} ms`);
   }

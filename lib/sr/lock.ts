@@ -40,6 +40,8 @@ function tryBind(address: string): Promise<net.Server | undefined> {
 export interface AcquireOptions {
   /** How long to wait for a busy lock; 0 = try once. */
   timeoutMs?: number;
+  /** No holder file beside it (short-lived per-VDI locks: one a killed holder left would stay until that VDI's next use). */
+  quiet?: boolean;
 }
 
 export async function acquireLock(srUuid: string, name: string, opts: AcquireOptions = {}): Promise<HeldLock | undefined> {
@@ -48,7 +50,7 @@ export async function acquireLock(srUuid: string, name: string, opts: AcquireOpt
   let delay = 5;
   for (;;) {
     const server = await tryBind(address);
-    if (server) return holdLock(srUuid, name, server);
+    if (server) return holdLock(srUuid, name, server, opts.quiet === true);
     if (Date.now() >= deadline) return undefined;
     await new Promise((r) => setTimeout(r, Math.min(delay, Math.max(1, deadline - Date.now()))));
     delay = Math.min(delay * 2, 100);
@@ -66,7 +68,7 @@ export async function lockOrFail(srUuid: string, name: string, timeoutMs: number
   return held;
 }
 
-async function holdLock(srUuid: string, name: string, server: net.Server): Promise<HeldLock> {
+async function holdLock(srUuid: string, name: string, server: net.Server, quiet: boolean): Promise<HeldLock> {
   let onAbort!: () => void;
   const abortRequested = new Promise<void>((r) => (onAbort = r));
   server.on('connection', (sock) => {
@@ -82,8 +84,10 @@ async function holdLock(srUuid: string, name: string, server: net.Server): Promi
   server.unref(); // a held lock never keeps the process alive by itself
   const dir = lockDir(srUuid);
   const infoFile = join(dir, name);
-  await mkdir(dir, { recursive: true });
-  await writeFile(infoFile, `${process.pid} ${new Date().toISOString()}\n`).catch(() => undefined);
+  if (!quiet) {
+    await mkdir(dir, { recursive: true });
+    await writeFile(infoFile, `${process.pid} ${new Date().toISOString()}\n`).catch(() => undefined);
+  }
   let released = false;
   return {
     name,
@@ -91,7 +95,7 @@ async function holdLock(srUuid: string, name: string, server: net.Server): Promi
     async release() {
       if (released) return;
       released = true;
-      await unlink(infoFile).catch(() => undefined);
+      if (!quiet) await unlink(infoFile).catch(() => undefined);
       await new Promise<void>((r) => server.close(() => r()));
     },
   };

@@ -37,6 +37,9 @@ import { snapshotVdi, type SnapshotMode } from './snapshot.js';
 import { createVdi } from './vdi-create.js';
 import { deleteVdi } from './vdi-delete.js';
 import { resizeVdi } from './vdi-resize.js';
+import { introduceVdi } from './vdi-introduce.js';
+import { resetLeaf } from './reset-leaf.js';
+import { withVdiLock } from './host-pause.js';
 
 const LOCK_TIMEOUT_MS = Number(process.env.SM_LOCK_TIMEOUT_MS ?? 60_000);
 /** How long sr_detach waits for an aborted GC to stop. */
@@ -104,6 +107,11 @@ function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Pro
       });
     });
   };
+}
+
+/** Holds the VDI's host-local lock, which the pool's pause (tapdisk-pause) takes too, around `fn`. */
+function underVdiLock<T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) => Promise<T>) {
+  return (repo: Repository, vdi: string, sr: string, req: Request) => withVdiLock(vdi, () => fn(repo, vdi, sr, req));
 }
 
 /** As onAttachedSr, for a verb on one existing VDI. */
@@ -287,7 +295,7 @@ export function srDriver(type: SrType): Driver {
       };
     }),
 
-    vdi_detach: onVdi(async (repo, vdi, sr) => {
+    vdi_detach: onVdi(underVdiLock(async (repo, vdi, sr) => {
       // Detached without a vdi_deactivate first: still served, or its datapath died.
       await settleServing(repo, sr, vdi);
       await stopServing(repo, sr, vdi);
@@ -295,9 +303,9 @@ export function srDriver(type: SrType): Driver {
       await repo.backend.releaseVdi(vdi); // detached without a vdi_deactivate first
       await writeVdiState(sr, vdi, undefined);
       return null;
-    }),
+    })),
 
-    vdi_activate: onVdi(async (repo, vdi, sr, req) => {
+    vdi_activate: onVdi(underVdiLock(async (repo, vdi, sr, req) => {
       const state = await readVdiState(sr, vdi);
       if (!state) throw new SMError('VDIUnavailable', `${vdi} must be attached before it is activated`);
       const writable = boolArg(req.args[0]) || state.writable;
@@ -328,9 +336,9 @@ export function srDriver(type: SrType): Driver {
       }
       await writeVdiState(sr, vdi, { ...state, writable, active: true });
       return null;
-    }),
+    })),
 
-    vdi_deactivate: onVdi(async (repo, vdi, sr) => {
+    vdi_deactivate: onVdi(underVdiLock(async (repo, vdi, sr) => {
       // Served no more first: every acknowledged write flushed, the image closed (or a dead datapath cleaned up).
       await settleServing(repo, sr, vdi);
       await stopServing(repo, sr, vdi);
@@ -340,7 +348,7 @@ export function srDriver(type: SrType): Driver {
       await repo.backend.releaseVdi(vdi);
       await dropActivation(repo.backend, vdi);
       return null;
-    }),
+    })),
 
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
@@ -371,12 +379,9 @@ export function srDriver(type: SrType): Driver {
     }),
 
     vdi_introduce: onAttachedSr(async (repo, _sr, req) => {
-      const vdi = requireUuid(req.vdi_location ?? req.vdi_uuid, 'vdi_location', 'VDIUnavailable');
-      if (!(await repo.backend.hasImage(vdi))) throw new SMError('VDIMissing', vdi);
-      if (await repo.records.hasVdi(vdi)) throw new SMError('VDIExists', vdi);
-      const info = await repo.info(vdi);
-      await repo.records.putVdis([newVdiRecord(vdi, { managed: !info.hidden, read_only: info.hidden, type: req.vdi_type ?? 'user' })]);
-      return vdiReply(vdi);
+      const image = requireUuid(req.vdi_location ?? req.new_uuid ?? req.vdi_uuid, 'vdi_location', 'VDIUnavailable');
+      const uuid = req.new_uuid === undefined ? image : requireUuid(req.new_uuid, 'new_uuid', 'VDIUnavailable');
+      return vdiReply(await introduceVdi(repo, image, uuid, req.vdi_type ?? 'user'));
     }),
 
     vdi_generate_config: onVdi(async (_repo, vdi, sr, req) => {
@@ -385,6 +390,38 @@ export function srDriver(type: SrType): Driver {
         { command: 'vdi_attach_from_config', device_config: req.device_config, sr_uuid: sr, vdi_uuid: vdi, host_ref: req.host_ref, args: ['true'] },
       ]);
     }),
+
+    // Every SR type here stores VHD images: the established answer is the SR's VDI type.
+    sr_content_type: async () => 'vhd',
+
+    // Sent before each VM start. "reset": the leaf is emptied under a paused datapath (reset-leaf.ts).
+    vdi_epoch_begin: onVdi(async (repo, vdi, sr, req) => {
+      if (req.vdi_on_boot !== 'reset') return null;
+      await refuseActiveElsewhere(repo, vdi);
+      await withPausedServing(repo, sr, vdi, () => resetLeaf(repo, vdi));
+      return null;
+    }),
+
+    // Nothing to undo at VM shutdown, as with the established drivers.
+    vdi_epoch_end: onVdi(async () => null),
+
+    // The host attaches the VDI from its generated config alone, with no toolstack
+    // (HA statefile, redo log at boot): the SR first if it is not attached here, then
+    // the VDI attached and activated read-write, as the toolstack's two calls would.
+    async vdi_attach_from_config(req) {
+      const sr = srUuidOf(req);
+      if (!(await readAttachRecord(sr))) await verbs.sr_attach!({ ...req, command: 'sr_attach', args: [] });
+      const attached = await verbs.vdi_attach!({ ...req, command: 'vdi_attach', args: ['true'] });
+      await verbs.vdi_activate!({ ...req, command: 'vdi_activate', args: ['true'] });
+      return attached;
+    },
+
+    // The same config with this command: the VDI released (the SR stays attached for the toolstack).
+    async vdi_detach_from_config(req) {
+      await verbs.vdi_deactivate!({ ...req, command: 'vdi_deactivate', args: [] });
+      await verbs.vdi_detach!({ ...req, command: 'vdi_detach', args: [] });
+      return null;
+    },
   };
   for (const verb of MASTER_ONLY) verbs[verb] = masterOnly(verb, verbs[verb]!);
   return { info: type.info, verbs };

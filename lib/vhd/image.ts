@@ -36,6 +36,9 @@ export interface BlockBuffer {
   data: Buffer;
 }
 
+/** The steps of discardAllBlocks, each leaving a valid image (for callers that test a crash after each). */
+export type DiscardStep = 'batmap-cleared' | 'bat-cleared' | 'footer-moved';
+
 export class VhdImage {
   /** Sector bitmaps recently read (bounded; our own writes keep it current). */
   private readonly bitmapCache = new Map<number, Buffer>();
@@ -61,6 +64,8 @@ export class VhdImage {
 
   /** Where the primary footer is (a device's last sector; a file's end). */
   private footerAt = 0;
+  /** First byte after the metadata (header, BAT, batmap, locators): where an image without blocks ends. */
+  private metadataEnd = 0;
 
   // ---- opening -------------------------------------------------------------
 
@@ -155,6 +160,7 @@ export class VhdImage {
     // the footer keeps the last sector and new blocks go after the data.
     image.endOfData = io.isDevice ? dataEnd : fileSize - FOOTER_SIZE;
     image.footerAt = fileSize - FOOTER_SIZE;
+    image.metadataEnd = metadataEnd;
     return image;
   }
 
@@ -437,6 +443,34 @@ export class VhdImage {
     if (this.batmapHeader && this.batmap) await this.writeBatmap();
   }
 
+  /**
+   * Drops every block (vhd-util's `modify -z`): a differencing image then
+   * reads entirely from its parent. Each step leaves a valid image and the
+   * whole is idempotent, so one cut short is finished by running it again:
+   * the batmap first (a lost "full" bit only costs speed), then the BAT (the
+   * data is gone), then a file is cut to its metadata and footer (the old
+   * last sector is the same footer until the truncate).
+   */
+  async discardAllBlocks(onStep: (step: DiscardStep) => void = () => {}): Promise<void> {
+    if (this.batmapHeader) {
+      this.batmap = Buffer.alloc(this.batmapHeader.sizeSectors * SECTOR);
+      await this.writeBatmap();
+      onStep('batmap-cleared');
+    }
+    this.bat.fill(BAT_UNUSED);
+    await this.io.write(encodeBatBytes(this.bat), this.header.tableOffset);
+    this.bitmapCache.clear();
+    this.bitmapWrites++;
+    onStep('bat-cleared');
+    this.endOfData = this.metadataEnd;
+    if (!this.io.isDevice) {
+      this.footerAt = this.endOfData;
+      await this.io.write(encodeFooter(this.footer), this.endOfData);
+      onStep('footer-moved');
+      await this.io.truncate(this.endOfData + FOOTER_SIZE);
+    }
+  }
+
   /** Writes the primary footer and its copy at offset 0. */
   async writeFooter(): Promise<void> {
     const buf = encodeFooter(this.footer);
@@ -494,6 +528,13 @@ export class VhdImage {
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** The whole BAT as it sits on disk: big-endian entries, padded to a sector. */
+function encodeBatBytes(bat: Uint32Array): Buffer {
+  const buf = Buffer.alloc(Math.ceil((bat.length * 4) / SECTOR) * SECTOR, 0xff);
+  for (let i = 0; i < bat.length; i++) buf.writeUInt32BE(bat[i], i * 4);
+  return buf;
+}
 
 /** Big-endian BAT entries as numbers: one native byte swap, not an accessor call per entry (the BAT room may hold 100k). */
 function decodeBat(buf: Buffer, entries: number): Uint32Array {

@@ -1,7 +1,7 @@
 /** The VHD library: format codec, images, chains and the algorithms over them. */
 export { VhdError, type VhdErrorKind } from './errors.js';
 export { FileIO, type PositionalIO } from './io.js';
-export { VhdImage, formatUuid, parseUuid, type BlockBuffer, type NewBlock } from './image.js';
+export { VhdImage, formatUuid, parseUuid, type BlockBuffer, type DiscardStep, type NewBlock } from './image.js';
 export { VhdChain, type ChainOptions } from './chain.js';
 export { createDynamic, createDifferencing, validVirtualSize, type CreateOptions } from './create.js';
 export { coalesceIntoParent, coalesceChainInto, coalesceImages, type CoalesceOptions, type CoalesceProgress, type CoalesceResult } from './coalesce.js';

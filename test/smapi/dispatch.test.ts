@@ -94,7 +94,7 @@ test('sr_get_driver_info comes from driver.info and lists only implemented capab
         'VDI_RESIZE',
         'VDI_UPDATE',
         'VDI_INTRODUCE',
-        'VDI_GENERATE_CONFIG',
+        // vdi_generate_config alone: no VDI_GENERATE_CONFIG without attach/detach_from_config.
         'THIN_PROVISIONING',
         'LARGE_VDI',
       ],
@@ -111,6 +111,17 @@ test('a verb capability cannot be declared without implementing the verb', (t) =
     verbs: {},
   } as unknown as Driver;
   t.deepEqual(capabilitiesOf(driver), ['SR_TRIM']);
+});
+
+test('VDI_GENERATE_CONFIG is advertised only with attach_from_config and detach_from_config implemented too', (t) => {
+  const verb = async () => null;
+  const info = { ...testDriver.info, capabilities: [] };
+  const only = { info, verbs: { vdi_generate_config: verb } } as unknown as Driver;
+  t.deepEqual(capabilitiesOf(only), []);
+  const half = { info, verbs: { vdi_generate_config: verb, vdi_attach_from_config: verb } } as unknown as Driver;
+  t.deepEqual(capabilitiesOf(half), []);
+  const all = { info, verbs: { vdi_generate_config: verb, vdi_attach_from_config: verb, vdi_detach_from_config: verb } } as unknown as Driver;
+  t.deepEqual(capabilitiesOf(all), ['VDI_GENERATE_CONFIG']);
 });
 
 test('replies: struct results, nil verbs forced to nil, strings escaped', async (t) => {
