@@ -366,7 +366,8 @@ export function srDriver(type: SrType): Driver {
     }),
 
     vdi_update: onVdi(async (repo, vdi) => {
-      if (!(await repo.records.hasVdi(vdi))) await repo.records.putVdis([newVdiRecord(vdi)]);
+      // An image with children is recorded read-only, as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts).
+      if (!(await repo.records.hasVdi(vdi))) await repo.records.putVdis([newVdiRecord(vdi, { read_only: await repo.hasChildren(vdi) })]);
       return null;
     }),
 
@@ -375,7 +376,9 @@ export function srDriver(type: SrType): Driver {
       if (!(await repo.backend.hasImage(vdi))) throw new SMError('VDIMissing', vdi);
       if (await repo.records.hasVdi(vdi)) throw new SMError('VDIExists', vdi);
       const info = await repo.info(vdi);
-      await repo.records.putVdis([newVdiRecord(vdi, { managed: !info.hidden, read_only: info.hidden, type: req.vdi_type ?? 'user' })]);
+      // An image with children is recorded read-only, as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts).
+      const readOnly = info.hidden || (await repo.hasChildren(vdi));
+      await repo.records.putVdis([newVdiRecord(vdi, { managed: !info.hidden, read_only: readOnly, type: req.vdi_type ?? 'user' })]);
       return vdiReply(vdi);
     }),
 

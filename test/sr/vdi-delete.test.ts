@@ -72,3 +72,18 @@ test('a VDI whose record is damaged is decided from the tree: a leaf is removed,
     t.false(fs.existsSync(`${ctx.location}/.sm/vdi/${v}.json`));
   });
 });
+
+test('vdi_introduce of a visible image with a child records it read-only, so its delete hides it instead of orphaning the child', async (t) => {
+  await withWorld(async (w, ctx) => {
+    await w.create('W', 8 * MiB);
+    await w.fill('W', 0, MiB);
+    const sw = await w.snapshot('W', 'SW', 'single'); // SW: visible, W reads through it
+    fs.rmSync(`${ctx.location}/.sm/vdi/${sw}.json`);
+    await w.s.call('vdi_introduce', { vdi_uuid: sw, vdi_location: sw, vdi_type: 'user' });
+    const record = JSON.parse(fs.readFileSync(`${ctx.location}/.sm/vdi/${sw}.json`, 'utf8')) as { read_only: boolean };
+    t.true(record.read_only, 'recorded read-only: it has a child');
+    await w.delete('SW');
+    t.true((await imageInfo(imagePath(ctx, sw))).hidden, 'hidden, not removed');
+    await w.check(t);
+  });
+});
