@@ -7,10 +7,11 @@
  * the image, so in general only the whole tree answers it. This SR never gives
  * a visible, writable, managed VDI's image a child, though: a snapshot or a
  * clone first turns that image into a hidden base copy under a new uuid, a
- * `single` snapshot records the image it keeps as read-only, and sr_scan
- * introduces a visible image that has children as read-only. So such a VDI is a
- * leaf on its own word (its record and its footer, read alone), whatever the
- * size of the SR and whatever else cannot be read now.
+ * `single` snapshot records the image it keeps as read-only, and sr_scan,
+ * vdi_introduce and vdi_update record a visible image that has children as
+ * read-only. So such a VDI is a leaf on its own word (its record and its
+ * footer, read alone), whatever the size of the SR and whatever else cannot
+ * be read now.
  *
  * Anything else (read-only, unmanaged, hidden, no usable record, its own image
  * unreadable) is decided from the whole tree: while an image is unreadable and
