@@ -17,6 +17,7 @@ import { faultPoint } from './fault.js';
 import { isUuid } from './ids.js';
 import type { RecordMedium } from './records.js';
 import { mapLimit } from '../util/map-limit.js';
+import { readSmallFile } from '../util/small-reads.js';
 
 const VHD_SUFFIX = '.vhd';
 const META_DIR = '.sm';
@@ -221,13 +222,8 @@ class FileRecordMedium implements RecordMedium {
 
   constructor(private readonly metaDir: string) {}
 
-  private async read(path: string): Promise<string | undefined> {
-    try {
-      return await readFile(path, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
+  private read(path: string): Promise<string | undefined> {
+    return readSmallFile(path);
   }
 
   private recordPath(uuid: string): string {

@@ -20,8 +20,8 @@ export interface ScannedVdi extends VdiRecord {
 
 export async function scanSr(repo: Repository): Promise<ScannedVdi[]> {
   await repo.srRecord(); // no SR metadata at all is refused (MetadataError) before anything changes
-  const { records, damaged } = await repo.records.listVdis();
-  const { nodes } = await repo.tree();
+  // Independent reads (the SR lock keeps both still): records and images side by side.
+  const [{ records, damaged }, { nodes }] = await Promise.all([repo.records.listVdis(), repo.tree()]);
   // A change in progress (or interrupted) may have an image briefly away: keep its records.
   const pending = new Set((await readJournals(repo.backend)).flatMap((j) => Object.values(j).filter((v) => typeof v === 'string')));
   const drop: string[] = [];

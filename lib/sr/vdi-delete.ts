@@ -1,13 +1,26 @@
 /**
  * vdi_delete: a leaf image is removed; an image other images still depend on is
  * hidden instead and left to the GC. Either way the VDI's record goes. What to
- * do is decided before the journal, from the whole tree: while an image is
- * unreadable and nothing says whose child it is, any image may have a child
- * nobody can see, so it is hidden, never removed; an unreadable image that has
- * (or may have) children cannot be hidden, so its delete is refused before
- * anything changes. An unreadable leaf is removed: nothing reads through it.
+ * do is decided before the journal.
+ *
+ * Whether an image has children is written in the children's headers, not in
+ * the image, so in general only the whole tree answers it. This SR never gives
+ * a visible, writable, managed VDI's image a child, though: a snapshot or a
+ * clone first turns that image into a hidden base copy under a new uuid, a
+ * `single` snapshot records the image it keeps as read-only, and sr_scan,
+ * vdi_introduce and vdi_update record a visible image that has children as
+ * read-only. So such a VDI is a leaf on its own word (its record and its
+ * footer, read alone), whatever the size of the SR and whatever else cannot
+ * be read now.
+ *
+ * Anything else (read-only, unmanaged, hidden, no usable record, its own image
+ * unreadable) is decided from the whole tree: while an image is unreadable and
+ * nothing says whose child it is, any such image may have a child nobody can
+ * see, so it is hidden, never removed; an unreadable image that has (or may
+ * have) children cannot be hidden, so its delete is refused before anything
+ * changes. An unreadable leaf is removed: nothing reads through it.
  */
-import { setImageHidden } from '../vhd/index.js';
+import { readImageSummary, setImageHidden } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
 import { faultPoint } from './fault.js';
@@ -18,7 +31,7 @@ import { leftAloneFor } from './unreadable.js';
 type Outcome = 'removed' | 'hidden' | 'absent';
 
 export async function deleteVdi(repo: Repository, uuid: string): Promise<Outcome> {
-  // The tree activates every image, this one included, in one command (LVM).
+  // One hold for the whole delete (LVM): what the plan activates stays active until the image is hidden or removed.
   return repo.backend.withImagesActive([], async () => {
     const plan = await planDelete(repo, uuid);
     if (typeof plan !== 'string') throw plan;
@@ -36,6 +49,8 @@ export async function deleteVdi(repo: Repository, uuid: string): Promise<Outcome
 /** What deleting `uuid` does to its image now, or why it cannot be done (an error, not thrown). */
 async function planDelete(repo: Repository, uuid: string): Promise<Outcome | SMError> {
   if (!(await repo.backend.hasImage(uuid))) return 'absent';
+  if (await isWritableLeaf(repo, uuid)) return 'removed';
+  // The tree activates every image, this one included, in one command (LVM).
   const { nodes } = await repo.tree();
   const node = nodes.get(uuid);
   if (!node) return 'absent';
@@ -47,6 +62,14 @@ async function planDelete(repo: Repository, uuid: string): Promise<Outcome | SME
   }
   if (node.children.length === 0 && mayHaveChildren) getLog().warn(`VDI ${uuid} hidden, not removed: ${alone.reasons.join('; ')}`);
   return mayHaveChildren ? 'hidden' : 'removed';
+}
+
+/** A visible, writable, managed VDI: never a parent in this SR (see the top of this file). */
+async function isWritableLeaf(repo: Repository, uuid: string): Promise<boolean> {
+  const record = await repo.vdiRecord(uuid).catch(() => undefined); // damaged: the tree decides
+  if (!record || record.read_only || !record.managed) return false;
+  const image = await repo.backend.withImagesActive([uuid], () => readImageSummary(repo.imagePath(uuid))).catch(() => undefined);
+  return image !== undefined && !image.hidden;
 }
 
 async function carryOut(repo: Repository, uuid: string, outcome: Outcome): Promise<Outcome> {

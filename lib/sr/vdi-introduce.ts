@@ -24,7 +24,9 @@ export async function introduceVdi(repo: Repository, image: string, uuid: string
     return uuid;
   }
   const info = await repo.info(uuid);
-  await repo.records.putVdis([newVdiRecord(uuid, { managed: !info.hidden, read_only: info.hidden, type })]);
+  // An image with children is recorded read-only, as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts).
+  const readOnly = info.hidden || (await repo.hasChildren(uuid));
+  await repo.records.putVdis([newVdiRecord(uuid, { managed: !info.hidden, read_only: readOnly, type })]);
   getLog().info(`VDI ${uuid} introduced from image ${image}${info.hidden ? ' (hidden: a base copy)' : ''}`);
   return uuid;
 }

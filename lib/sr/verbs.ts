@@ -374,7 +374,8 @@ export function srDriver(type: SrType): Driver {
     }),
 
     vdi_update: onVdi(async (repo, vdi) => {
-      if (!(await repo.records.hasVdi(vdi))) await repo.records.putVdis([newVdiRecord(vdi)]);
+      // An image with children is recorded read-only, as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts).
+      if (!(await repo.records.hasVdi(vdi))) await repo.records.putVdis([newVdiRecord(vdi, { read_only: await repo.hasChildren(vdi) })]);
       return null;
     }),
 

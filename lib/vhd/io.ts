@@ -118,10 +118,14 @@ function skipBytes(list: Buffer[], skip: number): Buffer[] {
 
 /** A block device's size is not in stat(); read it by reading its end. */
 async function deviceSize(fh: FileHandle): Promise<number> {
+  return deviceSizeOf((await fh.stat()).rdev);
+}
+
+/** The size of the block device with this rdev (from stat()). */
+export async function deviceSizeOf(rdev: number): Promise<number> {
   // Binary search on readable offsets would be slow; lseek(SEEK_END) is not in fs/promises,
   // so ask sysfs through the device's rdev when available.
-  const st = await fh.stat();
-  const [major, minor] = splitDev(st.rdev);
+  const [major, minor] = splitDev(rdev);
   const s = await stat(`/sys/dev/block/${major}:${minor}/size`).catch(() => undefined);
   if (!s) throw new Error('cannot determine block device size');
   const { readFile } = await import('node:fs/promises');

@@ -1,14 +1,16 @@
 /**
  * What a scan needs of an image, read with two small reads (footer copy plus
- * header at the start, primary footer at the end) and no BAT: listing a
- * thousand images stays fast. Full validation is open()'s and check's job.
+ * header at the start, primary footer at the end) and no BAT, through
+ * small-reads.ts: listing thousands of images stays fast. Full validation is
+ * open()'s and check's job.
  */
 import { DiskType, FOOTER_SIZE, HEADER_OFFSET, HEADER_SIZE } from './format/constants.js';
 import { decodeFooter } from './format/footer.js';
 import { decodeHeader } from './format/header.js';
 import { corrupt, VhdError } from './errors.js';
 import { formatUuid } from './image.js';
-import { FileIO } from './io.js';
+import { deviceSizeOf, FileIO } from './io.js';
+import { SmallReader } from '../util/small-reads.js';
 
 export interface ImageSummary {
   uuid: string;
@@ -24,13 +26,17 @@ export interface ImageSummary {
 }
 
 export async function readImageSummary(path: string): Promise<ImageSummary> {
-  const io = await FileIO.open(path, false);
+  const file = await SmallReader.open(path).catch((err: NodeJS.ErrnoException) => {
+    throw err.code === 'ENOENT' ? new VhdError('not-found', 'no such file', path) : err;
+  });
   try {
-    const size = await io.size(); // a device's size is not in stat()
+    const st = await file.stat();
+    const size = st.isBlockDevice() ? await deviceSizeOf(st.rdev) : st.size; // a device's size is not in stat()
     if (size < HEADER_OFFSET + HEADER_SIZE + FOOTER_SIZE) throw corrupt(`file too small to be a dynamic VHD (${size} bytes)`, path);
     const tail = Buffer.alloc(FOOTER_SIZE);
     const head = Buffer.alloc(HEADER_OFFSET + HEADER_SIZE);
-    await Promise.all([io.read(tail, size - FOOTER_SIZE), io.read(head, 0)]);
+    const [tailRead, headRead] = await Promise.all([file.read(tail, size - FOOTER_SIZE), file.read(head, 0)]);
+    if (tailRead < tail.length || headRead < head.length) throw corrupt(`short read (the file ends before ${size} bytes)`, path);
     const footer = decodeFooter(tail);
     if (typeof footer === 'string') throw corrupt(`primary footer invalid: ${footer}`, path);
     if (footer.diskType !== DiskType.Dynamic && footer.diskType !== DiskType.Differencing) {
@@ -50,7 +56,7 @@ export async function readImageSummary(path: string): Promise<ImageSummary> {
       maxTableEntries: header.maxTableEntries,
     };
   } finally {
-    await io.close();
+    await file.close();
   }
 }
 

@@ -1,10 +1,10 @@
 /**
  * SR benchmarks through the real driver executable: vdi_snapshot latency with a
  * process per call and through --serve, sr_scan of an SR with 1200 images, and
- * vdi_create / vdi_snapshot / sr_scan against the number of images in the SR.
+ * vdi_create / vdi_snapshot / vdi_delete / sr_scan against the number of images in the SR.
  */
 import { execFile, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -166,19 +166,24 @@ async function populate(location: string, n: number): Promise<void> {
 }
 
 /**
- * vdi_create, vdi_snapshot (through --serve) and sr_scan at 100, 1,000 and
- * 5,000 images, in one run: the three SRs are built first, then measured in
- * rounds that take one create and one snapshot on each in turn, so that load
- * from elsewhere on the machine falls on every size alike.
+ * vdi_create, vdi_snapshot, vdi_delete (through --serve) and sr_scan at 100,
+ * 1,000 and 5,000 images, in one run: the three SRs are built first, then
+ * measured in rounds that take one create, one snapshot of the new VDI and one
+ * delete of that snapshot on each in turn, so that load from elsewhere on the
+ * machine falls on every size alike; then the scans, also in turns. Last, the
+ * records of the largest SR are read the way a scan reads them (one file per
+ * VDI) and, in the same turns, as the single document of the layout before.
  */
 async function costBySrSize(): Promise<void> {
   const sizes = [100, 1000, 5000];
-  const srs: Array<{ n: number; sr: Harness; cleanup: () => void; create: number[]; snapshot: number[]; scan: number[]; images: number }> = [];
+  type Sized = { n: number; dir: string; sr: Harness; cleanup: () => void; create: number[]; snapshot: number[]; del: number[]; scan: number[]; images: number };
+  const srs: Sized[] = [];
+  let records: { perVdi: number[]; oneDocument: number[] } | undefined;
   try {
     for (const n of sizes) {
       const { dir, cleanup } = workDir(`sr-size-${n}`);
       const sr = await startSr(dir);
-      srs.push({ n, sr, cleanup, create: [], snapshot: [], scan: [], images: 0 });
+      srs.push({ n, dir, sr, cleanup, create: [], snapshot: [], del: [], scan: [], images: 0 });
       await sr.call('sr_create', {}, ['0']);
       await sr.call('sr_attach');
       await populate(join(dir, 'sr'), n);
@@ -188,7 +193,9 @@ async function costBySrSize(): Promise<void> {
       for (const x of srs) {
         const { value, ms } = await timed(() => x.sr.call('vdi_create', {}, ['1073741824', `new${i}`, '', '', 'false', '', '', 'false']));
         x.create.push(ms);
-        x.snapshot.push((await timed(() => x.sr.call('vdi_snapshot', { vdi_uuid: (value as { uuid: string }).uuid }))).ms);
+        const snap = await timed(() => x.sr.call('vdi_snapshot', { vdi_uuid: (value as { uuid: string }).uuid }));
+        x.snapshot.push(snap.ms);
+        x.del.push((await timed(() => x.sr.call('vdi_delete', { vdi_uuid: (snap.value as { uuid: string }).uuid }))).ms);
       }
     }
     for (let i = 0; i < 3; i++) {
@@ -198,6 +205,7 @@ async function costBySrSize(): Promise<void> {
         x.scan.push(ms);
       }
     }
+    records = await recordReads(join(srs[srs.length - 1]!.dir, 'sr'));
   } finally {
     for (const x of srs) {
       await x.sr.close();
@@ -206,11 +214,37 @@ async function costBySrSize(): Promise<void> {
   }
   const f = (x: number) => `${x.toFixed(1)} ms`;
   const p50 = (xs: number[]) => percentile(xs, 50);
+  const perImage = (x: Sized) => (p50(x.scan) * 1000) / x.images;
   const [small, , big] = srs;
-  report('verb cost against SR size (File SR through --serve; 40 creates and 40 snapshots each, interleaved)', [
-    ...srs.map((x) => [`${x.n} VDIs (${x.images} images at the scans): vdi_create / vdi_snapshot / sr_scan, p50`, `${f(p50(x.create))} / ${f(p50(x.snapshot))} / ${f(p50(x.scan))}`] as [string, string]),
-    [`ratio ${big!.n} / ${small!.n}: vdi_create, vdi_snapshot (goal <= 1.5)`, `${(p50(big!.create) / p50(small!.create)).toFixed(2)}, ${(p50(big!.snapshot) / p50(small!.snapshot)).toFixed(2)}`],
+  const ratio = (of: (x: Sized) => number) => (of(big!) / of(small!)).toFixed(2);
+  report('verb cost against SR size (File SR through --serve; 40 creates, snapshots and deletes each, interleaved)', [
+    ...srs.map((x) => [`${x.n} VDIs: vdi_create / vdi_snapshot / vdi_delete (of the snapshot), p50`, `${f(p50(x.create))} / ${f(p50(x.snapshot))} / ${f(p50(x.del))}`] as [string, string]),
+    [`ratio ${big!.n} / ${small!.n}: vdi_create, vdi_snapshot, vdi_delete (goal <= 1.5)`, `${ratio((x) => p50(x.create))}, ${ratio((x) => p50(x.snapshot))}, ${ratio((x) => p50(x.del))}`],
+    ...srs.map((x) => [`${x.n} VDIs, ${x.images} images: sr_scan p50 of 3, per image`, `${f(p50(x.scan))}, ${(perImage(x)).toFixed(0)} us`] as [string, string]),
+    [`sr_scan per image, ratio ${big!.n} / ${small!.n}`, ratio(perImage)],
+    [`reading the ${big!.images} records of the largest SR, p50 of 5: one file per VDI (as sr_scan) / one document (the layout before)`, `${f(p50(records!.perVdi))} / ${f(p50(records!.oneDocument))}`],
   ]);
+}
+
+/** Every VDI record of the SR at `location`, read as sr_scan reads them and, alternately, from a single layout-1 document holding the same records. */
+async function recordReads(location: string): Promise<{ perVdi: number[]; oneDocument: number[] }> {
+  const repo = new Repository(new FileBackend(SR, location));
+  const { records } = await repo.records.listVdis();
+  const { dir, cleanup } = workDir('sr-size-document');
+  try {
+    const doc = { version: 1, uuid: SR, type: 'FileSR', name_label: '', name_description: '', created: '', vdis: Object.fromEntries(records) };
+    mkdirSync(join(dir, '.sm'));
+    writeFileSync(join(dir, '.sm', 'metadata.json'), JSON.stringify(doc, null, 1) + '\n');
+    const legacy = new Repository(new FileBackend(SR, dir));
+    const out = { perVdi: [] as number[], oneDocument: [] as number[] };
+    for (let i = 0; i < 5; i++) {
+      out.perVdi.push((await timed(() => repo.records.listVdis())).ms);
+      out.oneDocument.push((await timed(() => legacy.records.listVdis())).ms);
+    }
+    return out;
+  } finally {
+    cleanup();
+  }
 }
 
 export async function runSrBenchmarks(): Promise<void> {
