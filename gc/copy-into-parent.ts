@@ -4,12 +4,16 @@ import type { GcContext } from './context.js';
 import { progressReporter } from './gc-log.js';
 
 /** Copies `children` (one image, or a run of hidden images from the parent's child upwards) into `parent`. */
-export async function copyIntoParent(ctx: GcContext, children: string[], parent: string, what: string): Promise<void> {
+export async function copyIntoParent(ctx: GcContext, children: string[], parent: string, what: string, blocks?: ReadonlySet<number>): Promise<CopyResult> {
   // Outside the SR lock: held, so a verb ending meanwhile never deactivates them (LVM).
-  await ctx.repo.backend.withImagesActive([...children, parent], () => copyHeld(ctx, children, parent, what));
+  return ctx.repo.backend.withImagesActive([...children, parent], () => copyHeld(ctx, children, parent, what, blocks));
 }
 
-async function copyHeld(ctx: GcContext, children: string[], parent: string, what: string): Promise<void> {
+/** What one copy did: for the live rounds, which measure their own speed. */
+export type CopyResult = { bytesCopied: number; elapsedMs: number };
+
+/** `blocks`: only those blocks of the children (a live leaf's blocks written meanwhile). */
+async function copyHeld(ctx: GcContext, children: string[], parent: string, what: string, blocks?: ReadonlySet<number>): Promise<CopyResult> {
   const childPaths = children.map((c) => ctx.repo.imagePath(c));
   const parentPath = ctx.repo.imagePath(parent);
   const { size: childSize, childBytes } = await growParentForChildren(ctx, childPaths, parent);
@@ -24,6 +28,7 @@ async function copyHeld(ctx: GcContext, children: string[], parent: string, what
   const result = await coalesceChainInto(childPaths, parentPath, {
     signal: ctx.signal,
     maxBytesPerSecond: limit > 0 ? limit * 1048576 : undefined,
+    blocks,
     onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * childBytes, p.elapsedMs),
   });
   await freeing;
@@ -31,6 +36,7 @@ async function copyHeld(ctx: GcContext, children: string[], parent: string, what
   ctx.stats.copyMs += result.elapsedMs;
   const rate = result.elapsedMs > 0 ? result.bytesCopied / 1048576 / (result.elapsedMs / 1000) : 0;
   ctx.log.info(`${what}: copied ${result.sectors} sectors (${(result.bytesCopied / 1048576).toFixed(1)} MiB) in ${result.elapsedMs} ms, ${rate.toFixed(1)} MiB/s`);
+  return result;
 }
 
 /**

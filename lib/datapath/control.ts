@@ -14,6 +14,11 @@ export type ControlRequest =
   | { op: 'pause'; vdi: string }
   /** Open the chain ending at `path` (a snapshot's new leaf), switch to it, release the held requests. */
   | { op: 'unpause'; vdi: string; path: string }
+  /** Start recording which blocks clients write (durable first: see DatapathService.trackWrites). */
+  | { op: 'track-start'; vdi: string }
+  /** The blocks written since track-start or the previous dirty-since of that `token`. */
+  | { op: 'dirty-since'; vdi: string; token: string }
+  | { op: 'track-stop'; vdi: string }
   | { op: 'list' };
 
 export interface ServedVdi {
@@ -33,7 +38,7 @@ export interface ServedVdi {
 }
 
 export type ControlReply =
-  | { ok: true; pid: number; served?: ServedVdi[]; pausedMs?: number; wasServed?: boolean; exiting?: boolean }
+  | { ok: true; pid: number; served?: ServedVdi[]; pausedMs?: number; wasServed?: boolean; exiting?: boolean; token?: string; blockSize?: number; blocks?: number[] }
   | { ok: false; pid: number; error: string };
 
 /** Nobody answers on the control socket (never started, or the process died). */

@@ -111,6 +111,13 @@ async function main(argv: string[]): Promise<number> {
         return ok;
       case 'unpause':
         return { ...ok, pausedMs: await service.unpause(req.vdi, req.path) };
+      case 'track-start':
+        return { ...ok, ...(await service.trackWrites(req.vdi)) };
+      case 'dirty-since':
+        return { ...ok, blocks: await service.writtenSince(req.vdi, req.token) };
+      case 'track-stop':
+        service.untrackWrites(req.vdi);
+        return ok;
       default:
         throw new Error(`unknown request ${JSON.stringify((req as { op?: unknown }).op)}`);
     }

@@ -167,7 +167,7 @@ export async function withPausedServing<T>(
  * while `fn` rewrites their parent and removes the image they read through,
  * then unpaused on their leaves, which now read through the new parent.
  */
-export async function withServedPaused<T>(repo: Repository, sr: string, vdis: readonly string[], fn: () => Promise<T>): Promise<T> {
+export async function withServedPaused<T>(repo: Repository, sr: string, vdis: readonly string[], fn: () => Promise<T>, reason = 'a relink'): Promise<T> {
   const control = datapathControlPath(sr);
   const paused: string[] = [];
   try {
@@ -175,7 +175,7 @@ export async function withServedPaused<T>(repo: Repository, sr: string, vdis: re
       if (!vdis.includes(s.vdi)) continue;
       await controlCall(control, { op: 'pause', vdi: s.vdi });
       paused.push(s.vdi);
-      getLog().info(`VDI ${s.vdi}: datapath paused for a relink`);
+      getLog().info(`VDI ${s.vdi}: datapath paused for ${reason}`);
     }
     return await fn();
   } finally {

@@ -29,6 +29,8 @@ export interface CoalesceOptions {
   batchBytes?: number;
   /** Copy no faster than this (bytes/s), to leave I/O to running VMs. */
   maxBytesPerSecond?: number;
+  /** Only these blocks of the children (a live leaf's blocks written since the last copy); absent: all. */
+  blocks?: ReadonlySet<number>;
 }
 
 export interface CoalesceResult {
@@ -147,7 +149,7 @@ class BlockCopier {
     const spb = child.sectorsPerBlock;
     // Child blocks in on-disk order, so reads stream.
     const order: number[] = [];
-    for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i)) order.push(i);
+    for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i) && (!opts.blocks || opts.blocks.has(i))) order.push(i);
     order.sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
     this.blocksTotal += order.length;
 
