@@ -4,16 +4,16 @@ import type { GcContext } from './context.js';
 import { progressReporter } from './gc-log.js';
 
 /** Copies `children` (one image, or a run of hidden images from the parent's child upwards) into `parent`. */
-export async function copyIntoParent(ctx: GcContext, children: string[], parent: string, what: string, blocks?: ReadonlySet<number>): Promise<CopyResult> {
+export async function copyIntoParent(ctx: GcContext, children: string[], parent: string, what: string, sectors?: ReadonlyMap<number, Uint8Array>): Promise<CopyResult> {
   // Outside the SR lock: held, so a verb ending meanwhile never deactivates them (LVM).
-  return ctx.repo.backend.withImagesActive([...children, parent], () => copyHeld(ctx, children, parent, what, blocks));
+  return ctx.repo.backend.withImagesActive([...children, parent], () => copyHeld(ctx, children, parent, what, sectors));
 }
 
 /** What one copy did: for the live rounds, which measure their own speed. */
 export type CopyResult = { bytesCopied: number; elapsedMs: number };
 
-/** `blocks`: only those blocks of the children (a live leaf's blocks written meanwhile). */
-async function copyHeld(ctx: GcContext, children: string[], parent: string, what: string, blocks?: ReadonlySet<number>): Promise<CopyResult> {
+/** `sectors`: only those sectors of the children, per block (a live leaf's writes meanwhile). */
+async function copyHeld(ctx: GcContext, children: string[], parent: string, what: string, sectors?: ReadonlyMap<number, Uint8Array>): Promise<CopyResult> {
   const childPaths = children.map((c) => ctx.repo.imagePath(c));
   const parentPath = ctx.repo.imagePath(parent);
   const { size: childSize, childBytes } = await growParentForChildren(ctx, childPaths, parent);
@@ -28,7 +28,7 @@ async function copyHeld(ctx: GcContext, children: string[], parent: string, what
   const result = await coalesceChainInto(childPaths, parentPath, {
     signal: ctx.signal,
     maxBytesPerSecond: limit > 0 ? limit * 1048576 : undefined,
-    blocks,
+    sectors,
     onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * childBytes, p.elapsedMs),
   });
   await freeing;

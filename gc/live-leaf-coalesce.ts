@@ -25,6 +25,7 @@ import { datapathControlPath } from '../lib/sr/paths.js';
 import { VhdImage } from '../lib/vhd/index.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
+import { WrittenSectors } from './written-sectors.js';
 import { abandonedMark, swapIntoParent, whyNot } from './leaf-coalesce.js';
 
 type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
@@ -36,6 +37,8 @@ const short = (u: string) => u.slice(0, 8);
 const MAX_ROUNDS = Number(process.env.SM_GC_LIVE_ROUNDS ?? 8);
 /** The most the final copy (datapath paused) may have to copy. */
 const FINAL_BYTES = Number(process.env.SM_GC_LIVE_FINAL_MIB ?? 8) * MiB;
+/** Rounds go on until this little is left (a shorter pause), as long as there are rounds left. */
+const TARGET_BYTES = FINAL_BYTES / 8;
 
 /** Whether the VDI is served by this host's datapath (a live leaf-coalesce needs its write record). */
 export async function servedOnThisHost(ctx: GcContext, vdi: string): Promise<boolean> {
@@ -82,9 +85,9 @@ interface WriteRecord {
   blockSize: number;
 }
 
-/** Blocks written since the last call (the datapath flushed them first). */
-async function writtenSince(r: WriteRecord): Promise<number[]> {
-  return (await controlCall(r.control, { op: 'dirty-since', vdi: r.vdi, token: r.token })).blocks ?? [];
+/** Sectors written since the last call (the datapath flushed them first). */
+async function writtenSince(r: WriteRecord): Promise<[number, number][]> {
+  return (await controlCall(r.control, { op: 'dirty-since', vdi: r.vdi, token: r.token })).written ?? [];
 }
 
 /** The rounds, then the final step; 'done', or why it stopped. */
@@ -93,17 +96,16 @@ async function copyLive(ctx: GcContext, j: LeafJournal, record: WriteRecord): Pr
   log.info(`Live leaf-coalescing ${short(j.vdi)} into *${short(j.parent)} (the VDI stays active)`);
   const leafPath = repo.imagePath(j.vdi);
   if ((await openLive(leafPath, (l) => l.blockSize)) !== record.blockSize) return 'the datapath records writes in blocks of another size';
-  // Round 0: the whole leaf. Blocks written meanwhile are in the record; blocks whose BAT entry
-  // was not on disk yet stay pending until it is.
+  // Round 0: the whole leaf. Sectors written meanwhile are in the record; those in blocks whose
+  // BAT entry was not on disk yet stay pending until it is.
   await copyRound(ctx, j, 0, undefined);
   faultPoint('live-leaf-round');
-  const pending = new Set<number>();
+  const pending = new WrittenSectors(record.blockSize);
   for (let round = 1; ; round++) {
-    for (const b of await writtenSince(record)) pending.add(b);
-    const bytes = pending.size * record.blockSize;
-    if (bytes <= FINAL_BYTES) break;
+    pending.add(await writtenSince(record));
+    if (pending.bytes <= TARGET_BYTES || (round > MAX_ROUNDS && pending.bytes <= FINAL_BYTES)) break;
     if (round > MAX_ROUNDS) {
-      return `the VDI is written faster than it is copied: after ${MAX_ROUNDS} rounds ${(bytes / MiB).toFixed(0)} MiB were written again, more than the ${(FINAL_BYTES / MiB).toFixed(0)} MiB a pause may copy`;
+      return `the VDI is written faster than it is copied: after ${MAX_ROUNDS} rounds ${(pending.bytes / MiB).toFixed(1)} MiB were written again, more than the ${(FINAL_BYTES / MiB).toFixed(1)} MiB a pause may copy`;
     }
     await copyRound(ctx, j, round, pending);
     faultPoint('live-leaf-round');
@@ -111,18 +113,22 @@ async function copyLive(ctx: GcContext, j: LeafJournal, record: WriteRecord): Pr
   return finalStep(ctx, j, record, pending);
 }
 
-/** One round: the pending blocks the leaf's on-disk BAT has are copied and leave `pending` (all of them when absent). */
-async function copyRound(ctx: GcContext, j: LeafJournal, round: number, pending: Set<number> | undefined): Promise<void> {
+/** One round: the pending sectors in blocks the leaf's on-disk BAT has are copied and leave `pending` (the whole leaf when absent). */
+async function copyRound(ctx: GcContext, j: LeafJournal, round: number, pending: WrittenSectors | undefined): Promise<void> {
   const what = `Live leaf-coalesce of ${short(j.vdi)}, round ${round}`;
-  let blocks: Set<number> | undefined;
+  let sectors: Map<number, Uint8Array> | undefined;
   if (pending) {
-    const present = await openLive(ctx.repo.imagePath(j.vdi), (l) => [...pending].filter((b) => b < l.blockCount && l.hasBlock(b)));
-    blocks = new Set(present);
+    const present = await openLive(ctx.repo.imagePath(j.vdi), (l) => new Set([...pending.blocks.keys()].filter((b) => b < l.blockCount && l.hasBlock(b))));
+    sectors = pending.take((b) => present.has(b));
   }
-  const r = await copyWithRetry(ctx, j, what, blocks);
-  if (blocks) for (const b of blocks) pending!.delete(b);
-  const rate = r.elapsedMs > 0 ? r.bytesCopied / MiB / (r.elapsedMs / 1000) : 0;
-  ctx.log.info(`${what}: ${blocks ? `${blocks.size} blocks written meanwhile` : 'the whole leaf'}, ${(r.bytesCopied / MiB).toFixed(1)} MiB in ${r.elapsedMs} ms (${rate.toFixed(1)} MiB/s)`);
+  try {
+    const r = await copyWithRetry(ctx, j, what, sectors);
+    const rate = r.elapsedMs > 0 ? r.bytesCopied / MiB / (r.elapsedMs / 1000) : 0;
+    ctx.log.info(`${what}: ${sectors ? `${sectors.size} blocks written meanwhile` : 'the whole leaf'}, ${(r.bytesCopied / MiB).toFixed(1)} MiB in ${r.elapsedMs} ms (${rate.toFixed(1)} MiB/s)`);
+  } catch (err) {
+    if (sectors) pending!.putBack(sectors);
+    throw err;
+  }
 }
 
 /**
@@ -130,10 +136,10 @@ async function copyRound(ctx: GcContext, j: LeafJournal, round: number, pending:
  * reading its size and its footer, so an open that finds no footer there is
  * tried again (the copy is idempotent).
  */
-async function copyWithRetry(ctx: GcContext, j: LeafJournal, what: string, blocks: Set<number> | undefined) {
+async function copyWithRetry(ctx: GcContext, j: LeafJournal, what: string, sectors: Map<number, Uint8Array> | undefined) {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await copyIntoParent(ctx, [j.vdi], j.parent, what, blocks);
+      return await copyIntoParent(ctx, [j.vdi], j.parent, what, sectors);
     } catch (err) {
       if (attempt >= 3 || ctx.signal.aborted) throw err;
       ctx.log.info(`${what}: ${(err as Error).message}; tried again`);
@@ -163,7 +169,7 @@ async function openLive<T>(path: string, fn: (image: VhdImage) => T): Promise<T>
  * P takes L's place, and the datapath is unpaused on it (withServedPaused
  * logs how long it was paused).
  */
-async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: Set<number>): Promise<'done' | string> {
+async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors): Promise<'done' | string> {
   const { repo, log } = ctx;
   return underSrLock(ctx, async () => {
     const why = (await abandonedMark(ctx, j)) ?? (await whyNot(ctx, j, true, true));
@@ -172,14 +178,16 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
       const started = Date.now();
       faultPoint('live-leaf-paused');
       // Paused: the datapath flushed and closed the leaf, so every write acknowledged is in the record or already copied.
-      for (const b of await writtenSince(record)) pending.add(b);
-      if (pending.size * record.blockSize > 2 * FINAL_BYTES) {
-        return `${pending.size} blocks were written just before the pause, more than a pause may copy; the next run tries again`;
+      pending.add(await writtenSince(record));
+      if (pending.bytes > 2 * FINAL_BYTES) {
+        return `${(pending.bytes / MiB).toFixed(1)} MiB were written just before the pause, more than a pause may copy; the next run tries again`;
       }
-      const r = await copyIntoParent(ctx, [j.vdi], j.parent, `Live leaf-coalesce of ${short(j.vdi)}, final step`, pending);
+      const blocks = pending.blocks.size;
+      // Every block named is in the leaf's on-disk BAT now (the pause flushed it); a block it lacks holds nothing to copy.
+      const r = await copyIntoParent(ctx, [j.vdi], j.parent, `Live leaf-coalesce of ${short(j.vdi)}, final step`, pending.take(() => true));
       faultPoint('live-leaf-final-copied');
       await swapIntoParent(ctx, j);
-      log.info(`Live leaf-coalesce of ${short(j.vdi)}: final step (${(r.bytesCopied / MiB).toFixed(1)} MiB, ${pending.size} blocks) and swap took ${Date.now() - started} ms paused`);
+      log.info(`Live leaf-coalesce of ${short(j.vdi)}: final step (${(r.bytesCopied / MiB).toFixed(1)} MiB in ${blocks} blocks) and swap took ${Date.now() - started} ms paused`);
       return 'done' as const;
     }, 'a live leaf-coalesce');
   });

@@ -16,7 +16,7 @@ export type ControlRequest =
   | { op: 'unpause'; vdi: string; path: string }
   /** Start recording which blocks clients write (durable first: see DatapathService.trackWrites). */
   | { op: 'track-start'; vdi: string }
-  /** The blocks written since track-start or the previous dirty-since of that `token`. */
+  /** The sectors written since track-start or the previous dirty-since of that `token`, as [first sector, count] runs. */
   | { op: 'dirty-since'; vdi: string; token: string }
   | { op: 'track-stop'; vdi: string }
   | { op: 'list' };
@@ -38,7 +38,7 @@ export interface ServedVdi {
 }
 
 export type ControlReply =
-  | { ok: true; pid: number; served?: ServedVdi[]; pausedMs?: number; wasServed?: boolean; exiting?: boolean; token?: string; blockSize?: number; blocks?: number[] }
+  | { ok: true; pid: number; served?: ServedVdi[]; pausedMs?: number; wasServed?: boolean; exiting?: boolean; token?: string; blockSize?: number; written?: [number, number][] }
   | { ok: false; pid: number; error: string };
 
 /** Nobody answers on the control socket (never started, or the process died). */

@@ -15,7 +15,7 @@ import { NbdServer, PausableDevice, type NbdLogger } from '../nbd/index.js';
 import { BLOCK_SIZE } from '../vhd/index.js';
 import type { ServedVdi } from './control.js';
 import { faultPoint } from '../sr/fault.js';
-import { DirtyTrackingDevice } from './dirty-tracking-device.js';
+import { DirtyTrackingDevice, type SectorRuns } from './dirty-tracking-device.js';
 import { openVhdDevice } from './vhd-device.js';
 
 export interface ServiceLog {
@@ -134,8 +134,8 @@ export class DatapathService {
     return { token, blockSize: s.written.blockSize };
   }
 
-  /** The blocks written since `trackWrites` or the previous call (sorted); recording goes on. */
-  async writtenSince(vdi: string, token: string): Promise<number[]> {
+  /** The sectors written since `trackWrites` or the previous call; recording goes on. */
+  async writtenSince(vdi: string, token: string): Promise<SectorRuns> {
     const s = this.require(vdi);
     // Durable first, so the blocks named are in the on-disk BAT the copy reads (a paused device was flushed by its pause).
     if (!s.device.paused && s.device.flush) await s.device.flush();

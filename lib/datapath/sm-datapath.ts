@@ -114,7 +114,7 @@ async function main(argv: string[]): Promise<number> {
       case 'track-start':
         return { ...ok, ...(await service.trackWrites(req.vdi)) };
       case 'dirty-since':
-        return { ...ok, blocks: await service.writtenSince(req.vdi, req.token) };
+        return { ...ok, written: await service.writtenSince(req.vdi, req.token) };
       case 'track-stop':
         service.untrackWrites(req.vdi);
         return ok;

@@ -29,8 +29,8 @@ export interface CoalesceOptions {
   batchBytes?: number;
   /** Copy no faster than this (bytes/s), to leave I/O to running VMs. */
   maxBytesPerSecond?: number;
-  /** Only these blocks of the children (a live leaf's blocks written since the last copy); absent: all. */
-  blocks?: ReadonlySet<number>;
+  /** Only these sectors of the children, as block index -> sector bitmap (a live leaf's writes since the last copy); absent: all. */
+  sectors?: ReadonlyMap<number, Uint8Array>;
 }
 
 export interface CoalesceResult {
@@ -149,7 +149,7 @@ class BlockCopier {
     const spb = child.sectorsPerBlock;
     // Child blocks in on-disk order, so reads stream.
     const order: number[] = [];
-    for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i) && (!opts.blocks || opts.blocks.has(i))) order.push(i);
+    for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i) && (!opts.sectors || opts.sectors.has(i))) order.push(i);
     order.sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
     this.blocksTotal += order.length;
 
@@ -173,6 +173,8 @@ class BlockCopier {
       this.blocksDone++;
       const i = c.index;
       if (child.isBlockFull(i)) c.bitmap.fill(0xff);
+      const only = opts.sectors?.get(i);
+      if (only) for (let b = 0; b < c.bitmap.length; b++) c.bitmap[b] &= only[b] ?? 0;
       if (noneSet(c.bitmap, spb)) {
         pool.give(c);
         continue;
