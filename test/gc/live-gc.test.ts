@@ -2,10 +2,11 @@
 // by real NBD clients through their sockets) while the GC coalesces the nodes
 // under them and leaf-coalesces them. Every acknowledged write is in the model;
 // the clients must see no error, the VDIs end as short chains, the images pass check.
+import fs from 'node:fs';
 import test from 'ava';
 import { MiB, pattern } from '../helpers/model.js';
 import { openNbd, type NbdVdiClient } from '../helpers/nbd-vdi.js';
-import { gc, readSmlog } from '../helpers/sm.js';
+import { datapathPids, gc, readSmlog } from '../helpers/sm.js';
 import { depthOf, readTree } from '../helpers/sr-state.js';
 import { withWorld, type World } from '../helpers/world.js';
 
@@ -159,6 +160,38 @@ test('a VDI written faster than the copy: the GC gives up after its rounds, says
     t.deepEqual(load.errors, [], 'no client saw an I/O error');
     t.regex(readSmlog(ctx), /Live leaf-coalesce of [0-9a-f]{8} given up: the VDI is written faster than it is copied: after 1 rounds [\d.]+ MiB were written again/);
     t.is(await w.shape(), '*?(V)', 'the chain is as before');
+    t.true((await load.conns[0]!.read(0, size)).equals(w.models.get(V)!.read(0, size)), 'reads as every acknowledged write');
+    load.close();
+    await deactivate(w, V);
+    await w.check(t);
+  });
+});
+
+test('a coalesce under a VDI active here that reads through the node from further down: the relink pauses it too, and its datapath keeps no removed image open', async (t) => {
+  await withWorld(async (w, ctx) => {
+    const size = 16 * MiB;
+    const V = await w.create('V', size);
+    await w.fill('V', 0, 4 * MiB);
+    await w.snapshot('V', 'A');
+    await w.fill('V', 4 * MiB, 2 * MiB);
+    await w.snapshot('V', 'B');
+    await w.fill('V', 6 * MiB, 2 * MiB);
+    await w.snapshot('V', 'S', 'single'); // S is V's old image, visible: V reads through it into the base copies
+    await w.delete('A');
+    await w.delete('B');
+    t.is(await w.shape(), '*?(*?(S(V)))', 'two base copies, the upper one the only child of the lower');
+    await activate(w, V);
+    const load = await writeLoad(w, V, size, 2);
+    await waitWrites(load, 30);
+    await gc(ctx);
+    await waitWrites(load, 30);
+    await load.stop();
+    t.deepEqual(load.errors, [], 'no client saw an I/O error');
+    t.is(await w.shape(), '*?(S(V))', 'the upper base copy was coalesced into the lower one and removed');
+    t.regex(readSmlog(ctx), new RegExp(`SMGC: \\[\\d+\\] VDI ${V}: datapath paused for a relink`), 'V, a grandchild of the node removed, was paused');
+    const [pid] = datapathPids(ctx.root);
+    const held = fs.readdirSync(`/proc/${pid}/fd`).map((fd) => fs.readlinkSync(`/proc/${pid}/fd/${fd}`, 'utf8')).filter((l) => l.endsWith('(deleted)'));
+    t.deepEqual(held, [], 'the datapath holds no removed file open');
     t.true((await load.conns[0]!.read(0, size)).equals(w.models.get(V)!.read(0, size)), 'reads as every acknowledged write');
     load.close();
     await deactivate(w, V);
