@@ -4,78 +4,11 @@
 // the clients must see no error, the VDIs end as short chains, the images pass check.
 import fs from 'node:fs';
 import test from 'ava';
-import { MiB, pattern } from '../helpers/model.js';
-import { openNbd, type NbdVdiClient } from '../helpers/nbd-vdi.js';
+import { MiB } from '../helpers/model.js';
+import { activate, deactivate, liveLines, waitWrites, writeLoad } from '../helpers/live-load.js';
 import { datapathPids, gc, readSmlog } from '../helpers/sm.js';
 import { depthOf, readTree } from '../helpers/sr-state.js';
-import { withWorld, type World } from '../helpers/world.js';
-
-const vdiArgs = (vdi: string, extra: Record<string, unknown> = {}) => ({ vdi_uuid: vdi, vdi_location: vdi, ...extra });
-
-async function activate(w: World, vdi: string): Promise<void> {
-  await w.s.call('vdi_attach', vdiArgs(vdi, { args: ['true'] }));
-  await w.s.call('vdi_activate', vdiArgs(vdi, { args: ['true'] }));
-}
-
-async function deactivate(w: World, vdi: string): Promise<void> {
-  await w.s.call('vdi_deactivate', vdiArgs(vdi));
-  await w.s.call('vdi_detach', vdiArgs(vdi));
-}
-
-/**
- * `clients` connections writing 4 KiB at pseudo-random places of `size` bytes,
- * each in its own stripe of 4 KiB pages (no two clients write the same page, so
- * the model's order is the acknowledgement order). The model takes a write once acknowledged.
- */
-async function writeLoad(w: World, vdi: string, size: number, clients: number) {
-  const conns: NbdVdiClient[] = [];
-  for (let i = 0; i < clients; i++) conns.push(await openNbd(w.ctx, vdi));
-  let stop = false;
-  let writes = 0;
-  const errors: unknown[] = [];
-  const pages = size / 4096;
-  const loops = conns.map(async (c, k) => {
-    let x = 12345 + k * 7919;
-    try {
-      while (!stop) {
-        x = (x * 1103515245 + 12345) % 2147483648;
-        const page = Math.floor((x / 2147483648) * Math.floor(pages / clients)) * clients + k;
-        const data = pattern(x, 4096);
-        await c.write(page * 4096, data);
-        w.models.get(vdi)!.write(page * 4096, data);
-        writes++;
-      }
-    } catch (err) {
-      errors.push(err);
-    }
-  });
-  return {
-    get writes() {
-      return writes;
-    },
-    errors,
-    async stop() {
-      stop = true;
-      await Promise.all(loops);
-    },
-    conns,
-    close() {
-      for (const c of conns) c.close();
-    },
-  };
-}
-
-/** The collector's lines about live work, for the test's log. */
-const liveLines = (log: string) =>
-  log
-    .split('\n')
-    .filter((l) => /Live leaf|paused|given up/.test(l))
-    .join('\n');
-
-const waitWrites = async (load: { writes: number }, n: number) => {
-  const target = load.writes + n;
-  while (load.writes < target) await new Promise((r) => setTimeout(r, 10));
-};
+import { withWorld } from '../helpers/world.js';
 
 test('the seed scenario, live: a VDI written through NBD, its only snapshot deleted, sm-gc -g: one image, never deactivated, exact bytes', async (t) => {
   await withWorld(async (w, ctx) => {
