@@ -1,5 +1,6 @@
 /** The copy step shared by coalesce and leaf-coalesce: logged, with progress and speed. */
 import { coalesceChainInto, imageInfo, resizeImage } from '../lib/vhd/index.js';
+import { countSet } from '../lib/vhd/format/bitmap.js';
 import type { GcContext } from './context.js';
 import { progressReporter } from './gc-log.js';
 
@@ -20,7 +21,8 @@ async function copyHeld(ctx: GcContext, children: string[], parent: string, what
   // A deflated parent (LVM) has no room for new blocks: inflate it first, for every
   // block of the children (grown by vdi_resize, one may be larger). Idempotent, redone on recovery.
   await ctx.repo.backend.prepareWrite(parent, childSize);
-  const progress = progressReporter(ctx.log, what, childBytes);
+  const total = sectors ? [...sectors.values()].reduce((n, m) => n + countSet(m, m.length * 8) * 512, 0) : childBytes;
+  const progress = progressReporter(ctx.log, what, total);
   const limit = Number(process.env.SM_GC_MAX_MIBPS);
   // Images discarded by the previous step are deleted beside this copy, which needs the disk's bandwidth, not its latency.
   const freeing = ctx.repo.backend.emptyTrash();
@@ -29,7 +31,7 @@ async function copyHeld(ctx: GcContext, children: string[], parent: string, what
     signal: ctx.signal,
     maxBytesPerSecond: limit > 0 ? limit * 1048576 : undefined,
     sectors,
-    onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * childBytes, p.elapsedMs),
+    onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * total, p.elapsedMs),
   });
   await freeing;
   ctx.stats.bytesCopied += result.bytesCopied;

@@ -22,7 +22,7 @@ import { servedHere, withServedPaused } from '../lib/sr/datapath.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
 import { datapathControlPath } from '../lib/sr/paths.js';
-import { VhdImage } from '../lib/vhd/index.js';
+import { scrubUnmarkedSectors, VhdImage } from '../lib/vhd/index.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
 import { WrittenSectors } from './written-sectors.js';
@@ -36,7 +36,7 @@ const short = (u: string) => u.slice(0, 8);
 /** Rounds after the first full copy before giving up (a VDI writing faster than the copy). */
 const MAX_ROUNDS = Number(process.env.SM_GC_LIVE_ROUNDS ?? 8);
 /** The most the final copy (datapath paused) may have to copy. */
-const FINAL_BYTES = Number(process.env.SM_GC_LIVE_FINAL_MIB ?? 8) * MiB;
+const FINAL_BYTES = Number(process.env.SM_GC_LIVE_FINAL_MIB ?? 4) * MiB;
 /** Rounds go on until this little is left (a shorter pause), as long as there are rounds left. */
 const TARGET_BYTES = FINAL_BYTES / 8;
 
@@ -101,14 +101,25 @@ async function copyLive(ctx: GcContext, j: LeafJournal, record: WriteRecord): Pr
   await copyRound(ctx, j, 0, undefined);
   faultPoint('live-leaf-round');
   const pending = new WrittenSectors(record.blockSize);
+  let before = Infinity;
   for (let round = 1; ; round++) {
     pending.add(await writtenSince(record));
-    if (pending.bytes <= TARGET_BYTES || (round > MAX_ROUNDS && pending.bytes <= FINAL_BYTES)) break;
+    const left = pending.bytes;
+    // Small enough; or small enough for a pause and no longer shrinking (the writes keep pace with the rounds).
+    if (left <= TARGET_BYTES || (left <= FINAL_BYTES && (round > MAX_ROUNDS || left > before * 0.7))) break;
+    before = left;
     if (round > MAX_ROUNDS) {
-      return `the VDI is written faster than it is copied: after ${MAX_ROUNDS} rounds ${(pending.bytes / MiB).toFixed(1)} MiB were written again, more than the ${(FINAL_BYTES / MiB).toFixed(1)} MiB a pause may copy`;
+      return `the VDI is written faster than it is copied: after ${MAX_ROUNDS} rounds ${(left / MiB).toFixed(1)} MiB were written again, more than the ${(FINAL_BYTES / MiB).toFixed(1)} MiB a pause may copy`;
     }
     await copyRound(ctx, j, round, pending);
     faultPoint('live-leaf-round');
+  }
+  // P becomes the leaf the datapath reopens without a scan: no data under clear bits (left by a run killed mid-copy).
+  const p = await VhdImage.open(repo.imagePath(j.parent), true);
+  try {
+    await scrubUnmarkedSectors(p);
+  } finally {
+    await p.close();
   }
   return finalStep(ctx, j, record, pending);
 }

@@ -12,8 +12,11 @@ export type ControlRequest =
   | { op: 'stop'; vdi: string }
   /** Hold new requests, drain the ones in flight, close the image (its files are then consistent and closed). */
   | { op: 'pause'; vdi: string }
-  /** Open the chain ending at `path` (a snapshot's new leaf), switch to it, release the held requests. */
-  | { op: 'unpause'; vdi: string; path: string }
+  /**
+   * Open the chain ending at `path` (a snapshot's new leaf), switch to it, release the held requests.
+   * `scrubbed`: the leaf has no data under clear bits (see VhdDeviceOptions.scrub): no scan at the open.
+   */
+  | { op: 'unpause'; vdi: string; path: string; scrubbed?: boolean }
   /** Start recording which blocks clients write (durable first: see DatapathService.trackWrites). */
   | { op: 'track-start'; vdi: string }
   /** The sectors written since track-start or the previous dirty-since of that `token`, as [first sector, count] runs. */

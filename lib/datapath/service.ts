@@ -102,11 +102,11 @@ export class DatapathService {
   }
 
   /** Opens the chain at `path` (the VDI's leaf now), switches to it and releases the held requests; returns how long it was paused. */
-  async unpause(vdi: string, path: string): Promise<number> {
+  async unpause(vdi: string, path: string, scrubbed = false): Promise<number> {
     const s = this.require(vdi);
     if (!s.device.paused) return 0;
     await s.device.pause(); // a pause still draining finishes first
-    const next = s.writable ? await openVhdDevice(path, { writable: true }) : await openVhdDevice(path);
+    const next = s.writable ? await openVhdDevice(path, { writable: true, scrub: !scrubbed }) : await openVhdDevice(path);
     const grew = next.size > s.device.size ? ` (size ${s.device.size} -> ${next.size} bytes for new connections)` : '';
     try {
       s.device.refresh(next, { grow: true });

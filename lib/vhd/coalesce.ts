@@ -145,6 +145,7 @@ class BlockCopier {
   }
 
   async copyFrom(child: VhdImage): Promise<void> {
+    if (this.opts.sectors) return this.copyMasked(child, this.opts.sectors);
     const { parent, opts, pool, result } = this;
     const spb = child.sectorsPerBlock;
     // Child blocks in on-disk order, so reads stream.
@@ -213,6 +214,64 @@ class BlockCopier {
       }
     }
     // The next child may hold the same blocks: the parent must own this child's new ones first.
+    await this.flush();
+    await this.appended;
+  }
+
+  /**
+   * Only the given sectors (a live leaf's writes since the last copy, a few in
+   * many blocks): in a block the parent has, just those sectors are read and
+   * written, then the parent's bitmap; a block new to the parent is written
+   * whole, as in copyFrom.
+   */
+  private async copyMasked(child: VhdImage, sectors: ReadonlyMap<number, Uint8Array>): Promise<void> {
+    const { parent, opts, pool, result } = this;
+    const spb = child.sectorsPerBlock;
+    const blocks = [...sectors.keys()].filter((i) => i < child.blockCount && child.hasBlock(i)).sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
+    this.blocksTotal += blocks.length;
+    for (const i of blocks) {
+      if (opts.signal?.aborted) break;
+      this.blocksDone++;
+      const only = sectors.get(i)!;
+      let sectorsCopied = 0;
+      if (!parent.hasBlock(i)) {
+        const c = await child.readBlock(i, pool.take());
+        if (child.isBlockFull(i)) c.bitmap.fill(0xff);
+        for (let b = 0; b < c.bitmap.length; b++) c.bitmap[b] &= only[b] ?? 0;
+        forEachSetRun(c.bitmap, 0, spb, (s, e) => (sectorsCopied += e - s));
+        if (sectorsCopied === 0) {
+          pool.give(c);
+          continue;
+        }
+        zeroClearSectors(c.bitmap, c.data, spb);
+        this.pending.push(c);
+        this.pendingBytes += c.data.length;
+        if (sectorsCopied === spb) this.full.push(i);
+      } else {
+        const bitmap = child.isBlockFull(i) ? Buffer.alloc(child.bitmapBytes, 0xff) : Buffer.from((await child.readBitmap(i))!);
+        for (let b = 0; b < bitmap.length; b++) bitmap[b] &= only[b] ?? 0;
+        if (noneSet(bitmap, spb)) continue;
+        const mine = parent.isBlockFull(i) ? Buffer.alloc(parent.bitmapBytes, 0xff) : Buffer.from((await parent.readBitmap(i))!);
+        const runs: [number, number][] = [];
+        forEachSetRun(bitmap, 0, spb, (s, e) => runs.push([s, e]));
+        for (const [s, e] of runs) {
+          const data = Buffer.allocUnsafe((e - s) * SECTOR);
+          await child.readData(i, s * SECTOR, data);
+          await parent.writeData(i, s * SECTOR, data);
+          for (let b = s >> 3; b <= (e - 1) >> 3; b++) mine[b] |= rangeMask(b, s, e);
+          sectorsCopied += e - s;
+        }
+        await parent.writeBitmap(i, mine);
+        if (allSet(mine, spb)) this.full.push(i);
+      }
+      result.sectors += sectorsCopied;
+      result.blocks++;
+      result.bytesCopied += sectorsCopied * SECTOR;
+      if (this.pendingBytes >= this.batchBytes) {
+        await this.flush();
+        this.progress();
+      }
+    }
     await this.flush();
     await this.appended;
   }
