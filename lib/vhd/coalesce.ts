@@ -248,15 +248,18 @@ class BlockCopier {
         this.pendingBytes += c.data.length;
         if (sectorsCopied === spb) this.full.push(i);
       } else {
-        const bitmap = child.isBlockFull(i) ? Buffer.alloc(child.bitmapBytes, 0xff) : Buffer.from((await child.readBitmap(i))!);
+        const held = child.isBlockFull(i) ? Buffer.alloc(child.bitmapBytes, 0xff) : Buffer.from((await child.readBitmap(i))!);
+        const bitmap = Buffer.from(held);
         for (let b = 0; b < bitmap.length; b++) bitmap[b] &= only[b] ?? 0;
         if (noneSet(bitmap, spb)) continue;
         const mine = parent.isBlockFull(i) ? Buffer.alloc(parent.bitmapBytes, 0xff) : Buffer.from((await parent.readBitmap(i))!);
-        const runs: [number, number][] = [];
-        forEachSetRun(bitmap, 0, spb, (s, e) => runs.push([s, e]));
+        const runs = mergeNearRuns(bitmap, held, spb);
+        // Many runs: the child's block data in one read, the runs written from it.
+        const whole = runs.length > 4 ? Buffer.allocUnsafe(child.blockSize) : undefined;
+        if (whole) await child.readData(i, 0, whole);
         for (const [s, e] of runs) {
-          const data = Buffer.allocUnsafe((e - s) * SECTOR);
-          await child.readData(i, s * SECTOR, data);
+          const data = whole ? whole.subarray(s * SECTOR, e * SECTOR) : Buffer.allocUnsafe((e - s) * SECTOR);
+          if (!whole) await child.readData(i, s * SECTOR, data);
           await parent.writeData(i, s * SECTOR, data);
           for (let b = s >> 3; b <= (e - 1) >> 3; b++) mine[b] |= rangeMask(b, s, e);
           sectorsCopied += e - s;
@@ -338,6 +341,26 @@ class BlockPool {
 }
 
 /** Bits of byte `b` that fall within sector range [s, e). */
+/**
+ * The runs of `wanted`, where two runs are one when every sector between them,
+ * at most 128 (64 KiB), is one the child holds (`held`): copying a sector the
+ * child covers never changes what the chain reads, and one write beats two.
+ */
+function mergeNearRuns(wanted: Uint8Array, held: Uint8Array, spb: number): [number, number][] {
+  const runs: [number, number][] = [];
+  forEachSetRun(wanted, 0, spb, (s, e) => {
+    const last = runs.at(-1);
+    if (last && s - last[1] <= 128 && allHeld(held, last[1], s)) last[1] = e;
+    else runs.push([s, e]);
+  });
+  return runs;
+}
+
+function allHeld(held: Uint8Array, from: number, to: number): boolean {
+  for (let s = from; s < to; s++) if ((held[s >> 3]! & (0x80 >> (s & 7))) === 0) return false;
+  return true;
+}
+
 function rangeMask(b: number, s: number, e: number): number {
   let mask = 0;
   for (let bit = Math.max(s, b * 8); bit < Math.min(e, b * 8 + 8); bit++) mask |= 0x80 >> (bit & 7);
