@@ -1,7 +1,7 @@
 /**
  * Leaf-coalesce: a visible leaf L without siblings merges into its hidden parent
- * P, and P takes L's uuid, so the VDI becomes one image shorter. Offline only (L
- * not active). The copy runs outside the SR lock, so verbs never wait for it:
+ * P, and P takes L's uuid, so the VDI becomes one image shorter. Offline (L
+ * not active; an L active here: live-leaf-coalesce.ts). The copy runs outside the SR lock, so verbs never wait for it:
  * until P replaces L the copy is harmless (P is hidden and has no other child).
  * Then, under the lock, the tree is looked at again: L must still be P's only
  * child, a leaf, inactive, not activated meanwhile (vdi_activate marks the
