@@ -12,6 +12,7 @@ import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
 import { leftAloneFor } from '../lib/sr/unreadable.js';
 import { parentNameOf } from './names.js';
+import type { Nodes } from './plan.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
 
@@ -54,12 +55,32 @@ async function settleParent(ctx: GcContext, j: CoalesceJournal): Promise<void> {
   await endJournal(ctx.repo.backend, j);
 }
 
-/** Points every child of X at P, then deletes X (and the rest of its run, top first: no image is left without its parent) and their records. */
+/**
+ * Points every child of X at P, then deletes X (and the rest of its run, top
+ * first: no image is left without its parent) and their records. Under the SR
+ * lock, so no vdi_activate runs meanwhile (the established `relinking` /
+ * `activating` exclusion): every VDI served here whose chain reads through X
+ * (X's whole subtree, not only its children) is paused meanwhile, and its
+ * datapath reopens its chain, now through P, at the unpause.
+ */
 async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> {
-  // Children served on this host (active leaves) are paused meanwhile: their datapath reopens them on the new parent.
+  const { nodes } = await ctx.repo.tree();
+  const readers = [...new Set([...j.children, ...subtreeOf(nodes, j.vdi)])];
   await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], () =>
-    withServedPaused(ctx.repo, ctx.repo.uuid, j.children, () => relinkHeld(ctx, j)),
+    withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkHeld(ctx, j)),
   );
+}
+
+/** Every image below `top` (whatever reads through it). */
+function subtreeOf(nodes: Nodes, top: string): string[] {
+  const out: string[] = [];
+  const todo = [...(nodes.get(top)?.children ?? [])];
+  while (todo.length > 0 && out.length <= nodes.size) {
+    const u = todo.pop()!;
+    out.push(u);
+    todo.push(...(nodes.get(u)?.children ?? []));
+  }
+  return out;
 }
 
 async function relinkHeld(ctx: GcContext, j: RelinkJournal): Promise<void> {

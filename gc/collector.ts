@@ -4,7 +4,9 @@
  */
 import { activeVdiSet, poolActivations } from '../lib/sr/activation.js';
 import { vdiActiveHere } from '../lib/sr/attach-record.js';
+import { unpauseLeftovers } from '../lib/sr/datapath.js';
 import { faultPoint } from '../lib/sr/fault.js';
+import { hostId } from '../lib/sr/host-id.js';
 import { journalImages, readJournals, type Journal } from '../lib/sr/journal.js';
 import { recoverSrJournals } from '../lib/sr/recovery.js';
 import { nodeLabel } from '../lib/sr/tree-format.js';
@@ -13,6 +15,7 @@ import { coalesceNode, recoverCoalesce, recoverRelink } from './coalesce-node.js
 import { underSrLock, type GcContext } from './context.js';
 import { TreeLogger } from './gc-log.js';
 import { leafCoalesce, recoverLeaf } from './leaf-coalesce.js';
+import { liveLeafCoalesce } from './live-leaf-coalesce.js';
 import { coalesceRun, findCoalesceable, findGarbage, findLeafCoalesceable, type Nodes } from './plan.js';
 import { coalesceExtraSpace } from './space.js';
 
@@ -34,6 +37,8 @@ export async function recoverGcJournals(ctx: GcContext): Promise<void> {
     if (j.kind === 'coalesce') ctx.log.info(`recovery: ${await held(j, () => recoverCoalesce(ctx, j))}`);
     else if (j.kind === 'leaf') ctx.log.info(`recovery: ${await held(j, () => recoverLeaf(ctx, j))}`);
   }
+  // A run killed with a datapath paused (relink, live leaf-coalesce): the chains are settled now, so it reopens its leaf.
+  await underSrLock(ctx, () => unpauseLeftovers(ctx.repo, ctx.repo.uuid));
 }
 
 /**
@@ -75,15 +80,17 @@ async function collectHeld(ctx: GcContext): Promise<void> {
       continue;
     }
     const leaves = findLeafCoalesceable(nodes, skip);
+    const here = hostId();
     const leaf = leaves.find((l) => {
-      if (!active.has(l.uuid)) return true;
+      if (!active.has(l.uuid) || activations.get(l.uuid)!.host === here) return true; // active here: coalesced live
       log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active on host ${activations.get(l.uuid)!.host}`);
       skipped.add(l.uuid);
       return false;
     });
     const candidate = leaf && (await firstWithSpace(ctx, nodes, [{ chain: [leaf.uuid], parent: leaf.parent! }], skipped));
     if (candidate) {
-      if ((await leafCoalesce(ctx, leaf.uuid, candidate.parent)) === 'skipped') skipped.add(leaf.uuid);
+      const merge = active.has(leaf.uuid) ? liveLeafCoalesce : leafCoalesce;
+      if ((await merge(ctx, leaf.uuid, candidate.parent)) === 'skipped') skipped.add(leaf.uuid);
       continue;
     }
     break;

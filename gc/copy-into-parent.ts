@@ -1,22 +1,28 @@
 /** The copy step shared by coalesce and leaf-coalesce: logged, with progress and speed. */
 import { coalesceChainInto, imageInfo, resizeImage } from '../lib/vhd/index.js';
+import { countSet } from '../lib/vhd/format/bitmap.js';
 import type { GcContext } from './context.js';
 import { progressReporter } from './gc-log.js';
 
 /** Copies `children` (one image, or a run of hidden images from the parent's child upwards) into `parent`. */
-export async function copyIntoParent(ctx: GcContext, children: string[], parent: string, what: string): Promise<void> {
+export async function copyIntoParent(ctx: GcContext, children: string[], parent: string, what: string, sectors?: ReadonlyMap<number, Uint8Array>): Promise<CopyResult> {
   // Outside the SR lock: held, so a verb ending meanwhile never deactivates them (LVM).
-  await ctx.repo.backend.withImagesActive([...children, parent], () => copyHeld(ctx, children, parent, what));
+  return ctx.repo.backend.withImagesActive([...children, parent], () => copyHeld(ctx, children, parent, what, sectors));
 }
 
-async function copyHeld(ctx: GcContext, children: string[], parent: string, what: string): Promise<void> {
+/** What one copy did: for the live rounds, which measure their own speed. */
+export type CopyResult = { bytesCopied: number; elapsedMs: number };
+
+/** `sectors`: only those sectors of the children, per block (a live leaf's writes meanwhile). */
+async function copyHeld(ctx: GcContext, children: string[], parent: string, what: string, sectors?: ReadonlyMap<number, Uint8Array>): Promise<CopyResult> {
   const childPaths = children.map((c) => ctx.repo.imagePath(c));
   const parentPath = ctx.repo.imagePath(parent);
   const { size: childSize, childBytes } = await growParentForChildren(ctx, childPaths, parent);
   // A deflated parent (LVM) has no room for new blocks: inflate it first, for every
   // block of the children (grown by vdi_resize, one may be larger). Idempotent, redone on recovery.
   await ctx.repo.backend.prepareWrite(parent, childSize);
-  const progress = progressReporter(ctx.log, what, childBytes);
+  const total = sectors ? [...sectors.values()].reduce((n, m) => n + countSet(m, m.length * 8) * 512, 0) : childBytes;
+  const progress = progressReporter(ctx.log, what, total);
   const limit = Number(process.env.SM_GC_MAX_MIBPS);
   // Images discarded by the previous step are deleted beside this copy, which needs the disk's bandwidth, not its latency.
   const freeing = ctx.repo.backend.emptyTrash();
@@ -24,13 +30,15 @@ async function copyHeld(ctx: GcContext, children: string[], parent: string, what
   const result = await coalesceChainInto(childPaths, parentPath, {
     signal: ctx.signal,
     maxBytesPerSecond: limit > 0 ? limit * 1048576 : undefined,
-    onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * childBytes, p.elapsedMs),
+    sectors,
+    onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * total, p.elapsedMs),
   });
   await freeing;
   ctx.stats.bytesCopied += result.bytesCopied;
   ctx.stats.copyMs += result.elapsedMs;
   const rate = result.elapsedMs > 0 ? result.bytesCopied / 1048576 / (result.elapsedMs / 1000) : 0;
   ctx.log.info(`${what}: copied ${result.sectors} sectors (${(result.bytesCopied / 1048576).toFixed(1)} MiB) in ${result.elapsedMs} ms, ${rate.toFixed(1)} MiB/s`);
+  return result;
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
  * Leaf-coalesce: a visible leaf L without siblings merges into its hidden parent
- * P, and P takes L's uuid, so the VDI becomes one image shorter. Offline only (L
- * not active). The copy runs outside the SR lock, so verbs never wait for it:
+ * P, and P takes L's uuid, so the VDI becomes one image shorter. Offline (L
+ * not active; an L active here: live-leaf-coalesce.ts). The copy runs outside the SR lock, so verbs never wait for it:
  * until P replaces L the copy is harmless (P is hidden and has no other child).
  * Then, under the lock, the tree is looked at again: L must still be P's only
  * child, a leaf, inactive, not activated meanwhile (vdi_activate marks the
@@ -11,6 +11,7 @@
  */
 import { setImageHidden } from '../lib/vhd/index.js';
 import { poolActivations } from '../lib/sr/activation.js';
+import { hostId } from '../lib/sr/host-id.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, journalName, type Journal } from '../lib/sr/journal.js';
 import { leftAloneFor } from '../lib/sr/unreadable.js';
@@ -51,21 +52,34 @@ async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<'done' | 's
         await endJournal(repo.backend, j);
         return 'skipped';
       }
-      await setImageHidden(repo.imagePath(j.parent), false);
-      faultPoint('leaf-unhidden');
-      await repo.backend.replaceImage(j.parent, j.vdi);
-      faultPoint('leaf-renamed');
-      await finish(ctx, j);
-      ctx.stats.leafCoalesced++;
+      await swapIntoParent(ctx, j);
       return 'done';
     });
   });
 }
 
-/** Under the SR lock: why L cannot (or can no longer) be swapped with P, if anything. */
-async function whyNot(ctx: GcContext, j: LeafJournal, copied = false): Promise<string | undefined> {
+/**
+ * Under the SR lock, the parent (holding every sector of the leaf) becomes the
+ * VDI: unhidden, it takes the leaf's name (the leaf is discarded), and its own
+ * record goes. Shared by the offline and the live leaf-coalesce.
+ */
+export async function swapIntoParent(ctx: GcContext, j: LeafJournal): Promise<void> {
+  const { repo } = ctx;
+  await setImageHidden(repo.imagePath(j.parent), false);
+  faultPoint('leaf-unhidden');
+  await repo.backend.replaceImage(j.parent, j.vdi);
+  faultPoint('leaf-renamed');
+  await finish(ctx, j);
+  ctx.stats.leafCoalesced++;
+}
+
+/**
+ * Under the SR lock: why L cannot (or can no longer) be swapped with P, if
+ * anything. `liveHere`: L may be (and, for a live leaf-coalesce, stays) active on this host.
+ */
+export async function whyNot(ctx: GcContext, j: LeafJournal, copied = false, liveHere = false): Promise<string | undefined> {
   const holder = (await poolActivations(ctx.repo.backend)).get(j.vdi);
-  if (holder) return `the VDI ${copied ? 'became' : 'is'} active on host ${holder.host}`;
+  if (holder && !(liveHere && holder.host === hostId())) return `the VDI ${copied ? 'became' : 'is'} active on host ${holder.host}`;
   const { nodes } = await ctx.repo.tree();
   const leaf = nodes.get(j.vdi);
   const parent = nodes.get(j.parent);
@@ -78,7 +92,7 @@ async function whyNot(ctx: GcContext, j: LeafJournal, copied = false): Promise<s
   return undefined;
 }
 
-async function abandonedMark(ctx: GcContext, j: LeafJournal): Promise<string | undefined> {
+export async function abandonedMark(ctx: GcContext, j: LeafJournal): Promise<string | undefined> {
   const text = await ctx.repo.backend.readJournal(journalName(j));
   if (text === undefined) return 'its journal is gone';
   return (JSON.parse(text) as LeafJournal).abandon ? 'the VDI was activated during the copy' : undefined;
@@ -100,6 +114,11 @@ export async function recoverLeaf(ctx: GcContext, j: LeafJournal): Promise<strin
     }
     // Killed between unhiding P and the swap: hidden again, it is as before the swap.
     await setImageHidden(repo.imagePath(j.parent), true);
+    if (j.live) {
+      // The leaf was written while copied and the record of what was written died with the run: the next run starts afresh.
+      await endJournal(repo.backend, j);
+      return `live leaf-coalesce of ${j.vdi} abandoned: interrupted; the next run starts it again`;
+    }
     const why = j.abandon ? 'the VDI was activated during the copy' : await whyNot(ctx, j);
     if (why) {
       // The parent, hidden, holds nothing anyone reads alone.

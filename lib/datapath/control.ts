@@ -12,8 +12,16 @@ export type ControlRequest =
   | { op: 'stop'; vdi: string }
   /** Hold new requests, drain the ones in flight, close the image (its files are then consistent and closed). */
   | { op: 'pause'; vdi: string }
-  /** Open the chain ending at `path` (a snapshot's new leaf), switch to it, release the held requests. */
-  | { op: 'unpause'; vdi: string; path: string }
+  /**
+   * Open the chain ending at `path` (a snapshot's new leaf), switch to it, release the held requests.
+   * `scrubbed`: the leaf has no data under clear bits (see VhdDeviceOptions.scrub): no scan at the open.
+   */
+  | { op: 'unpause'; vdi: string; path: string; scrubbed?: boolean }
+  /** Start recording which blocks clients write (durable first: see DatapathService.trackWrites). */
+  | { op: 'track-start'; vdi: string }
+  /** The sectors written since track-start or the previous dirty-since of that `token`, as [first sector, count] runs. */
+  | { op: 'dirty-since'; vdi: string; token: string }
+  | { op: 'track-stop'; vdi: string }
   | { op: 'list' };
 
 export interface ServedVdi {
@@ -33,7 +41,7 @@ export interface ServedVdi {
 }
 
 export type ControlReply =
-  | { ok: true; pid: number; served?: ServedVdi[]; pausedMs?: number; wasServed?: boolean; exiting?: boolean }
+  | { ok: true; pid: number; served?: ServedVdi[]; pausedMs?: number; wasServed?: boolean; exiting?: boolean; token?: string; blockSize?: number; written?: [number, number][] }
   | { ok: false; pid: number; error: string };
 
 /** Nobody answers on the control socket (never started, or the process died). */

@@ -12,7 +12,10 @@
 import { mkdir, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { NbdServer, PausableDevice, type NbdLogger } from '../nbd/index.js';
+import { BLOCK_SIZE } from '../vhd/index.js';
 import type { ServedVdi } from './control.js';
+import { faultPoint } from '../sr/fault.js';
+import { DirtyTrackingDevice, type SectorRuns } from './dirty-tracking-device.js';
 import { openVhdDevice } from './vhd-device.js';
 
 export interface ServiceLog {
@@ -29,6 +32,8 @@ interface Served {
   writable: boolean;
   server: NbdServer;
   device: PausableDevice;
+  /** Above the pausable device: records which blocks clients wrote (live leaf-coalesce). */
+  written: DirtyTrackingDevice;
   since: string;
   pausedAt?: number;
 }
@@ -56,10 +61,11 @@ export class DatapathService {
     const started = Date.now();
     const inner = writable ? await openVhdDevice(path, { writable: true }) : await openVhdDevice(path);
     const device = new PausableDevice(inner);
+    const written = new DirtyTrackingDevice(device, BLOCK_SIZE);
     const server = new NbdServer({ logger: this.nbdLogger(vdi) });
     const listening = join(this.runDir, `nbd${process.pid}.${this.next++}`);
     try {
-      server.addExport(vdi, device, { description: `VDI ${vdi}` });
+      server.addExport(vdi, written, { description: `VDI ${vdi}` });
       await server.listen(listening);
       await linkAtomically(listening, socket);
     } catch (err) {
@@ -67,7 +73,7 @@ export class DatapathService {
       await device.close();
       throw err;
     }
-    this.served.set(vdi, { vdi, path, socket, listening, writable, server, device, since: new Date().toISOString() });
+    this.served.set(vdi, { vdi, path, socket, listening, writable, server, device, written, since: new Date().toISOString() });
     this.log.info(`datapath: VDI ${vdi} served ${writable ? 'read-write' : 'read-only'} from ${path} on ${socket} (${device.size} bytes, opened in ${Date.now() - started} ms)`);
   }
 
@@ -96,11 +102,11 @@ export class DatapathService {
   }
 
   /** Opens the chain at `path` (the VDI's leaf now), switches to it and releases the held requests; returns how long it was paused. */
-  async unpause(vdi: string, path: string): Promise<number> {
+  async unpause(vdi: string, path: string, scrubbed = false): Promise<number> {
     const s = this.require(vdi);
     if (!s.device.paused) return 0;
     await s.device.pause(); // a pause still draining finishes first
-    const next = s.writable ? await openVhdDevice(path, { writable: true }) : await openVhdDevice(path);
+    const next = s.writable ? await openVhdDevice(path, { writable: true, scrub: !scrubbed }) : await openVhdDevice(path);
     const grew = next.size > s.device.size ? ` (size ${s.device.size} -> ${next.size} bytes for new connections)` : '';
     try {
       s.device.refresh(next, { grow: true });
@@ -114,6 +120,32 @@ export class DatapathService {
     s.pausedAt = undefined;
     this.log.info(`datapath: VDI ${vdi} unpaused on ${path} after ${ms} ms paused${grew}`);
     return ms;
+  }
+
+  /**
+   * Starts recording the blocks clients write; every write acknowledged before
+   * is made durable first (its block then reaches the on-disk BAT), so a copy
+   * of the image started after this misses nothing the record does not name.
+   */
+  async trackWrites(vdi: string): Promise<{ token: string; blockSize: number }> {
+    const s = this.require(vdi);
+    const token = s.written.start();
+    if (!s.device.paused && s.device.flush) await s.device.flush(); // a paused device was flushed by its pause
+    return { token, blockSize: s.written.blockSize };
+  }
+
+  /** The sectors written since `trackWrites` or the previous call; recording goes on. */
+  async writtenSince(vdi: string, token: string): Promise<SectorRuns> {
+    const s = this.require(vdi);
+    // Durable first, so the blocks named are in the on-disk BAT the copy reads (a paused device was flushed by its pause).
+    if (!s.device.paused && s.device.flush) await s.device.flush();
+    faultPoint('datapath-dirty-since');
+    return s.written.since(token);
+  }
+
+  /** Recording stops. */
+  untrackWrites(vdi: string): void {
+    this.served.get(vdi)?.written.stop();
   }
 
   list(): ServedVdi[] {

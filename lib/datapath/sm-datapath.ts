@@ -110,7 +110,14 @@ async function main(argv: string[]): Promise<number> {
         await service.pause(req.vdi);
         return ok;
       case 'unpause':
-        return { ...ok, pausedMs: await service.unpause(req.vdi, req.path) };
+        return { ...ok, pausedMs: await service.unpause(req.vdi, req.path, req.scrubbed === true) };
+      case 'track-start':
+        return { ...ok, ...(await service.trackWrites(req.vdi)) };
+      case 'dirty-since':
+        return { ...ok, written: await service.writtenSince(req.vdi, req.token) };
+      case 'track-stop':
+        service.untrackWrites(req.vdi);
+        return ok;
       default:
         throw new Error(`unknown request ${JSON.stringify((req as { op?: unknown }).op)}`);
     }

@@ -18,6 +18,12 @@ export interface VhdDeviceOptions {
   writable?: boolean;
   resolver?: ParentResolver;
   maxDepth?: number;
+  /**
+   * false: the caller vouches that the leaf holds no data under clear bits (it
+   * was closed cleanly, or scrubbed by whoever wrote it), so the scan of every
+   * partial block a writable open makes is skipped (an unpause stays short).
+   */
+  scrub?: boolean;
 }
 
 /** The device for the chain ending at `leafPath`; a read-only one has no write, flush or zero member. */
@@ -109,7 +115,7 @@ export class WritableVhdDevice extends VhdDevice {
   static override async open(leafPath: string, opts: VhdDeviceOptions = {}): Promise<WritableVhdDevice> {
     const chain = await VhdChain.open(leafPath, { resolver: opts.resolver, maxDepth: opts.maxDepth, writable: true });
     try {
-      await scrubUnmarkedSectors(chain.leaf);
+      if (opts.scrub !== false) await scrubUnmarkedSectors(chain.leaf);
     } catch (err) {
       await chain.close();
       throw err;

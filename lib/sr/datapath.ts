@@ -170,8 +170,10 @@ export async function withPausedServing<T>(
  * The GC's relink: the VDIs of `vdis` served here are paused (images closed)
  * while `fn` rewrites their parent and removes the image they read through,
  * then unpaused on their leaves, which now read through the new parent.
+ * Their leaves were closed cleanly by the pause (a live leaf-coalesce scrubs
+ * the image that becomes the leaf beforehand), so the reopen skips the scrub.
  */
-export async function withServedPaused<T>(repo: Repository, sr: string, vdis: readonly string[], fn: () => Promise<T>): Promise<T> {
+export async function withServedPaused<T>(repo: Repository, sr: string, vdis: readonly string[], fn: () => Promise<T>, reason = 'a relink'): Promise<T> {
   const control = datapathControlPath(sr);
   const paused: string[] = [];
   try {
@@ -179,12 +181,12 @@ export async function withServedPaused<T>(repo: Repository, sr: string, vdis: re
       if (!vdis.includes(s.vdi)) continue;
       await controlCall(control, { op: 'pause', vdi: s.vdi });
       paused.push(s.vdi);
-      getLog().info(`VDI ${s.vdi}: datapath paused for a relink`);
+      getLog().info(`VDI ${s.vdi}: datapath paused for ${reason}`);
     }
     return await fn();
   } finally {
     for (const vdi of paused) {
-      const { pausedMs } = await controlCall(control, { op: 'unpause', vdi, path: repo.imagePath(vdi) });
+      const { pausedMs } = await controlCall(control, { op: 'unpause', vdi, path: repo.imagePath(vdi), scrubbed: true });
       getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
     }
   }

@@ -15,8 +15,11 @@ export type Journal =
   | { kind: 'coalesce'; vdi: string; parent: string; chain?: string[] }
   /** `removes`: the images deleted once `vdi`'s children point at `parent`, top first (absent: just `vdi`). */
   | { kind: 'relink'; vdi: string; parent: string; children: string[]; removes?: string[] }
-  /** `abandon`: vdi_activate came while the copy ran (outside the SR lock): the swap must not happen. */
-  | { kind: 'leaf'; vdi: string; parent: string; abandon?: boolean };
+  /**
+   * `abandon`: vdi_activate came while the copy ran (outside the SR lock): the swap must not happen.
+   * `live`: the leaf stays active on this host throughout (gc/live-leaf-coalesce.ts).
+   */
+  | { kind: 'leaf'; vdi: string; parent: string; abandon?: boolean; live?: boolean };
 
 /** The images a journal names (some may not exist: the change was cut short). */
 export function journalImages(j: Journal): string[] {

@@ -29,6 +29,8 @@ export interface CoalesceOptions {
   batchBytes?: number;
   /** Copy no faster than this (bytes/s), to leave I/O to running VMs. */
   maxBytesPerSecond?: number;
+  /** Only these sectors of the children, as block index -> sector bitmap (a live leaf's writes since the last copy); absent: all. */
+  sectors?: ReadonlyMap<number, Uint8Array>;
 }
 
 export interface CoalesceResult {
@@ -143,11 +145,12 @@ class BlockCopier {
   }
 
   async copyFrom(child: VhdImage): Promise<void> {
+    if (this.opts.sectors) return this.copyMasked(child, this.opts.sectors);
     const { parent, opts, pool, result } = this;
     const spb = child.sectorsPerBlock;
     // Child blocks in on-disk order, so reads stream.
     const order: number[] = [];
-    for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i)) order.push(i);
+    for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i) && (!opts.sectors || opts.sectors.has(i))) order.push(i);
     order.sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
     this.blocksTotal += order.length;
 
@@ -171,6 +174,8 @@ class BlockCopier {
       this.blocksDone++;
       const i = c.index;
       if (child.isBlockFull(i)) c.bitmap.fill(0xff);
+      const only = opts.sectors?.get(i);
+      if (only) for (let b = 0; b < c.bitmap.length; b++) c.bitmap[b] &= only[b] ?? 0;
       if (noneSet(c.bitmap, spb)) {
         pool.give(c);
         continue;
@@ -209,6 +214,67 @@ class BlockCopier {
       }
     }
     // The next child may hold the same blocks: the parent must own this child's new ones first.
+    await this.flush();
+    await this.appended;
+  }
+
+  /**
+   * Only the given sectors (a live leaf's writes since the last copy, a few in
+   * many blocks): in a block the parent has, just those sectors are read and
+   * written, then the parent's bitmap; a block new to the parent is written
+   * whole, as in copyFrom.
+   */
+  private async copyMasked(child: VhdImage, sectors: ReadonlyMap<number, Uint8Array>): Promise<void> {
+    const { parent, opts, pool, result } = this;
+    const spb = child.sectorsPerBlock;
+    const blocks = [...sectors.keys()].filter((i) => i < child.blockCount && child.hasBlock(i)).sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
+    this.blocksTotal += blocks.length;
+    for (const i of blocks) {
+      if (opts.signal?.aborted) break;
+      this.blocksDone++;
+      const only = sectors.get(i)!;
+      let sectorsCopied = 0;
+      if (!parent.hasBlock(i)) {
+        const c = await child.readBlock(i, pool.take());
+        if (child.isBlockFull(i)) c.bitmap.fill(0xff);
+        for (let b = 0; b < c.bitmap.length; b++) c.bitmap[b] &= only[b] ?? 0;
+        forEachSetRun(c.bitmap, 0, spb, (s, e) => (sectorsCopied += e - s));
+        if (sectorsCopied === 0) {
+          pool.give(c);
+          continue;
+        }
+        zeroClearSectors(c.bitmap, c.data, spb);
+        this.pending.push(c);
+        this.pendingBytes += c.data.length;
+        if (sectorsCopied === spb) this.full.push(i);
+      } else {
+        const held = child.isBlockFull(i) ? Buffer.alloc(child.bitmapBytes, 0xff) : Buffer.from((await child.readBitmap(i))!);
+        const bitmap = Buffer.from(held);
+        for (let b = 0; b < bitmap.length; b++) bitmap[b] &= only[b] ?? 0;
+        if (noneSet(bitmap, spb)) continue;
+        const mine = parent.isBlockFull(i) ? Buffer.alloc(parent.bitmapBytes, 0xff) : Buffer.from((await parent.readBitmap(i))!);
+        const runs = mergeNearRuns(bitmap, held, spb);
+        // Many runs: the child's block data in one read, the runs written from it.
+        const whole = runs.length > 4 ? Buffer.allocUnsafe(child.blockSize) : undefined;
+        if (whole) await child.readData(i, 0, whole);
+        for (const [s, e] of runs) {
+          const data = whole ? whole.subarray(s * SECTOR, e * SECTOR) : Buffer.allocUnsafe((e - s) * SECTOR);
+          if (!whole) await child.readData(i, s * SECTOR, data);
+          await parent.writeData(i, s * SECTOR, data);
+          for (let b = s >> 3; b <= (e - 1) >> 3; b++) mine[b] |= rangeMask(b, s, e);
+          sectorsCopied += e - s;
+        }
+        await parent.writeBitmap(i, mine);
+        if (allSet(mine, spb)) this.full.push(i);
+      }
+      result.sectors += sectorsCopied;
+      result.blocks++;
+      result.bytesCopied += sectorsCopied * SECTOR;
+      if (this.pendingBytes >= this.batchBytes) {
+        await this.flush();
+        this.progress();
+      }
+    }
     await this.flush();
     await this.appended;
   }
@@ -275,6 +341,26 @@ class BlockPool {
 }
 
 /** Bits of byte `b` that fall within sector range [s, e). */
+/**
+ * The runs of `wanted`, where two runs are one when every sector between them,
+ * at most 128 (64 KiB), is one the child holds (`held`): copying a sector the
+ * child covers never changes what the chain reads, and one write beats two.
+ */
+function mergeNearRuns(wanted: Uint8Array, held: Uint8Array, spb: number): [number, number][] {
+  const runs: [number, number][] = [];
+  forEachSetRun(wanted, 0, spb, (s, e) => {
+    const last = runs.at(-1);
+    if (last && s - last[1] <= 128 && allHeld(held, last[1], s)) last[1] = e;
+    else runs.push([s, e]);
+  });
+  return runs;
+}
+
+function allHeld(held: Uint8Array, from: number, to: number): boolean {
+  for (let s = from; s < to; s++) if ((held[s >> 3]! & (0x80 >> (s & 7))) === 0) return false;
+  return true;
+}
+
 function rangeMask(b: number, s: number, e: number): number {
   let mask = 0;
   for (let bit = Math.max(s, b * 8); bit < Math.min(e, b * 8 + 8); bit++) mask |= 0x80 >> (bit & 7);

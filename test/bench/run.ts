@@ -1,6 +1,7 @@
 /** `npm run bench`: every benchmark, figures with same-run baselines. `npm run bench -- sr` runs one group. */
 import { runDatapathBenchmarks } from './datapath.bench.js';
 import { runGcBenchmarks } from './gc.bench.js';
+import { runLiveGcBenchmarks } from './livegc.bench.js';
 import { runLockWaitBenchmarks } from './lock-wait.bench.js';
 import { runMgtBenchmarks } from './mgt.bench.js';
 import { runPauseStallBenchmark } from './pausestall.bench.js';
@@ -16,6 +17,7 @@ const groups: Record<string, () => Promise<void>> = {
   lockwait: runLockWaitBenchmarks,
   datapath: runDatapathBenchmarks,
   pausestall: runPauseStallBenchmark,
+  livegc: runLiveGcBenchmarks,
 };
 const wanted = process.argv.slice(2);
 console.log(`benchmarks on ${process.env.BENCH_DIR ?? 'the temp dir'} (node ${process.version})`);

@@ -291,3 +291,41 @@ test('a run given out of order, or not ending at the ancestor, is refused before
     t.true((await readFile(base)).equals(bytes));
   });
 });
+
+test('a coalesce of given sectors only (a live leaf-coalesce round): those sectors, and the ones the child holds between two near runs, reach the parent; the rest of the parent stays', async (t) => {
+  await withTempDir(async (dir) => {
+    const parent = join(dir, 'p.vhd');
+    const child = join(dir, 'c.vhd');
+    await createDynamic(parent, 8 * MiB);
+    const rng = new Rng(77);
+    const older = rng.bytes(2 * BLOCK);
+    await writeAll(parent, new ByteModel(8 * MiB), [[0, older]]);
+    await createDifferencing(child, parent);
+    const newer = rng.bytes(64 * SECTOR);
+    const fresh = rng.bytes(8 * SECTOR);
+    await writeAll(child, new ByteModel(8 * MiB), [
+      [0, newer], // block 0, sectors 0-63: the parent has the block
+      [BLOCK, rng.bytes(8 * SECTOR)], // block 1: not asked for
+      [2 * BLOCK + 100 * SECTOR, fresh], // block 2: new to the parent
+    ]);
+    const chainBefore = await readChain(child);
+    const mask = (runs: [number, number][]) => {
+      const m = new Uint8Array(SPB / 8);
+      for (const [s, e] of runs) for (let x = s; x < e; x++) m[x >> 3]! |= 0x80 >> (x & 7);
+      return m;
+    };
+    const sectors = new Map([
+      [0, mask([[0, 8], [16, 24], [300, 310]])], // sectors 8-15 lie between two runs and the child holds them; 300-309 it does not hold
+      [2, mask([[100, 108]])],
+    ]);
+    const r = await coalesceChainInto([child], parent, { sectors });
+    t.is(r.sectors, 24 + 8, 'sectors 0-23 of block 0 (the gap merged) and 8 of block 2');
+    const p = await readChain(parent);
+    t.true(p.subarray(0, 24 * SECTOR).equals(newer.subarray(0, 24 * SECTOR)), 'block 0, sectors 0-23: the child\'s');
+    t.true(p.subarray(24 * SECTOR, 2 * BLOCK).equals(older.subarray(24 * SECTOR)), 'the rest of blocks 0 and 1: the parent\'s own');
+    t.true(p.subarray(2 * BLOCK + 100 * SECTOR, 2 * BLOCK + 108 * SECTOR).equals(fresh), 'block 2, new to the parent: the sectors asked for');
+    t.true(p.subarray(2 * BLOCK, 2 * BLOCK + 100 * SECTOR).equals(Buffer.alloc(100 * SECTOR)), 'zeros around them');
+    assertSameBytes(t, await readChain(child), chainBefore, 'the chain reads the same');
+    await assertChainValid(t, child);
+  });
+});

@@ -1,0 +1,205 @@
+/**
+ * Live leaf-coalesce: a leaf L active on this host (served by its datapath),
+ * the only child of a hidden parent P, merges into P without being
+ * deactivated. The copy runs while clients write L: P is hidden and L covers
+ * every sector copied, so nobody reads the difference. The datapath records
+ * which blocks clients write (track-start, dirty-since), and each round copies
+ * again only those, until what is left is small; then, under the SR lock, L's
+ * datapath is paused, the rest is copied, P takes L's place as the offline
+ * leaf-coalesce does (swapIntoParent), and the datapath is unpaused on it.
+ *
+ * A VDI written faster than the copy keeps it going round: after a bounded
+ * number of rounds the GC gives up (P only gained copies of L's blocks) and
+ * says why; the pause is bounded by the size of the final copy.
+ *
+ * Journaled (`leaf`, `live`): a run killed before the swap is abandoned by
+ * recovery (the record of writes died with it), after it only the record of P
+ * is left to drop; the datapath left paused is unpaused on L as it is then.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { controlCall } from '../lib/datapath/control.js';
+import { servedHere, withServedPaused } from '../lib/sr/datapath.js';
+import { faultPoint } from '../lib/sr/fault.js';
+import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
+import { datapathControlPath } from '../lib/sr/paths.js';
+import { scrubUnmarkedSectors, VhdImage } from '../lib/vhd/index.js';
+import { underSrLock, type GcContext } from './context.js';
+import { copyIntoParent } from './copy-into-parent.js';
+import { WrittenSectors } from './written-sectors.js';
+import { abandonedMark, swapIntoParent, whyNot } from './leaf-coalesce.js';
+
+type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
+
+const MiB = 1024 * 1024;
+const short = (u: string) => u.slice(0, 8);
+
+/** Rounds after the first full copy before giving up (a VDI writing faster than the copy). */
+const MAX_ROUNDS = Number(process.env.SM_GC_LIVE_ROUNDS ?? 8);
+/** The most the final copy (datapath paused) may have to copy. */
+const FINAL_BYTES = Number(process.env.SM_GC_LIVE_FINAL_MIB ?? 4) * MiB;
+/** Rounds go on until this little is left (a shorter pause), as long as there are rounds left. */
+const TARGET_BYTES = FINAL_BYTES / 8;
+
+/** Whether the VDI is served by this host's datapath (a live leaf-coalesce needs its write record). */
+export async function servedOnThisHost(ctx: GcContext, vdi: string): Promise<boolean> {
+  return (await servedHere(ctx.repo.uuid)).some((s) => s.vdi === vdi && s.writable);
+}
+
+export async function liveLeafCoalesce(ctx: GcContext, leaf: string, parent: string): Promise<'done' | 'skipped'> {
+  const { repo, log } = ctx;
+  const j: LeafJournal = { kind: 'leaf', vdi: leaf, parent, live: true };
+  const control = datapathControlPath(repo.uuid);
+  const tracking = await underSrLock(ctx, async () => {
+    const why = (await whyNot(ctx, j, false, true)) ?? ((await servedOnThisHost(ctx, leaf)) ? undefined : 'the VDI is not served writable here');
+    if (why) {
+      log.info(`Live leaf-coalesce of ${short(leaf)} skipped: ${why}`);
+      return undefined;
+    }
+    await beginJournal(repo.backend, j);
+    try {
+      return await controlCall(control, { op: 'track-start', vdi: leaf });
+    } catch (err) {
+      log.warn(`Live leaf-coalesce of ${short(leaf)} skipped: its datapath does not record writes: ${(err as Error).message}`);
+      await endJournal(repo.backend, j);
+      return undefined;
+    }
+  });
+  if (!tracking) return 'skipped';
+  const record: WriteRecord = { control, vdi: leaf, token: tracking.token!, blockSize: tracking.blockSize! };
+  return repo.backend.withImagesActive([leaf, parent], async () => {
+    const outcome = await copyLive(ctx, j, record).catch(async (err: Error) => `it failed: ${err.message}`);
+    // Swapped, then something failed (the unpause: a datapath that died is cleaned up by the next verb on the VDI).
+    if (outcome === 'done' || !(await repo.backend.hasImage(parent))) return 'done';
+    log.info(`Live leaf-coalesce of ${short(leaf)} given up: ${outcome}`);
+    // P, still hidden, only gained copies of L's blocks, which L covers: the chain reads the same.
+    await underSrLock(ctx, () => endJournal(repo.backend, j));
+    await controlCall(control, { op: 'track-stop', vdi: leaf }).catch(() => undefined);
+    return 'skipped';
+  });
+}
+
+interface WriteRecord {
+  control: string;
+  vdi: string;
+  token: string;
+  blockSize: number;
+}
+
+/** Sectors written since the last call (the datapath flushed them first). */
+async function writtenSince(r: WriteRecord): Promise<[number, number][]> {
+  return (await controlCall(r.control, { op: 'dirty-since', vdi: r.vdi, token: r.token })).written ?? [];
+}
+
+/** The rounds, then the final step; 'done', or why it stopped. */
+async function copyLive(ctx: GcContext, j: LeafJournal, record: WriteRecord): Promise<'done' | string> {
+  const { repo, log } = ctx;
+  log.info(`Live leaf-coalescing ${short(j.vdi)} into *${short(j.parent)} (the VDI stays active)`);
+  const leafPath = repo.imagePath(j.vdi);
+  if ((await openLive(leafPath, (l) => l.blockSize)) !== record.blockSize) return 'the datapath records writes in blocks of another size';
+  // Round 0: the whole leaf. Sectors written meanwhile are in the record; those in blocks whose
+  // BAT entry was not on disk yet stay pending until it is.
+  await copyRound(ctx, j, 0, undefined);
+  faultPoint('live-leaf-round');
+  const pending = new WrittenSectors(record.blockSize);
+  let before = Infinity;
+  for (let round = 1; ; round++) {
+    pending.add(await writtenSince(record));
+    const left = pending.bytes;
+    // Small enough; or small enough for a pause and no longer shrinking (the writes keep pace with the rounds).
+    if (left <= TARGET_BYTES || (left <= FINAL_BYTES && (round > MAX_ROUNDS || left > before * 0.7))) break;
+    before = left;
+    if (round > MAX_ROUNDS) {
+      return `the VDI is written faster than it is copied: after ${MAX_ROUNDS} rounds ${(left / MiB).toFixed(1)} MiB were written again, more than the ${(FINAL_BYTES / MiB).toFixed(1)} MiB a pause may copy`;
+    }
+    await copyRound(ctx, j, round, pending);
+    faultPoint('live-leaf-round');
+  }
+  // P becomes the leaf the datapath reopens without a scan: no data under clear bits (left by a run killed mid-copy).
+  const p = await VhdImage.open(repo.imagePath(j.parent), true);
+  try {
+    await scrubUnmarkedSectors(p);
+  } finally {
+    await p.close();
+  }
+  return finalStep(ctx, j, record, pending);
+}
+
+/** One round: the pending sectors in blocks the leaf's on-disk BAT has are copied and leave `pending` (the whole leaf when absent). */
+async function copyRound(ctx: GcContext, j: LeafJournal, round: number, pending: WrittenSectors | undefined): Promise<void> {
+  const what = `Live leaf-coalesce of ${short(j.vdi)}, round ${round}`;
+  let sectors: Map<number, Uint8Array> | undefined;
+  if (pending) {
+    const present = await openLive(ctx.repo.imagePath(j.vdi), (l) => new Set([...pending.blocks.keys()].filter((b) => b < l.blockCount && l.hasBlock(b))));
+    sectors = pending.take((b) => present.has(b));
+  }
+  try {
+    const r = await copyWithRetry(ctx, j, what, sectors);
+    const rate = r.elapsedMs > 0 ? r.bytesCopied / MiB / (r.elapsedMs / 1000) : 0;
+    ctx.log.info(`${what}: ${sectors ? `${sectors.size} blocks written meanwhile` : 'the whole leaf'}, ${(r.bytesCopied / MiB).toFixed(1)} MiB in ${r.elapsedMs} ms (${rate.toFixed(1)} MiB/s)`);
+  } catch (err) {
+    if (sectors) pending!.putBack(sectors);
+    throw err;
+  }
+}
+
+/**
+ * The leaf is being appended to while it is read: its end may move between
+ * reading its size and its footer, so an open that finds no footer there is
+ * tried again (the copy is idempotent).
+ */
+async function copyWithRetry(ctx: GcContext, j: LeafJournal, what: string, sectors: Map<number, Uint8Array> | undefined) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await copyIntoParent(ctx, [j.vdi], j.parent, what, sectors);
+    } catch (err) {
+      if (attempt >= 3 || ctx.signal.aborted) throw err;
+      ctx.log.info(`${what}: ${(err as Error).message}; tried again`);
+      await sleep(20 * attempt);
+    }
+  }
+}
+
+async function openLive<T>(path: string, fn: (image: VhdImage) => T): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const image = await VhdImage.open(path);
+      try {
+        return fn(image);
+      } finally {
+        await image.close();
+      }
+    } catch (err) {
+      if (attempt >= 3) throw err;
+      await sleep(20 * attempt);
+    }
+  }
+}
+
+/**
+ * Under the SR lock, the datapath paused: the last blocks written are copied,
+ * P takes L's place, and the datapath is unpaused on it (withServedPaused
+ * logs how long it was paused).
+ */
+async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors): Promise<'done' | string> {
+  const { repo, log } = ctx;
+  return underSrLock(ctx, async () => {
+    const why = (await abandonedMark(ctx, j)) ?? (await whyNot(ctx, j, true, true));
+    if (why) return why;
+    return withServedPaused(repo, repo.uuid, [j.vdi], async () => {
+      const started = Date.now();
+      faultPoint('live-leaf-paused');
+      // Paused: the datapath flushed and closed the leaf, so every write acknowledged is in the record or already copied.
+      pending.add(await writtenSince(record));
+      if (pending.bytes > 2 * FINAL_BYTES) {
+        return `${(pending.bytes / MiB).toFixed(1)} MiB were written just before the pause, more than a pause may copy; the next run tries again`;
+      }
+      const blocks = pending.blocks.size;
+      // Every block named is in the leaf's on-disk BAT now (the pause flushed it); a block it lacks holds nothing to copy.
+      const r = await copyIntoParent(ctx, [j.vdi], j.parent, `Live leaf-coalesce of ${short(j.vdi)}, final step`, pending.take(() => true));
+      faultPoint('live-leaf-final-copied');
+      await swapIntoParent(ctx, j);
+      log.info(`Live leaf-coalesce of ${short(j.vdi)}: final step (${(r.bytesCopied / MiB).toFixed(1)} MiB in ${blocks} blocks) and swap took ${Date.now() - started} ms paused`);
+      return 'done' as const;
+    }, 'a live leaf-coalesce');
+  });
+}
