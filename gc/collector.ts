@@ -82,6 +82,12 @@ async function collectHeld(ctx: GcContext): Promise<void> {
     const leaves = findLeafCoalesceable(nodes, skip);
     const here = hostId();
     const leaf = leaves.find((l) => {
+      if (records.get(l.uuid)?.on_boot === 'reset') {
+        // Merging it would move the VDI's reset point (its parent) and leave the next boot nothing to reset to.
+        if (!skipped.has(l.uuid)) log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI resets on boot`);
+        skipped.add(l.uuid);
+        return false;
+      }
       if (!active.has(l.uuid) || activations.get(l.uuid)!.host === here) return true; // active here: coalesced live
       log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active on host ${activations.get(l.uuid)!.host}`);
       skipped.add(l.uuid);

@@ -22,6 +22,8 @@ export interface VdiRecord {
   managed: boolean;
   metadata_of_pool: string;
   sm_config: Record<string, string>;
+  /** 'reset' once the toolstack said so (vdi_attach, vdi_epoch_begin): the GC keeps its leaf, the reset point's child. */
+  on_boot?: 'reset' | 'persist';
 }
 
 /** The layout this version writes and reads. */
