@@ -15,6 +15,7 @@ import { TreeLogger } from './gc-log.js';
 import { leafCoalesce, recoverLeaf } from './leaf-coalesce.js';
 import { coalesceRun, findCoalesceable, findGarbage, findLeafCoalesceable, type Nodes } from './plan.js';
 import { coalesceExtraSpace } from './space.js';
+import { tellToolstack } from './toolstack.js';
 
 
 export async function recoverGcJournals(ctx: GcContext): Promise<void> {
@@ -132,5 +133,8 @@ async function deleteGarbage(ctx: GcContext): Promise<void> {
       ctx.stats.deleted++;
       faultPoint('garbage-removed');
     }
+    await tellToolstack(ctx, 'deleted images', async (db) => {
+      for (const u of garbage) await db.forget(u);
+    });
   });
 }

@@ -169,6 +169,18 @@ export class ToolstackDb {
     await this.updateSr(repo, { delta: (await repo.info(snap)).virtualSize });
   }
 
+  /**
+   * The GC changed an image's parent (relink, leaf-coalesce): its record's
+   * `vhd-parent` follows, through sm_config only, as the established
+   * collector's `_setParent` (remove, then add). A VDI xapi has no record of is left alone.
+   */
+  async parentChanged(uuid: string, parent: string | undefined): Promise<void> {
+    const ref = await this.refOf(uuid);
+    if (!ref) return;
+    await this.xapi.vdiRemoveFromSmConfig(ref, 'vhd-parent');
+    if (parent) await this.xapi.vdiAddToSmConfig(ref, 'vhd-parent', parent);
+  }
+
   // --------------------------------------------------------------------- SR
 
   /**
