@@ -417,6 +417,8 @@ export function srDriver(type: SrType): Driver {
     }),
   };
   for (const verb of MASTER_ONLY) verbs[verb] = masterOnly(verb, verbs[verb]!);
+  verbs.vdi_activate = withActivationTags(verbs.vdi_activate!, 'activate');
+  verbs.vdi_deactivate = withActivationTags(verbs.vdi_deactivate!, 'deactivate');
   for (const verb of Object.keys(verbs) as (keyof typeof verbs)[]) verbs[verb] = xapiErrorsAsSmErrors(verb, verbs[verb]!);
   return { info: type.info, verbs };
 }
@@ -443,6 +445,35 @@ function xapiErrorsAsSmErrors(verb: string, fn: Verb): Verb {
     } catch (err) {
       if (!(err instanceof XapiError)) throw err;
       throw new SMError(XAPI_FAILURE_AS[verb] ?? 'SMGeneral', `XenAPI ${err.message}`, { cause: err });
+    }
+  };
+}
+
+/**
+ * The toolstack's `host_<ref>` tag of an active VDI (reference §5), around
+ * the verb and outside the SR lock: an activation that waits for a paused or
+ * relinking VDI must not keep the SR locked meanwhile. Tagged before the
+ * activate, as the established SM, and untagged again if the activate fails;
+ * untagged after a deactivate.
+ */
+function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
+  return async (req) => {
+    const sr = srUuidOf(req);
+    const db = await toolstackDbFor(req, sr);
+    if (!db) return fn(req);
+    const vdi = requireUuid(req.vdi_uuid, 'vdi_uuid', 'VDIUnavailable');
+    if (which === 'deactivate') {
+      const result = await fn(req);
+      await db.untagActive(vdi, req.vdi_ref);
+      return result;
+    }
+    const state = await readVdiState(sr, vdi);
+    await db.tagActive(vdi, req.vdi_ref, boolArg(req.args[0]) || state?.writable === true);
+    try {
+      return await fn(req);
+    } catch (err) {
+      if (!state?.active) await db.untagActive(vdi, req.vdi_ref).catch(() => undefined);
+      throw err;
     }
   };
 }

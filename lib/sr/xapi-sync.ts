@@ -9,6 +9,7 @@
  * nothing here runs.
  */
 import { getLog } from '../log/index.js';
+import { SMError } from '../errors/sm-error.js';
 import { isGone, NULL_REF, XapiFailure, type VdiIntroduce, type XapiSession, type XapiVdiRecord } from '../xapi/index.js';
 import type { VdiRecord } from './metadata.js';
 import { newVdiRecord } from './metadata.js';
@@ -22,6 +23,8 @@ const PASS_THROUGH = ['base_mirror', 'key_hash'] as const;
  * someone else or is never removed, and a diff leaves it alone.
  */
 const OWNED = ['vhd-parent'] as const;
+/** The established activation retries 120 times, a second apart, while a VDI is paused or relinked. */
+const TAG_ATTEMPTS = Number(process.env.SM_XAPI_TAG_ATTEMPTS ?? 120);
 
 /** One VDI as xapi's record should show it. */
 export interface VdiView {
@@ -179,6 +182,59 @@ export class ToolstackDb {
     if (!ref) return;
     await this.xapi.vdiRemoveFromSmConfig(ref, 'vhd-parent');
     if (parent) await this.xapi.vdiAddToSmConfig(ref, 'vhd-parent', parent);
+  }
+
+  /**
+   * vdi_activate's side of the pause protocol (reference §5, the established
+   * `_add_tag`): take `activating` (add_to_sm_config refuses it while another
+   * activation holds it), back off while the VDI is `paused` or `relinking`,
+   * then record `host_<this host>` = RW/RO, and let `activating` go. Gives up
+   * (VDIUnavailable) after `attempts` tries one `delayMs` apart.
+   */
+  async tagActive(uuid: string, vdiRef: string | undefined, writable: boolean, attempts = TAG_ATTEMPTS, delayMs = 1000): Promise<void> {
+    const host = this.given.hostRef;
+    const ref = await this.refOf(uuid, vdiRef);
+    if (!ref || !host) return;
+    for (let attempt = 1; ; attempt++) {
+      const why = await this.tryTag(ref, host, writable);
+      if (!why) return;
+      if (attempt >= attempts) throw new SMError('VDIUnavailable', `VDI ${uuid} stays ${why} (${attempts} tries)`);
+      getLog().info(`XenAPI: VDI ${uuid} is ${why}: activation retried in ${delayMs} ms`);
+      await new Promise((r) => setTimeout(r, delayMs));
+    }
+  }
+
+  /** One try: undefined when tagged, else what the VDI is busy with. */
+  private async tryTag(ref: string, host: string, writable: boolean): Promise<string | undefined> {
+    try {
+      await this.xapi.vdiAddToSmConfig(ref, 'activating', 'True');
+    } catch (err) {
+      if (err instanceof XapiFailure && err.code === 'MAP_DUPLICATE_KEY') return 'being activated elsewhere';
+      throw err;
+    }
+    try {
+      const before = await this.xapi.vdiSmConfig(ref);
+      const busy = before.paused !== undefined ? 'paused' : before.relinking !== undefined ? 'being relinked by the GC' : undefined;
+      if (busy) return busy;
+      await this.xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
+      await this.xapi.vdiAddToSmConfig(ref, `host_${host}`, writable ? 'RW' : 'RO');
+      // A pause or relink may have begun between the read and the tag: then the tag goes again and we wait.
+      const after = await this.xapi.vdiSmConfig(ref);
+      if (after.paused !== undefined || after.relinking !== undefined) {
+        await this.xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
+        return after.paused !== undefined ? 'paused' : 'being relinked by the GC';
+      }
+      return undefined;
+    } finally {
+      await this.xapi.vdiRemoveFromSmConfig(ref, 'activating');
+    }
+  }
+
+  /** vdi_deactivate (or a failed activate): this host no longer serves the VDI. */
+  async untagActive(uuid: string, vdiRef: string | undefined): Promise<void> {
+    const host = this.given.hostRef;
+    const ref = await this.refOf(uuid, vdiRef);
+    if (ref && host) await this.xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
   }
 
   // --------------------------------------------------------------------- SR
