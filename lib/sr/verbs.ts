@@ -364,31 +364,47 @@ export function srDriver(type: SrType): Driver {
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
       await refuseActiveElsewhere(repo, vdi);
-      const snap = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode), () => recoverSrJournals(repo)).catch(wrap('VDISnapshot'));
-      await (await toolstackDbFor(req, sr))?.snapshotTaken(repo, vdi, snap, req.vdi_ref);
-      return vdiReply(snap);
+      const db = await toolstackDbFor(req, sr);
+      return vdiReply(
+        await pausedEverywhere(db, vdi, req, async () => {
+          const snap = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode), () => recoverSrJournals(repo)).catch(wrap('VDISnapshot'));
+          await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref);
+          return snap;
+        }),
+      );
     }),
 
     vdi_clone: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      const clone = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone'), () => recoverSrJournals(repo)).catch(wrap('VDIClone'));
-      await (await toolstackDbFor(req, sr))?.snapshotTaken(repo, vdi, clone, req.vdi_ref);
-      return vdiReply(clone);
+      const db = await toolstackDbFor(req, sr);
+      return vdiReply(
+        await pausedEverywhere(db, vdi, req, async () => {
+          const clone = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone'), () => recoverSrJournals(repo)).catch(wrap('VDIClone'));
+          await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref);
+          return clone;
+        }),
+      );
     }),
 
     vdi_resize: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
       const before = (await repo.info(vdi)).virtualSize;
-      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
-      await resizedInToolstackDb(repo, await toolstackDbFor(req, sr), vdi, before, req.vdi_ref);
+      const db = await toolstackDbFor(req, sr);
+      await pausedEverywhere(db, vdi, req, async () => {
+        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+        await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
+      });
       return vdiReply(vdi);
     }),
 
     vdi_resize_online: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
       const before = (await repo.info(vdi)).virtualSize;
-      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
-      await resizedInToolstackDb(repo, await toolstackDbFor(req, sr), vdi, before, req.vdi_ref);
+      const db = await toolstackDbFor(req, sr);
+      await pausedEverywhere(db, vdi, req, async () => {
+        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+        await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
+      });
       return vdiReply(vdi);
     }),
 
@@ -476,6 +492,11 @@ function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
       throw err;
     }
   };
+}
+
+/** Runs a change to a VDI's chain paused in the toolstack's database and on the other hosts serving it (xapi-sync.ts `withPaused`). */
+function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Request, fn: () => Promise<T>): Promise<T> {
+  return db ? db.withPaused(vdi, req.vdi_ref, fn) : fn();
 }
 
 /**

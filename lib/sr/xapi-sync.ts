@@ -10,7 +10,7 @@
  */
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
-import { isGone, NULL_REF, XapiFailure, type VdiIntroduce, type XapiSession, type XapiVdiRecord } from '../xapi/index.js';
+import { isGone, NULL_REF, XapiFailure, XapiPluginFailure, type VdiIntroduce, type XapiSession, type XapiVdiRecord } from '../xapi/index.js';
 import type { VdiRecord } from './metadata.js';
 import { newVdiRecord } from './metadata.js';
 import { uuidOfImageName, type ImageNode, type Repository } from './repository.js';
@@ -235,6 +235,70 @@ export class ToolstackDb {
     const host = this.given.hostRef;
     const ref = await this.refOf(uuid, vdiRef);
     if (ref && host) await this.xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
+  }
+
+  /**
+   * The master's side of pause (reference §5) around a change to a VDI's
+   * chain: `paused` is set in the database (activations anywhere back off
+   * while it is there), every other host that has the VDI active (a
+   * `host_<ref>` key) is asked to pause its datapath through the
+   * `tapdisk-pause` host plugin, `fn` runs, and they are asked to unpause.
+   * This host's own datapath is paused in-process by the verb, not through
+   * the plugin. `paused` goes again only when every host unpaused, as the
+   * established SM does; sr_attach on the master clears one left behind.
+   */
+  async withPaused<T>(uuid: string, vdiRef: string | undefined, fn: () => Promise<T>): Promise<T> {
+    const ref = await this.refOf(uuid, vdiRef);
+    if (!ref) return fn();
+    const hosts = await this.pause(uuid, ref);
+    let result: T;
+    try {
+      result = await fn();
+    } catch (err) {
+      await this.unpause(uuid, ref, hosts).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
+      throw err;
+    }
+    await this.unpause(uuid, ref, hosts);
+    return result;
+  }
+
+  private otherHostsOf(sm: Record<string, string>): string[] {
+    return Object.keys(sm)
+      .filter((k) => k.startsWith('host_'))
+      .map((k) => k.slice('host_'.length))
+      .filter((h) => h !== this.given.hostRef);
+  }
+
+  private pluginArgs(uuid: string): Record<string, string> {
+    return { sr_uuid: this.srUuid, vdi_uuid: uuid, failfast: 'False' };
+  }
+
+  /** Returns the hosts paused; on any failure, those are unpaused again and `paused` removed. */
+  private async pause(uuid: string, ref: string): Promise<string[]> {
+    await this.xapi.vdiAddToSmConfig(ref, 'paused', 'true'); // MAP_DUPLICATE_KEY: paused by someone else, the verb fails
+    const paused: string[] = [];
+    try {
+      for (const host of this.otherHostsOf(await this.xapi.vdiSmConfig(ref))) {
+        const answer = await this.xapi.callPlugin(host, 'tapdisk-pause', 'pause', this.pluginArgs(uuid));
+        if (answer !== 'True') throw new XapiPluginFailure(`failed to pause VDI ${uuid} on host ${host}: the plugin answered ${JSON.stringify(answer)}`);
+        paused.push(host);
+      }
+      getLog().info(`XenAPI: VDI ${uuid} paused${paused.length ? ` (and on hosts ${paused.join(', ')})` : ''}`);
+      return paused;
+    } catch (err) {
+      await this.unpause(uuid, ref, paused).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
+      throw err;
+    }
+  }
+
+  private async unpause(uuid: string, ref: string, hosts: string[]): Promise<void> {
+    const failed: string[] = [];
+    for (const host of hosts) {
+      const answer = await this.xapi.callPlugin(host, 'tapdisk-pause', 'unpause', this.pluginArgs(uuid)).catch((err: Error) => err.message);
+      if (answer !== 'True') failed.push(`${host} (${answer})`);
+    }
+    if (failed.length) throw new XapiPluginFailure(`failed to unpause VDI ${uuid} on ${failed.join(', ')}: it stays paused`);
+    await this.xapi.vdiRemoveFromSmConfig(ref, 'paused');
   }
 
   // --------------------------------------------------------------------- SR

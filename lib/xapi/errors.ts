@@ -28,6 +28,15 @@ export class XapiTransportError extends XapiError {
   }
 }
 
+/**
+ * A host plugin answered, but not with success (`tapdisk-pause` answers the
+ * string "True"): the established SM's "failed to pause VDI", which its verbs
+ * turn into their own SM error, as a XenAPI failure.
+ */
+export class XapiPluginFailure extends XapiError {
+  override readonly name = 'XapiPluginFailure';
+}
+
 /** xapi's "that object is not there": the SM treats both codes as "VDI gone" (the established `isInvalidVDI`). */
 export function isGone(err: unknown): boolean {
   return err instanceof XapiFailure && (err.code === 'HANDLE_INVALID' || err.code === 'UUID_INVALID');

@@ -4,7 +4,6 @@
  * the project's XML-RPC codec; the reply struct `{Status, Value}` or
  * `{Status, ErrorDescription}` becomes the value or an XapiFailure.
  */
-import { request } from 'node:http';
 import { encodeMethodCall, parseMethodResponse } from '../smapi/xmlrpc-codec.js';
 import type { XmlRpcValue } from '../smapi/xmlrpc-value.js';
 import { XapiFailure, XapiTransportError } from './errors.js';
@@ -43,7 +42,9 @@ function resultOf(method: string, value: XmlRpcValue): XmlRpcValue {
   throw new XapiTransportError(method, `reply Status is ${JSON.stringify(v.Status)}`);
 }
 
-function post(socketPath: string, method: string, body: Buffer, headers: CallHeaders): Promise<string> {
+async function post(socketPath: string, method: string, body: Buffer, headers: CallHeaders): Promise<string> {
+  // Loaded on the first call only: a standalone driver process never pays for the HTTP client.
+  const { request } = await import('node:http');
   return new Promise((resolve, reject) => {
     const req = request(
       {

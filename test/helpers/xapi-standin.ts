@@ -38,7 +38,7 @@ export interface StandinOptions {
   srs?: Array<{ ref: string; uuid: string; type?: string }>;
   hosts?: Array<{ ref: string; uuid: string }>;
   /** Answers host.call_plugin (default "True"). */
-  plugin?: (host: string, plugin: string, fn: string, args: Map_) => string | Promise<string>;
+  plugin?: (host: string, plugin: string, fn: string, args: Map_, standin: XapiStandin) => string | Promise<string>;
 }
 
 class Failure extends Error {
@@ -290,7 +290,7 @@ export class XapiStandin {
     if (name === 'call_plugin') {
       argc(method, params, 4);
       const [, plugin, fn, args] = params as [string, string, string, Map_];
-      return this.opts.plugin ? this.opts.plugin(ref, plugin, fn, args) : 'True';
+      return this.opts.plugin ? this.opts.plugin(ref, plugin, fn, args, this) : 'True';
     }
     if (name === 'get_record') return host;
     if (name === 'get_other_config') return host.other_config;
