@@ -377,6 +377,12 @@ export class ToolstackDb {
       const entry = known.get(location);
       if (entry && (await this.update(entry[0], view, entry[1]))) updated++;
     }
+    // Pauses are taken only under the SR lock, which this scan holds: a `paused` left now is a killed verb's.
+    for (const [ref, rec] of known.values()) {
+      if (rec.sm_config?.paused === undefined || !scan.nodes.has(rec.location)) continue;
+      getLog().warn(`XenAPI: VDI ${rec.uuid} was left paused by an interrupted verb: unpaused`);
+      await this.unpause(rec.uuid, ref, this.otherHostsOf(rec.sm_config)).catch((e: Error) => getLog().warn(`XenAPI: ${e.message}`));
+    }
     const allocation = [...scan.nodes.values()].filter((n) => !n.hidden && n.unreadable === undefined).reduce((sum, n) => sum + n.virtualSize, 0);
     await this.updateSr(repo, { total: allocation });
     getLog().info(`XenAPI: scan of SR ${this.srUuid} in step: ${introduced} introduced, ${forgotten} forgotten, ${updated} updated`);
