@@ -32,6 +32,7 @@ import { Repository } from './repository.js';
 import { scanSrDetailed } from './scan.js';
 import { toolstackDbFor } from './xapi-endpoint.js';
 import type { ToolstackDb } from './xapi-sync.js';
+import { tagActive, untagActive, withPaused } from './xapi-pause.js';
 import { XapiError } from '../xapi/errors.js';
 import { roleOf, requireMaster } from './pool-role.js';
 import { parseVdiSize } from './sizes.js';
@@ -480,23 +481,23 @@ function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
     const vdi = requireUuid(req.vdi_uuid, 'vdi_uuid', 'VDIUnavailable');
     if (which === 'deactivate') {
       const result = await fn(req);
-      await db.untagActive(vdi, req.vdi_ref);
+      await untagActive(db, vdi, req.vdi_ref);
       return result;
     }
     const state = await readVdiState(sr, vdi);
-    await db.tagActive(vdi, req.vdi_ref, boolArg(req.args[0]) || state?.writable === true);
+    await tagActive(db, vdi, req.vdi_ref, boolArg(req.args[0]) || state?.writable === true);
     try {
       return await fn(req);
     } catch (err) {
-      if (!state?.active) await db.untagActive(vdi, req.vdi_ref).catch(() => undefined);
+      if (!state?.active) await untagActive(db, vdi, req.vdi_ref).catch(() => undefined);
       throw err;
     }
   };
 }
 
-/** Runs a change to a VDI's chain paused in the toolstack's database and on the other hosts serving it (xapi-sync.ts `withPaused`). */
+/** Runs a change to a VDI's chain paused in the toolstack's database and on the other hosts serving it (xapi-pause.ts `withPaused`). */
 function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Request, fn: () => Promise<T>): Promise<T> {
-  return db ? db.withPaused(vdi, req.vdi_ref, fn) : fn();
+  return db ? withPaused(db, vdi, req.vdi_ref, fn) : fn();
 }
 
 /**

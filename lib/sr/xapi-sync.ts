@@ -9,11 +9,11 @@
  * nothing here runs.
  */
 import { getLog } from '../log/index.js';
-import { SMError } from '../errors/sm-error.js';
-import { isGone, NULL_REF, XapiFailure, XapiPluginFailure, type VdiIntroduce, type XapiSession, type XapiVdiRecord } from '../xapi/index.js';
+import { isGone, NULL_REF, XapiFailure, type VdiIntroduce, type XapiSession, type XapiVdiRecord } from '../xapi/index.js';
 import type { VdiRecord } from './metadata.js';
 import { newVdiRecord } from './metadata.js';
 import { uuidOfImageName, type ImageNode, type Repository } from './repository.js';
+import { unpauseLeftBehind } from './xapi-pause.js';
 
 /** sm_config keys a VDI's record carries over from the toolstack's vdi_sm_config (the established pass-through fields). */
 const PASS_THROUGH = ['base_mirror', 'key_hash'] as const;
@@ -23,8 +23,6 @@ const PASS_THROUGH = ['base_mirror', 'key_hash'] as const;
  * someone else or is never removed, and a diff leaves it alone.
  */
 const OWNED = ['vhd-parent'] as const;
-/** The established activation retries 120 times, a second apart, while a VDI is paused or relinked. */
-const TAG_ATTEMPTS = Number(process.env.SM_XAPI_TAG_ATTEMPTS ?? 120);
 
 /** One VDI as xapi's record should show it. */
 export interface VdiView {
@@ -48,6 +46,11 @@ export class ToolstackDb {
     readonly srUuid: string,
     private readonly given: { srRef?: string; hostRef?: string },
   ) {}
+
+  /** This host, as the call names it (`host_ref`); the GC has none. */
+  get hostRef(): string | undefined {
+    return this.given.hostRef;
+  }
 
   /** The SR's ref: as the call gave it, else looked up once. */
   srRef(): Promise<string> {
@@ -185,125 +188,6 @@ export class ToolstackDb {
   }
 
   /**
-   * vdi_activate's side of the pause protocol (reference §5, the established
-   * `_add_tag`): take `activating` (add_to_sm_config refuses it while another
-   * activation holds it), back off while the VDI is `paused` or `relinking`,
-   * then record `host_<this host>` = RW/RO, and let `activating` go. Gives up
-   * (VDIUnavailable) after `attempts` tries one `delayMs` apart.
-   */
-  async tagActive(uuid: string, vdiRef: string | undefined, writable: boolean, attempts = TAG_ATTEMPTS, delayMs = 1000): Promise<void> {
-    const host = this.given.hostRef;
-    const ref = await this.refOf(uuid, vdiRef);
-    if (!ref || !host) return;
-    for (let attempt = 1; ; attempt++) {
-      const why = await this.tryTag(ref, host, writable);
-      if (!why) return;
-      if (attempt >= attempts) throw new SMError('VDIUnavailable', `VDI ${uuid} stays ${why} (${attempts} tries)`);
-      getLog().info(`XenAPI: VDI ${uuid} is ${why}: activation retried in ${delayMs} ms`);
-      await new Promise((r) => setTimeout(r, delayMs));
-    }
-  }
-
-  /** One try: undefined when tagged, else what the VDI is busy with. */
-  private async tryTag(ref: string, host: string, writable: boolean): Promise<string | undefined> {
-    try {
-      await this.xapi.vdiAddToSmConfig(ref, 'activating', 'True');
-    } catch (err) {
-      if (err instanceof XapiFailure && err.code === 'MAP_DUPLICATE_KEY') return 'being activated elsewhere';
-      throw err;
-    }
-    try {
-      const before = await this.xapi.vdiSmConfig(ref);
-      const busy = before.paused !== undefined ? 'paused' : before.relinking !== undefined ? 'being relinked by the GC' : undefined;
-      if (busy) return busy;
-      await this.xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
-      await this.xapi.vdiAddToSmConfig(ref, `host_${host}`, writable ? 'RW' : 'RO');
-      // A pause or relink may have begun between the read and the tag: then the tag goes again and we wait.
-      const after = await this.xapi.vdiSmConfig(ref);
-      if (after.paused !== undefined || after.relinking !== undefined) {
-        await this.xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
-        return after.paused !== undefined ? 'paused' : 'being relinked by the GC';
-      }
-      return undefined;
-    } finally {
-      await this.xapi.vdiRemoveFromSmConfig(ref, 'activating');
-    }
-  }
-
-  /** vdi_deactivate (or a failed activate): this host no longer serves the VDI. */
-  async untagActive(uuid: string, vdiRef: string | undefined): Promise<void> {
-    const host = this.given.hostRef;
-    const ref = await this.refOf(uuid, vdiRef);
-    if (ref && host) await this.xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
-  }
-
-  /**
-   * The master's side of pause (reference §5) around a change to a VDI's
-   * chain: `paused` is set in the database (activations anywhere back off
-   * while it is there), every other host that has the VDI active (a
-   * `host_<ref>` key) is asked to pause its datapath through the
-   * `tapdisk-pause` host plugin, `fn` runs, and they are asked to unpause.
-   * This host's own datapath is paused in-process by the verb, not through
-   * the plugin. `paused` goes again only when every host unpaused, as the
-   * established SM does; sr_attach on the master clears one left behind.
-   */
-  async withPaused<T>(uuid: string, vdiRef: string | undefined, fn: () => Promise<T>): Promise<T> {
-    const ref = await this.refOf(uuid, vdiRef);
-    if (!ref) return fn();
-    const hosts = await this.pause(uuid, ref);
-    let result: T;
-    try {
-      result = await fn();
-    } catch (err) {
-      await this.unpause(uuid, ref, hosts).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
-      throw err;
-    }
-    await this.unpause(uuid, ref, hosts);
-    return result;
-  }
-
-  private otherHostsOf(sm: Record<string, string>): string[] {
-    return Object.keys(sm)
-      .filter((k) => k.startsWith('host_'))
-      .map((k) => k.slice('host_'.length))
-      .filter((h) => h !== this.given.hostRef);
-  }
-
-  private pluginArgs(uuid: string): Record<string, string> {
-    return { sr_uuid: this.srUuid, vdi_uuid: uuid, failfast: 'False' };
-  }
-
-  /** Returns the hosts paused; on any failure, those are unpaused again and `paused` removed. */
-  private async pause(uuid: string, ref: string): Promise<string[]> {
-    await this.xapi.vdiAddToSmConfig(ref, 'paused', 'true'); // MAP_DUPLICATE_KEY: paused by someone else, the verb fails
-    const paused: string[] = [];
-    try {
-      for (const host of this.otherHostsOf(await this.xapi.vdiSmConfig(ref))) {
-        const answer = await this.xapi.callPlugin(host, 'tapdisk-pause', 'pause', this.pluginArgs(uuid));
-        if (answer !== 'True') throw new XapiPluginFailure(`failed to pause VDI ${uuid} on host ${host}: the plugin answered ${JSON.stringify(answer)}`);
-        paused.push(host);
-      }
-      getLog().info(`XenAPI: VDI ${uuid} paused${paused.length ? ` (and on hosts ${paused.join(', ')})` : ''}`);
-      return paused;
-    } catch (err) {
-      await this.unpause(uuid, ref, paused).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
-      throw err;
-    }
-  }
-
-  private async unpause(uuid: string, ref: string, hosts: string[]): Promise<void> {
-    const failed: string[] = [];
-    for (const host of hosts) {
-      const answer = await this.xapi.callPlugin(host, 'tapdisk-pause', 'unpause', this.pluginArgs(uuid)).catch((err: Error) => err.message);
-      if (answer !== 'True') failed.push(`${host} (${answer})`);
-    }
-    if (failed.length) throw new XapiPluginFailure(`failed to unpause VDI ${uuid} on ${failed.join(', ')}: it stays paused`);
-    await this.xapi.vdiRemoveFromSmConfig(ref, 'paused');
-  }
-
-  // --------------------------------------------------------------------- SR
-
-  /**
    * The established `_update` + `_db_update` of the SR: its sizes as strings.
    * `allocation` is either a change to xapi's virtual_allocation (a verb) or
    * the whole new figure (a scan: the non-hidden VDIs' virtual sizes).
@@ -380,8 +264,7 @@ export class ToolstackDb {
     // Pauses are taken only under the SR lock, which this scan holds: a `paused` left now is a killed verb's.
     for (const [ref, rec] of known.values()) {
       if (rec.sm_config?.paused === undefined || !scan.nodes.has(rec.location)) continue;
-      getLog().warn(`XenAPI: VDI ${rec.uuid} was left paused by an interrupted verb: unpaused`);
-      await this.unpause(rec.uuid, ref, this.otherHostsOf(rec.sm_config)).catch((e: Error) => getLog().warn(`XenAPI: ${e.message}`));
+      await unpauseLeftBehind(this, rec.uuid, ref, rec.sm_config);
     }
     const allocation = [...scan.nodes.values()].filter((n) => !n.hidden && n.unreadable === undefined).reduce((sum, n) => sum + n.virtualSize, 0);
     await this.updateSr(repo, { total: allocation });
