@@ -389,8 +389,8 @@ export function srDriver(type: SrType): Driver {
 
     vdi_resize: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      const before = (await repo.info(vdi)).virtualSize;
       const db = await toolstackDbFor(req, sr);
+      const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
       await pausedEverywhere(db, vdi, req, async () => {
         await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
         await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
@@ -400,8 +400,8 @@ export function srDriver(type: SrType): Driver {
 
     vdi_resize_online: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      const before = (await repo.info(vdi)).virtualSize;
       const db = await toolstackDbFor(req, sr);
+      const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
       await pausedEverywhere(db, vdi, req, async () => {
         await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
         await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
