@@ -15,6 +15,7 @@ import { parentNameOf } from './names.js';
 import type { Nodes } from './plan.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
+import { tellToolstack } from './toolstack.js';
 
 type CoalesceJournal = Extract<Journal, { kind: 'coalesce' }>;
 type RelinkJournal = Extract<Journal, { kind: 'relink' }>;
@@ -99,6 +100,10 @@ async function relinkHeld(ctx: GcContext, j: RelinkJournal): Promise<void> {
   faultPoint('coalesced-discarded');
   await repo.records.dropVdis(removes);
   log.info(`Deleted coalesced image${removes.length > 1 ? 's' : ''} ${removes.map(short).join(', ')}`);
+  await tellToolstack(ctx, `relink of ${short(j.vdi)}`, async (db) => {
+    for (const child of j.children) if (await repo.backend.hasImage(child)) await db.parentChanged(child, j.parent);
+    for (const u of removes) await db.forget(u);
+  });
   await endJournal(repo.backend, j);
 }
 

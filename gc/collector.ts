@@ -18,6 +18,7 @@ import { leafCoalesce, recoverLeaf } from './leaf-coalesce.js';
 import { liveLeafCoalesce } from './live-leaf-coalesce.js';
 import { coalesceRun, findCoalesceable, findGarbage, findLeafCoalesceable, type Nodes } from './plan.js';
 import { coalesceExtraSpace } from './space.js';
+import { tellToolstack } from './toolstack.js';
 
 
 export async function recoverGcJournals(ctx: GcContext): Promise<void> {
@@ -145,5 +146,8 @@ async function deleteGarbage(ctx: GcContext): Promise<void> {
       ctx.stats.deleted++;
       faultPoint('garbage-removed');
     }
+    await tellToolstack(ctx, 'deleted images', async (db) => {
+      for (const u of garbage) await db.forget(u);
+    });
   });
 }

@@ -2,11 +2,14 @@
 import type { SMLog } from '../lib/log/index.js';
 import { lockOrFail } from '../lib/sr/lock.js';
 import type { Repository } from '../lib/sr/repository.js';
+import type { ToolstackDb } from '../lib/sr/xapi-sync.js';
 
 export interface GcContext {
   repo: Repository;
   log: SMLog;
   signal: AbortSignal;
+  /** xapi's database, when an endpoint listens (toolstack.ts); undefined standalone. */
+  toolstack?: ToolstackDb;
   /** Figures for the run's speed record. */
   stats: { deleted: number; coalesced: number; leafCoalesced: number; bytesCopied: number; copyMs: number };
 }

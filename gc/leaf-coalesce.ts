@@ -17,6 +17,9 @@ import { beginJournal, endJournal, journalName, type Journal } from '../lib/sr/j
 import { leftAloneFor } from '../lib/sr/unreadable.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
+import { tellToolstack } from './toolstack.js';
+import { uuidOfImageName } from '../lib/sr/repository.js';
+import { readImageSummary } from '../lib/vhd/index.js';
 
 type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
 
@@ -101,6 +104,12 @@ export async function abandonedMark(ctx: GcContext, j: LeafJournal): Promise<str
 async function finish(ctx: GcContext, j: LeafJournal): Promise<void> {
   await ctx.repo.records.dropVdis([j.parent]);
   ctx.log.info(`Leaf-coalesce done: ${short(j.vdi)} is now one image shorter`);
+  await tellToolstack(ctx, `leaf-coalesce of ${short(j.vdi)}`, async (db) => {
+    // The leaf took its parent's place: the parent's record goes, the leaf's names the grandparent (or none).
+    await db.forget(j.parent);
+    const { parentName } = await ctx.repo.backend.withImagesActive([j.vdi], () => readImageSummary(ctx.repo.imagePath(j.vdi)));
+    await db.parentChanged(j.vdi, parentName === undefined ? undefined : uuidOfImageName(parentName));
+  });
   await endJournal(ctx.repo.backend, j);
 }
 

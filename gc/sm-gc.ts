@@ -18,6 +18,7 @@ import { formatForest, nodeLabel } from '../lib/sr/tree-format.js';
 import { leftAloneFor } from '../lib/sr/unreadable.js';
 import { collect } from './collector.js';
 import type { GcContext } from './context.js';
+import { openGcToolstack } from './toolstack.js';
 import { coalesceRun, findCoalesceable, findGarbage, findLeafCoalesceable } from './plan.js';
 
 const USAGE = 'usage: sm-gc -u SR_UUID (-g | -a | -q | --dry-run)\n';
@@ -54,8 +55,13 @@ async function runGc(sr: string): Promise<number> {
   try {
     log.info(`=== SR ${sr}: gc ===`);
     const repo = new Repository(await attachedBackend(sr));
-    const ctx: GcContext = { repo, log, signal: abort.signal, stats };
-    await collect(ctx);
+    const toolstack = await openGcToolstack(sr, log);
+    const ctx: GcContext = { repo, log, signal: abort.signal, stats, ...(toolstack ? { toolstack: toolstack.db } : {}) };
+    try {
+      await collect(ctx);
+    } finally {
+      await toolstack?.close();
+    }
     const rate = stats.copyMs > 0 ? (stats.bytesCopied / 1048576 / (stats.copyMs / 1000)).toFixed(1) : '0';
     log.info(
       `GC summary: deleted ${stats.deleted}, coalesced ${stats.coalesced}, leaf-coalesced ${stats.leafCoalesced}; ` +

@@ -36,3 +36,8 @@ export function datapathControlPath(srUuid: string): string {
 export function nbdSocketPath(srUuid: string, vdiUuid: string): string {
   return join(smRoot(), 'run', 'blktap-control', 'nbd', srUuid, vdiUuid);
 }
+
+/** Where xapi listens on this host (XML-RPC over HTTP on a unix socket): `$SM_ROOT/var/lib/xcp/xapi`. */
+export function xapiSocketPath(): string {
+  return join(smRoot(), 'var', 'lib', 'xcp', 'xapi');
+}

@@ -19,6 +19,20 @@ export interface ScannedVdi extends VdiRecord {
 }
 
 export async function scanSr(repo: Repository): Promise<ScannedVdi[]> {
+  return (await scanSrDetailed(repo)).vdis;
+}
+
+/** What a scan saw, for keeping the toolstack's database in step (xapi-sync.ts). */
+export interface ScanDetail {
+  vdis: ScannedVdi[];
+  nodes: Map<string, ImageNode>;
+  /** Every readable, undamaged record after the scan. */
+  records: Map<string, VdiRecord>;
+  /** Images whose state is not known now: a journaled change in progress, or a damaged record. */
+  unsettled: Set<string>;
+}
+
+export async function scanSrDetailed(repo: Repository): Promise<ScanDetail> {
   await repo.srRecord(); // no SR metadata at all is refused (MetadataError) before anything changes
   // Independent reads (the SR lock keeps both still): records and images side by side.
   const [{ records, damaged }, { nodes }] = await Promise.all([repo.records.listVdis(), repo.tree()]);
@@ -60,7 +74,8 @@ export async function scanSr(repo: Repository): Promise<ScannedVdi[]> {
   }
   await repo.records.dropVdis(drop);
   await repo.records.putVdis(put);
-  return [...nodes.values()].filter((n) => n.unreadable === undefined && records.has(n.uuid)).map((n) => scanned(records.get(n.uuid)!, n));
+  const vdis = [...nodes.values()].filter((n) => n.unreadable === undefined && records.has(n.uuid)).map((n) => scanned(records.get(n.uuid)!, n));
+  return { vdis, nodes, records, unsettled: new Set([...pending, ...damaged.keys()]) };
 }
 
 function scanned(rec: VdiRecord, node: ImageNode): ScannedVdi {

@@ -9,13 +9,14 @@ import { newVdiRecord, type VdiRecord } from './metadata.js';
 import type { Repository } from './repository.js';
 import { batRoomFor } from './sizes.js';
 
-export async function createVdi(repo: Repository, size: number, fields: Partial<VdiRecord>): Promise<string> {
+/** `uuid`: the one the toolstack chose (vdi_create's `vdi_uuid`, for backup VDIs); a new one otherwise. */
+export async function createVdi(repo: Repository, size: number, fields: Partial<VdiRecord>, uuid: string = randomUUID()): Promise<string> {
   // The new image is written while this hold lasts, then released (LVM: deactivated) until the VDI is activated.
-  return repo.backend.withImagesActive([], () => createImage(repo, size, fields));
+  return repo.backend.withImagesActive([], () => createImage(repo, size, fields, uuid));
 }
 
-async function createImage(repo: Repository, size: number, fields: Partial<VdiRecord>): Promise<string> {
-  const uuid = randomUUID();
+async function createImage(repo: Repository, size: number, fields: Partial<VdiRecord>, uuid: string): Promise<string> {
+  if ((await repo.backend.hasImage(uuid)) || (await repo.records.hasVdi(uuid))) throw new SMError('VDIExists', uuid);
   const { free } = await repo.backend.space();
   if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
   const journal: Journal = { kind: 'create', vdi: uuid };

@@ -5,7 +5,7 @@
  */
 import { getLog } from '../log/index.js';
 import { encodeMethodCall, type Driver, type Request, type Verb } from '../smapi/index.js';
-import { SMError } from '../errors/sm-error.js';
+import { SMError, type SMErrorName } from '../errors/sm-error.js';
 import { askHolder, isLockHeld, lockOrFail } from './lock.js';
 import { activeHere, clearStaleActivations, dropActivation, poolActivations, recordActivation } from './activation.js';
 import {
@@ -29,7 +29,11 @@ import { requireUuid } from './ids.js';
 import { newSrRecord, newVdiRecord } from './metadata.js';
 import { recoverSrJournals } from './recovery.js';
 import { Repository } from './repository.js';
-import { scanSr } from './scan.js';
+import { scanSrDetailed } from './scan.js';
+import { toolstackDbFor } from './xapi-endpoint.js';
+import type { ToolstackDb } from './xapi-sync.js';
+import { tagActive, untagActive, withPaused } from './xapi-pause.js';
+import { XapiError } from '../xapi/errors.js';
 import { roleOf, requireMaster } from './pool-role.js';
 import { parseVdiSize } from './sizes.js';
 import type { SrType } from './sr-type.js';
@@ -210,6 +214,8 @@ export function srDriver(type: SrType): Driver {
         if (role === 'master') await repo.backend.withImagesActive([], () => recoverSrJournals(repo));
         // Only activated VDIs keep images active (LVM): whatever else is active was left by a crash or an older version.
         await repo.backend.settleHolds(vdiActiveHere(sr), true);
+        const db = await toolstackDbFor(req, sr);
+        if (db) await attachedInToolstackDb(repo, db, role === 'master');
         return null;
       });
     },
@@ -234,14 +240,19 @@ export function srDriver(type: SrType): Driver {
     },
 
     sr_scan: async (req) => {
-      const records = await onAttachedSr((repo) => scanSr(repo))(req);
+      const records = await onAttachedSr(async (repo, sr) => {
+        const scan = await scanSrDetailed(repo);
+        await (await toolstackDbFor(req, sr))?.syncScan(repo, scan);
+        return scan.vdis;
+      })(req);
       await kickGc(srUuidOf(req));
       return records;
     },
 
-    sr_update: onAttachedSr(async (repo) => {
+    sr_update: onAttachedSr(async (repo, sr, req) => {
       const { free, total } = await repo.backend.space();
       getLog().info(`SR ${repo.uuid}: ${total} bytes, ${free} free`);
+      await (await toolstackDbFor(req, sr))?.updateSr(repo, { delta: 0 });
       return null;
     }),
 
@@ -249,9 +260,11 @@ export function srDriver(type: SrType): Driver {
       return type.probe(req);
     },
 
-    vdi_create: onAttachedSr(async (repo, _sr, req) => {
+    vdi_create: onAttachedSr(async (repo, sr, req) => {
       const [size, label, description, metadataOfPool, isSnapshot, snapshotTime, snapshotOf, readOnly] = req.args;
       const virtualSize = parseVdiSize(size);
+      const chosen = req.vdi_uuid === undefined ? undefined : requireUuid(req.vdi_uuid, 'vdi_uuid', 'BadRequest');
+      const db = await toolstackDbFor(req, sr);
       const uuid = await createVdi(repo, virtualSize, {
         name_label: label ?? '',
         name_description: description ?? '',
@@ -262,16 +275,23 @@ export function srDriver(type: SrType): Driver {
         read_only: boolArg(readOnly),
         type: req.vdi_type ?? 'user',
         sm_config: { ...(req.vdi_sm_config ?? {}) },
-      });
+      }, chosen);
+      if (db) await createdInToolstackDb(repo, db, uuid);
       return vdiReply(uuid);
     }),
 
     vdi_delete: async (req) => {
-      await onVdi(async (repo, vdi, sr) => {
+      await onVdi(async (repo, vdi, sr, req) => {
         if (await readVdiState(sr, vdi)) throw new SMError('VDIInUse', `${vdi} is attached`);
         const elsewhere = (await poolActivations(repo.backend)).get(vdi);
         if (elsewhere) throw new SMError('VDIInUse', `${vdi} is active on host ${elsewhere.host}`);
+        const db = await toolstackDbFor(req, sr);
+        const size = db ? await repo.info(vdi).then((i) => i.virtualSize, () => 0) : 0;
         await deleteVdi(repo, vdi);
+        if (db) {
+          await db.forget(vdi, req.vdi_ref);
+          await db.updateSr(repo, { delta: -size });
+        }
       })(req);
       await kickGc(srUuidOf(req));
       return null;
@@ -353,29 +373,56 @@ export function srDriver(type: SrType): Driver {
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
       await refuseActiveElsewhere(repo, vdi);
-      return vdiReply(await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode), () => recoverSrJournals(repo)).catch(wrap('VDISnapshot')));
+      const db = await toolstackDbFor(req, sr);
+      return vdiReply(
+        await pausedEverywhere(db, vdi, req, async () => {
+          const snap = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode), () => recoverSrJournals(repo)).catch(wrap('VDISnapshot'));
+          await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref);
+          return snap;
+        }),
+      );
     }),
 
-    vdi_clone: onVdi(async (repo, vdi, sr) => {
+    vdi_clone: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      return vdiReply(await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone'), () => recoverSrJournals(repo)).catch(wrap('VDIClone')));
+      const db = await toolstackDbFor(req, sr);
+      return vdiReply(
+        await pausedEverywhere(db, vdi, req, async () => {
+          const clone = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone'), () => recoverSrJournals(repo)).catch(wrap('VDIClone'));
+          await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref);
+          return clone;
+        }),
+      );
     }),
 
     vdi_resize: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+      const db = await toolstackDbFor(req, sr);
+      const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
+      await pausedEverywhere(db, vdi, req, async () => {
+        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+        await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
+      });
       return vdiReply(vdi);
     }),
 
     vdi_resize_online: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+      const db = await toolstackDbFor(req, sr);
+      const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
+      await pausedEverywhere(db, vdi, req, async () => {
+        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+        await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
+      });
       return vdiReply(vdi);
     }),
 
-    vdi_update: onVdi(async (repo, vdi) => {
+    vdi_update: onVdi(async (repo, vdi, sr, req) => {
       // An image with children is recorded read-only, as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts).
       if (!(await repo.records.hasVdi(vdi))) await repo.records.putVdis([newVdiRecord(vdi, { read_only: await repo.hasChildren(vdi) })]);
+      const db = await toolstackDbFor(req, sr);
+      const ref = await db?.refOf(vdi, req.vdi_ref);
+      if (db && ref) await db.update(ref, await db.viewOf(repo, vdi));
       return null;
     }),
 
@@ -425,7 +472,114 @@ export function srDriver(type: SrType): Driver {
     },
   };
   for (const verb of MASTER_ONLY) verbs[verb] = masterOnly(verb, verbs[verb]!);
+  verbs.vdi_activate = withActivationTags(verbs.vdi_activate!, 'activate');
+  verbs.vdi_deactivate = withActivationTags(verbs.vdi_deactivate!, 'deactivate');
+  for (const verb of Object.keys(verbs) as (keyof typeof verbs)[]) verbs[verb] = xapiErrorsAsSmErrors(verb, verbs[verb]!);
   return { info: type.info, verbs };
+}
+
+/** The SM error each verb turns a XenAPI failure into, as the established SM's `EXCEPTION_TYPE`; any other verb: SMGeneral. */
+const XAPI_FAILURE_AS: Partial<Record<string, SMErrorName>> = {
+  sr_scan: 'SRScan',
+  vdi_create: 'VDICreate',
+  vdi_delete: 'VDIDelete',
+  vdi_attach: 'VDIUnavailable',
+  vdi_detach: 'VDIUnavailable',
+  vdi_activate: 'VDIUnavailable',
+  vdi_deactivate: 'VDIUnavailable',
+  vdi_resize: 'VDIResize',
+  vdi_resize_online: 'VDIResize',
+  vdi_snapshot: 'VDISnapshot',
+  vdi_clone: 'VDIClone',
+};
+
+function xapiErrorsAsSmErrors(verb: string, fn: Verb): Verb {
+  return async (req) => {
+    try {
+      return await fn(req);
+    } catch (err) {
+      if (!(err instanceof XapiError)) throw err;
+      throw new SMError(XAPI_FAILURE_AS[verb] ?? 'SMGeneral', `XenAPI ${err.message}`, { cause: err });
+    }
+  };
+}
+
+/**
+ * The toolstack's `host_<ref>` tag of an active VDI (reference §5), around
+ * the verb and outside the SR lock: an activation that waits for a paused or
+ * relinking VDI must not keep the SR locked meanwhile. Tagged before the
+ * activate, as the established SM, and untagged again if the activate fails;
+ * untagged after a deactivate.
+ */
+function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
+  return async (req) => {
+    const sr = srUuidOf(req);
+    const db = await toolstackDbFor(req, sr);
+    if (!db) return fn(req);
+    const vdi = requireUuid(req.vdi_uuid, 'vdi_uuid', 'VDIUnavailable');
+    if (which === 'deactivate') {
+      const result = await fn(req);
+      await untagActive(db, vdi, req.vdi_ref);
+      return result;
+    }
+    const state = await readVdiState(sr, vdi);
+    await tagActive(db, vdi, req.vdi_ref, boolArg(req.args[0]) || state?.writable === true);
+    try {
+      return await fn(req);
+    } catch (err) {
+      if (!state?.active) await untagActive(db, vdi, req.vdi_ref).catch(() => undefined);
+      throw err;
+    }
+  };
+}
+
+/** Runs a change to a VDI's chain paused in the toolstack's database and on the other hosts serving it (xapi-pause.ts `withPaused`). */
+function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Request, fn: () => Promise<T>): Promise<T> {
+  return db ? withPaused(db, vdi, req.vdi_ref, fn) : fn();
+}
+
+/**
+ * vdi_create: xapi must hear of the new VDI (it looks it up by uuid after the
+ * reply). If it cannot, the verb fails, and nothing of the VDI is left on
+ * either side: the record it may have introduced is forgotten, the image removed.
+ */
+async function createdInToolstackDb(repo: Repository, db: ToolstackDb, uuid: string): Promise<void> {
+  let ref: string | undefined;
+  try {
+    const view = await db.viewOf(repo, uuid);
+    ref = await db.introduce(view);
+    await db.updateSr(repo, { delta: view.virtualSize });
+  } catch (err) {
+    getLog().warn(`VDI ${uuid}: the toolstack database could not be told (${(err as Error).message}): the new VDI is removed`);
+    if (ref) await db.forget(uuid, ref).catch(() => undefined);
+    await deleteVdi(repo, uuid);
+    throw err;
+  }
+}
+
+/** vdi_resize: the VDI's sizes (the established `_db_update`) and the SR's allocation. */
+async function resizedInToolstackDb(repo: Repository, db: ToolstackDb | undefined, vdi: string, before: number, vdiRef?: string): Promise<void> {
+  if (!db) return;
+  const view = await db.viewOf(repo, vdi);
+  const ref = await db.refOf(vdi, vdiRef);
+  if (ref) await db.update(ref, view);
+  await db.updateSr(repo, { delta: view.virtualSize - before });
+}
+
+/**
+ * sr_attach: stale tags cleared and, on the master, the SR marked dirty and
+ * scanned into the database, as the established `after_master_attach`. A scan
+ * that fails leaves the SR attached and tells the operator through a message.
+ */
+async function attachedInToolstackDb(repo: Repository, db: ToolstackDb, master: boolean): Promise<void> {
+  await db.resetOnAttach(master);
+  if (!master) return;
+  try {
+    await repo.backend.withImagesActive([], async () => db.syncScan(repo, await scanSrDetailed(repo)));
+  } catch (err) {
+    getLog().warn(`SR ${repo.uuid}: the scan after attach failed: ${(err as Error).message}`);
+    await db.xapi.messageCreate('POST_ATTACH_SCAN_FAILED', 2, 'SR', repo.uuid, `Failed to scan SR ${repo.uuid} after attaching, error ${(err as Error).message}`).catch(() => undefined);
+  }
 }
 
 /**

@@ -1,0 +1,132 @@
+/**
+ * The pause protocol in xapi's database (shared/reference/xapi-callbacks.md §5),
+ * both sides the SM plays: an activation's `activating`/`host_<ref>` tags, and
+ * the master pausing a VDI (`paused`, the `tapdisk-pause` plugin on the other
+ * hosts serving it) around a change to its chain. The records themselves are
+ * xapi-sync.ts's.
+ */
+import { getLog } from '../log/index.js';
+import { SMError } from '../errors/sm-error.js';
+import { XapiFailure, XapiPluginFailure } from '../xapi/errors.js';
+import type { ToolstackDb } from './xapi-sync.js';
+
+/** The established activation retries 120 times, a second apart, while a VDI is paused or relinked. */
+const TAG_ATTEMPTS = Number(process.env.SM_XAPI_TAG_ATTEMPTS ?? 120);
+
+/**
+ * vdi_activate (the established `_add_tag`): take `activating`
+ * (add_to_sm_config refuses it while another activation holds it), back off
+ * while the VDI is `paused` or `relinking`, then record `host_<this host>` =
+ * RW/RO, and let `activating` go. Gives up (VDIUnavailable) after `attempts`
+ * tries one `delayMs` apart.
+ */
+export async function tagActive(db: ToolstackDb, uuid: string, vdiRef: string | undefined, writable: boolean, attempts = TAG_ATTEMPTS, delayMs = 1000): Promise<void> {
+  const host = db.hostRef;
+  const ref = await db.refOf(uuid, vdiRef);
+  if (!ref || !host) return;
+  for (let attempt = 1; ; attempt++) {
+    const why = await tryTag(db, ref, host, writable);
+    if (!why) return;
+    if (attempt >= attempts) throw new SMError('VDIUnavailable', `VDI ${uuid} stays ${why} (${attempts} tries)`);
+    getLog().info(`XenAPI: VDI ${uuid} is ${why}: activation retried in ${delayMs} ms`);
+    await new Promise((r) => setTimeout(r, delayMs));
+  }
+}
+
+/** One try: undefined when tagged, else what the VDI is busy with. */
+async function tryTag(db: ToolstackDb, ref: string, host: string, writable: boolean): Promise<string | undefined> {
+  const { xapi } = db;
+  try {
+    await xapi.vdiAddToSmConfig(ref, 'activating', 'True');
+  } catch (err) {
+    if (err instanceof XapiFailure && err.code === 'MAP_DUPLICATE_KEY') return 'being activated elsewhere';
+    throw err;
+  }
+  try {
+    const busyWith = (sm: Record<string, string>) => (sm.paused !== undefined ? 'paused' : sm.relinking !== undefined ? 'being relinked by the GC' : undefined);
+    const before = busyWith(await xapi.vdiSmConfig(ref));
+    if (before) return before;
+    await xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
+    await xapi.vdiAddToSmConfig(ref, `host_${host}`, writable ? 'RW' : 'RO');
+    // A pause or relink may have begun between the read and the tag: then the tag goes again and we wait.
+    const after = busyWith(await xapi.vdiSmConfig(ref));
+    if (after) await xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
+    return after;
+  } finally {
+    await xapi.vdiRemoveFromSmConfig(ref, 'activating');
+  }
+}
+
+/** vdi_deactivate (or a failed activate): this host no longer serves the VDI. */
+export async function untagActive(db: ToolstackDb, uuid: string, vdiRef: string | undefined): Promise<void> {
+  const host = db.hostRef;
+  const ref = await db.refOf(uuid, vdiRef);
+  if (ref && host) await db.xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
+}
+
+/**
+ * The master's side of pause around a change to a VDI's chain: `paused` is
+ * set in the database (activations anywhere back off while it is there),
+ * every other host that has the VDI active (a `host_<ref>` key) is asked to
+ * pause its datapath through the `tapdisk-pause` host plugin, `fn` runs, and
+ * they are asked to unpause. This host's own datapath is paused in-process by
+ * the verb, not through the plugin. `paused` goes again only when every host
+ * unpaused, as the established SM does; the next sr_scan clears one left behind.
+ */
+export async function withPaused<T>(db: ToolstackDb, uuid: string, vdiRef: string | undefined, fn: () => Promise<T>): Promise<T> {
+  const ref = await db.refOf(uuid, vdiRef);
+  if (!ref) return fn();
+  const hosts = await pause(db, uuid, ref);
+  let result: T;
+  try {
+    result = await fn();
+  } catch (err) {
+    await unpause(db, uuid, ref, hosts).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
+    throw err;
+  }
+  await unpause(db, uuid, ref, hosts);
+  return result;
+}
+
+/** A `paused` a killed verb left (seen by a scan, under the SR lock): the hosts serving the VDI are asked to unpause, and it goes. */
+export async function unpauseLeftBehind(db: ToolstackDb, uuid: string, ref: string, smConfig: Record<string, string>): Promise<void> {
+  getLog().warn(`XenAPI: VDI ${uuid} was left paused by an interrupted verb: unpaused`);
+  await unpause(db, uuid, ref, otherHostsOf(db, smConfig)).catch((e: Error) => getLog().warn(`XenAPI: ${e.message}`));
+}
+
+function otherHostsOf(db: ToolstackDb, sm: Record<string, string>): string[] {
+  return Object.keys(sm)
+    .filter((k) => k.startsWith('host_'))
+    .map((k) => k.slice('host_'.length))
+    .filter((h) => h !== db.hostRef);
+}
+
+const pluginArgs = (db: ToolstackDb, uuid: string) => ({ sr_uuid: db.srUuid, vdi_uuid: uuid, failfast: 'False' });
+
+/** Returns the hosts paused; on any failure, those are unpaused again and `paused` removed. */
+async function pause(db: ToolstackDb, uuid: string, ref: string): Promise<string[]> {
+  await db.xapi.vdiAddToSmConfig(ref, 'paused', 'true'); // MAP_DUPLICATE_KEY: paused by someone else, the verb fails
+  const paused: string[] = [];
+  try {
+    for (const host of otherHostsOf(db, await db.xapi.vdiSmConfig(ref))) {
+      const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'pause', pluginArgs(db, uuid));
+      if (answer !== 'True') throw new XapiPluginFailure(`failed to pause VDI ${uuid} on host ${host}: the plugin answered ${JSON.stringify(answer)}`);
+      paused.push(host);
+    }
+    getLog().info(`XenAPI: VDI ${uuid} paused${paused.length ? ` (and on hosts ${paused.join(', ')})` : ''}`);
+    return paused;
+  } catch (err) {
+    await unpause(db, uuid, ref, paused).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
+    throw err;
+  }
+}
+
+async function unpause(db: ToolstackDb, uuid: string, ref: string, hosts: string[]): Promise<void> {
+  const failed: string[] = [];
+  for (const host of hosts) {
+    const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'unpause', pluginArgs(db, uuid)).catch((err: Error) => err.message);
+    if (answer !== 'True') failed.push(`${host} (${answer})`);
+  }
+  if (failed.length) throw new XapiPluginFailure(`failed to unpause VDI ${uuid} on ${failed.join(', ')}: it stays paused`);
+  await db.xapi.vdiRemoveFromSmConfig(ref, 'paused');
+}

@@ -1,0 +1,293 @@
+/**
+ * What the toolstack's database must hear, written once: the verbs and the GC
+ * call these after they changed the SR, so xapi's VDI and SR records say what
+ * the images and our SR metadata say (shared/reference/xapi-callbacks.md §2,
+ * §4). Our SR metadata stays the SR's own truth; xapi's records are derived
+ * from it and from the images, never the other way round.
+ *
+ * Only reached when an endpoint exists (xapi-endpoint.ts chooses); standalone,
+ * nothing here runs.
+ */
+import { getLog } from '../log/index.js';
+import { isGone, NULL_REF, XapiFailure, type VdiIntroduce, type XapiSession, type XapiVdiRecord } from '../xapi/index.js';
+import type { VdiRecord } from './metadata.js';
+import { newVdiRecord } from './metadata.js';
+import { uuidOfImageName, type ImageNode, type Repository } from './repository.js';
+import { unpauseLeftBehind } from './xapi-pause.js';
+
+/** sm_config keys a VDI's record carries over from the toolstack's vdi_sm_config (the established pass-through fields). */
+const PASS_THROUGH = ['base_mirror', 'key_hash'] as const;
+/**
+ * The sm_config keys this SM owns and rewrites. Every other key (paused,
+ * host_*, activating, relinking, read-caching-*, key_hash ...) belongs to
+ * someone else or is never removed, and a diff leaves it alone.
+ */
+const OWNED = ['vhd-parent'] as const;
+
+/** One VDI as xapi's record should show it. */
+export interface VdiView {
+  uuid: string;
+  record: VdiRecord;
+  virtualSize: number;
+  physicalSize: number;
+  parent?: string;
+  readOnly: boolean;
+  managed: boolean;
+}
+
+/** A ref xapi can take for a field typed Ref: what the toolstack sent, else the null ref. */
+const refOrNull = (v: string) => (v.startsWith('OpaqueRef:') ? v : NULL_REF);
+
+export class ToolstackDb {
+  private srRefMemo: Promise<string> | undefined;
+
+  constructor(
+    readonly xapi: XapiSession,
+    readonly srUuid: string,
+    private readonly given: { srRef?: string; hostRef?: string },
+  ) {}
+
+  /** This host, as the call names it (`host_ref`); the GC has none. */
+  get hostRef(): string | undefined {
+    return this.given.hostRef;
+  }
+
+  /** The SR's ref: as the call gave it, else looked up once. */
+  srRef(): Promise<string> {
+    this.srRefMemo ??= this.given.srRef ? Promise.resolve(this.given.srRef) : this.xapi.srByUuid(this.srUuid);
+    return this.srRefMemo;
+  }
+
+  // ------------------------------------------------------------ reading our side
+
+  /** A VDI as it is now: its record (a default one if it has none) and its image. */
+  async viewOf(repo: Repository, uuid: string): Promise<VdiView> {
+    const [record, info] = await Promise.all([repo.vdiRecord(uuid), repo.info(uuid)]);
+    const rec = record ?? newVdiRecord(uuid);
+    const parent = info.parentName === undefined ? undefined : uuidOfImageName(info.parentName);
+    return { uuid, record: rec, virtualSize: info.virtualSize, physicalSize: info.physicalSize, ...(parent ? { parent } : {}), readOnly: rec.read_only || info.hidden, managed: rec.managed && !info.hidden };
+  }
+
+  /** The same from a scanned tree node: a parent of another image is read-only (its children read through it). */
+  static viewOfNode(node: ImageNode, record: VdiRecord): VdiView {
+    return {
+      uuid: node.uuid,
+      record,
+      virtualSize: node.virtualSize,
+      physicalSize: node.physicalSize,
+      ...(node.parent ? { parent: node.parent } : {}),
+      readOnly: record.read_only || node.hidden || node.children.length > 0,
+      managed: record.managed && !node.hidden,
+    };
+  }
+
+  // ------------------------------------------------------------------- VDIs
+
+  /** `VDI.db_introduce` with the 19 arguments, in the established order. Returns the new ref. */
+  async introduce(view: VdiView): Promise<string> {
+    const r = view.record;
+    const fields: VdiIntroduce = {
+      uuid: view.uuid,
+      name_label: r.name_label,
+      name_description: r.name_description,
+      SR: await this.srRef(),
+      type: r.type || 'user',
+      sharable: false,
+      read_only: view.readOnly,
+      other_config: {},
+      location: view.uuid,
+      xenstore_data: {},
+      sm_config: smConfigOf(view),
+      managed: view.managed,
+      virtual_size: view.virtualSize,
+      physical_utilisation: view.physicalSize,
+      metadata_of_pool: refOrNull(r.metadata_of_pool),
+      is_a_snapshot: r.is_a_snapshot,
+      snapshot_time: r.snapshot_time,
+      snapshot_of: refOrNull(r.snapshot_of),
+      cbt_enabled: false,
+    };
+    const ref = await this.xapi.vdiIntroduce(fields);
+    getLog().info(`XenAPI: VDI ${view.uuid} introduced${view.managed ? '' : ' (unmanaged base copy)'}`);
+    return ref;
+  }
+
+  /** The VDI's ref, or undefined when xapi has no record of it. */
+  async refOf(uuid: string, given?: string): Promise<string | undefined> {
+    if (given) return given;
+    return this.xapi.vdiByUuid(uuid).catch((err: unknown) => {
+      if (isGone(err)) return undefined;
+      throw err;
+    });
+  }
+
+  /** `db_forget`; a VDI xapi already lost is fine (the established `forget_vdi` ignores it too). */
+  async forget(uuid: string, ref?: string): Promise<void> {
+    const r = ref ?? (await this.refOf(uuid));
+    if (!r) return;
+    await this.xapi.vdiForget(r).catch((err: unknown) => {
+      if (!isGone(err)) throw err;
+    });
+    getLog().info(`XenAPI: VDI ${uuid} forgotten`);
+  }
+
+  /**
+   * The established `_db_update`: sizes, read_only, the owned sm_config keys
+   * (removed, then added: add_to_* refuses a key that is there) and
+   * cbt_enabled. With `current` (a scan), nothing is written when in step.
+   */
+  async update(ref: string, view: VdiView, current?: XapiVdiRecord): Promise<boolean> {
+    if (current && inStep(view, current)) return false;
+    await this.xapi.vdiSetVirtualSize(ref, view.virtualSize);
+    await this.xapi.vdiSetPhysicalUtilisation(ref, view.physicalSize);
+    await this.xapi.vdiSetReadOnly(ref, view.readOnly);
+    const have = current?.sm_config ?? (await this.xapi.vdiSmConfig(ref));
+    const want = smConfigOf(view);
+    for (const key of OWNED) {
+      if (have[key] === undefined || have[key] === want[key]) continue;
+      await this.xapi.vdiRemoveFromSmConfig(ref, key);
+    }
+    for (const [key, value] of Object.entries(want)) {
+      if (have[key] === value) continue;
+      if (have[key] !== undefined && !(OWNED as readonly string[]).includes(key)) continue; // not ours to change
+      await this.xapi.vdiAddToSmConfig(ref, key, value);
+    }
+    await this.xapi.vdiSetCbtEnabled(ref, false);
+    return true;
+  }
+
+  /**
+   * After a snapshot or clone (§2): the new VDI and, unless the snapshot is
+   * the old image itself (`single`), the base copy (unmanaged) are
+   * introduced; the VDI's own record gets its new `vhd-parent`; the SR's
+   * sizes follow; and `leaf-coalesce` is cleared on the VDI, as the
+   * established SM does for a snapshot not mirrored elsewhere.
+   */
+  async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string): Promise<void> {
+    const leaf = await this.viewOf(repo, vdi);
+    const made = snap === leaf.parent ? [snap] : [snap, ...(leaf.parent ? [leaf.parent] : [])];
+    for (const uuid of made) await this.introduce(await this.viewOf(repo, uuid));
+    const ref = await this.refOf(vdi, vdiRef);
+    if (ref) {
+      await this.update(ref, leaf);
+      await this.xapi.vdiRemoveFromOtherConfig(ref, 'leaf-coalesce');
+    }
+    await this.updateSr(repo, { delta: (await repo.info(snap)).virtualSize });
+  }
+
+  /**
+   * The GC changed an image's parent (relink, leaf-coalesce): its record's
+   * `vhd-parent` follows, through sm_config only, as the established
+   * collector's `_setParent` (remove, then add). A VDI xapi has no record of is left alone.
+   */
+  async parentChanged(uuid: string, parent: string | undefined): Promise<void> {
+    const ref = await this.refOf(uuid);
+    if (!ref) return;
+    await this.xapi.vdiRemoveFromSmConfig(ref, 'vhd-parent');
+    if (parent) await this.xapi.vdiAddToSmConfig(ref, 'vhd-parent', parent);
+  }
+
+  /**
+   * The established `_update` + `_db_update` of the SR: its sizes as strings.
+   * `allocation` is either a change to xapi's virtual_allocation (a verb) or
+   * the whole new figure (a scan: the non-hidden VDIs' virtual sizes).
+   */
+  async updateSr(repo: Repository, allocation: { delta: number } | { total: number }): Promise<void> {
+    const sr = await this.srRef();
+    const valloc = 'total' in allocation ? allocation.total : (await this.xapi.srVirtualAllocation(sr)) + allocation.delta;
+    const { free, total } = await repo.backend.space();
+    await this.xapi.srSetVirtualAllocation(sr, Math.max(0, valloc));
+    await this.xapi.srSetPhysicalSize(sr, total);
+    await this.xapi.srSetPhysicalUtilisation(sr, total - free);
+  }
+
+  /**
+   * sr_attach: tags a crash or a lost host left are cleared (the established
+   * `resetvdis.reset_sr`): this host's `host_<ref>` on every VDI of the SR and,
+   * on the master, `paused`; the master then marks the SR dirty so xapi scans it.
+   */
+  async resetOnAttach(master: boolean): Promise<void> {
+    const sr = await this.srRef();
+    const host = this.given.hostRef;
+    for (const [ref, vdi] of Object.entries(await this.xapi.vdisOfSr(sr))) {
+      if (host && vdi.sm_config?.[`host_${host}`] !== undefined) await this.xapi.vdiRemoveFromSmConfig(ref, `host_${host}`);
+      if (master && vdi.sm_config?.paused !== undefined) await this.xapi.vdiRemoveFromSmConfig(ref, 'paused');
+    }
+    if (master) {
+      await this.xapi.srAddToOtherConfig(sr, 'dirty', '').catch((err: unknown) => {
+        if (!(err instanceof XapiFailure && err.code === 'MAP_DUPLICATE_KEY')) throw err; // already dirty
+      });
+    }
+  }
+
+  /**
+   * sr_scan (§4): the images present are compared with xapi's records of the
+   * SR, keyed by location. New ones are introduced, gone ones forgotten, the
+   * rest updated where they differ; in that order, as the established scan.
+   * Hidden leaves (deleted VDIs waiting for the GC) are not VDIs; hidden
+   * images with children are unmanaged base copies. Images whose state is
+   * unknown now (unreadable, damaged record, a change in progress) are
+   * neither introduced, forgotten nor updated.
+   */
+  async syncScan(repo: Repository, scan: { nodes: Map<string, ImageNode>; records: Map<string, VdiRecord>; unsettled: Set<string> }): Promise<{ introduced: number; forgotten: number; updated: number }> {
+    const sr = await this.srRef();
+    const wanted = new Map<string, VdiView>();
+    for (const node of scan.nodes.values()) {
+      if (node.unreadable !== undefined || scan.unsettled.has(node.uuid)) continue;
+      if (node.hidden && node.children.length === 0) continue;
+      const record = scan.records.get(node.uuid);
+      if (record) wanted.set(node.uuid, ToolstackDb.viewOfNode(node, record));
+    }
+    const known = new Map<string, [string, XapiVdiRecord]>();
+    for (const [ref, rec] of Object.entries(await this.xapi.vdisOfSr(sr))) known.set(rec.location, [ref, rec]);
+
+    let introduced = 0;
+    let forgotten = 0;
+    let updated = 0;
+    for (const [location, view] of wanted) {
+      if (known.has(location)) continue;
+      await this.introduce(view);
+      introduced++;
+    }
+    for (const [location, [ref, rec]] of known) {
+      if (wanted.has(location) || scan.unsettled.has(location)) continue;
+      // Gone, or a hidden leaf (deleted, waiting for the GC); any other image present is in an unknown state now.
+      const node = scan.nodes.get(location);
+      if (node && !(node.hidden && node.children.length === 0 && node.unreadable === undefined)) continue;
+      await this.forget(rec.uuid, ref);
+      forgotten++;
+    }
+    for (const [location, view] of wanted) {
+      const entry = known.get(location);
+      if (entry && (await this.update(entry[0], view, entry[1]))) updated++;
+    }
+    // Pauses are taken only under the SR lock, which this scan holds: a `paused` left now is a killed verb's.
+    for (const [ref, rec] of known.values()) {
+      if (rec.sm_config?.paused === undefined || !scan.nodes.has(rec.location)) continue;
+      await unpauseLeftBehind(this, rec.uuid, ref, rec.sm_config);
+    }
+    const allocation = [...scan.nodes.values()].filter((n) => !n.hidden && n.unreadable === undefined).reduce((sum, n) => sum + n.virtualSize, 0);
+    await this.updateSr(repo, { total: allocation });
+    getLog().info(`XenAPI: scan of SR ${this.srUuid} in step: ${introduced} introduced, ${forgotten} forgotten, ${updated} updated`);
+    return { introduced, forgotten, updated };
+  }
+}
+
+/** The sm_config xapi's record should carry: the pass-through keys of our record, and the parent of a differencing image. */
+function smConfigOf(view: VdiView): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const key of PASS_THROUGH) if (view.record.sm_config[key] !== undefined) out[key] = view.record.sm_config[key];
+  if (view.parent) out['vhd-parent'] = view.parent;
+  return out;
+}
+
+/** The established `in_sync_with_xenapi_record`: managed and the name are not compared. */
+function inStep(view: VdiView, rec: XapiVdiRecord): boolean {
+  if (rec.location !== view.uuid || Boolean(rec.read_only) !== view.readOnly) return false;
+  if (String(rec.virtual_size) !== String(view.virtualSize) || String(rec.physical_utilisation) !== String(view.physicalSize)) return false;
+  if (Boolean(rec.cbt_enabled)) return false;
+  const want = smConfigOf(view);
+  const have = rec.sm_config ?? {};
+  for (const key of OWNED) if (have[key] !== want[key]) return false;
+  return Object.entries(want).every(([k, v]) => have[k] === v);
+}
