@@ -31,6 +31,7 @@ import { recoverSrJournals } from './recovery.js';
 import { Repository } from './repository.js';
 import { scanSrDetailed } from './scan.js';
 import { toolstackDbFor } from './xapi-endpoint.js';
+import { noteOnBoot } from './on-boot.js';
 import type { ToolstackDb } from './xapi-sync.js';
 import { tagActive, untagActive, withPaused } from './xapi-pause.js';
 import { XapiError } from '../xapi/errors.js';
@@ -303,6 +304,7 @@ export function srDriver(type: SrType): Driver {
       if (writable && (record?.read_only || !record?.managed)) {
         throw new SMError('VDIUnavailable', `${vdi} is read-only`);
       }
+      await noteOnBoot(repo, vdi, req.vdi_on_boot, roleOf(req) === 'master');
       // The VDI is read and written through its datapath (DESIGN item 8), never through its image file.
       const { params, nbdDevice } = await allocateParams(sr, vdi);
       await writeVdiState(sr, vdi, { writable, active: false, since: new Date().toISOString(), ...(nbdDevice ? { nbd_device: nbdDevice } : {}) });
@@ -426,10 +428,14 @@ export function srDriver(type: SrType): Driver {
       return null;
     }),
 
-    vdi_introduce: onAttachedSr(async (repo, _sr, req) => {
+    vdi_introduce: onAttachedSr(async (repo, sr, req) => {
       const image = requireUuid(req.vdi_location ?? req.new_uuid ?? req.vdi_uuid, 'vdi_location', 'VDIUnavailable');
       const uuid = req.new_uuid === undefined ? image : requireUuid(req.new_uuid, 'new_uuid', 'VDIUnavailable');
-      return vdiReply(await introduceVdi(repo, image, uuid, req.vdi_type ?? 'user'));
+      await introduceVdi(repo, image, uuid, req.vdi_type ?? 'user');
+      // xapi looks the VDI up by uuid after the reply: the driver introduces it (the established `_db_introduce`).
+      const db = await toolstackDbFor(req, sr);
+      if (db && !(await db.refOf(uuid))) await db.introduce(await db.viewOf(repo, uuid));
+      return vdiReply(uuid);
     }),
 
     vdi_generate_config: onVdi(async (_repo, vdi, sr, req) => {
@@ -444,6 +450,7 @@ export function srDriver(type: SrType): Driver {
 
     // Sent before each VM start. "reset": the leaf is emptied under a paused datapath (reset-leaf.ts).
     vdi_epoch_begin: onVdi(async (repo, vdi, sr, req) => {
+      await noteOnBoot(repo, vdi, req.vdi_on_boot, roleOf(req) === 'master');
       if (req.vdi_on_boot !== 'reset') return null;
       await refuseActiveElsewhere(repo, vdi);
       await withPausedServing(repo, sr, vdi, () => resetLeaf(repo, vdi));

@@ -10,7 +10,7 @@ import test from 'ava';
 import { createDynamic, createDifferencing } from '../../lib/vhd/index.js';
 import { parseMethodCall } from '../../lib/smapi/xmlrpc-codec.js';
 import { MiB, pattern, SparseDisk } from '../helpers/model.js';
-import { callDriverRaw, makeSmEnv, run, SmFault, xml } from '../helpers/sm.js';
+import { callDriverRaw, gc, makeSmEnv, readSmlog, run, SmFault, xml } from '../helpers/sm.js';
 import { isServed, openNbd, qemuIo } from '../helpers/nbd-vdi.js';
 import { checkProblems, diffVdi, imagePath, readMetadata, readTree } from '../helpers/sr-state.js';
 import { withWorld } from '../helpers/world.js';
@@ -52,6 +52,30 @@ test('reset on boot: the leaf loses what was written since the last snapshot; th
     await xml(ctx, 'vdi_epoch_begin', vdiArgs(V, { vdi_on_boot: 'reset' }));
     w.models.set(V, atSnapshot.copy());
     t.is(await diffVdi(ctx, V, atSnapshot), undefined);
+    await w.check(t);
+  });
+});
+
+test('a VDI that resets on boot keeps its reset point: the GC does not merge its leaf when its snapshot is deleted', async (t) => {
+  await withWorld(async (w, ctx) => {
+    const V = await w.create('V', 8 * MiB);
+    await w.write('V', 0, pattern(5, 2 * MiB));
+    const atSnapshot = w.models.get(V)!.copy();
+    await w.snapshot('V', 'S');
+    // The toolstack sends vdi_on_boot with the VDI's verbs; a VM start sends epoch_begin.
+    await xml(ctx, 'vdi_epoch_begin', vdiArgs(V, { vdi_on_boot: 'reset' }));
+    await w.write('V', MiB, pattern(6, MiB));
+    await w.delete('S');
+    await gc(ctx);
+    t.truthy((await readTree(ctx)).get(V)!.parent, 'V still has its parent, the reset point');
+    t.regex(readSmlog(ctx), /skipped: the VDI resets on boot/);
+    await xml(ctx, 'vdi_epoch_begin', vdiArgs(V, { vdi_on_boot: 'reset' }));
+    w.models.set(V, atSnapshot.copy());
+    t.is(await diffVdi(ctx, V, atSnapshot), undefined, 'the next boot resets to the snapshot state');
+    // Set back to persist: the GC merges the leaf as for any VDI.
+    await xml(ctx, 'vdi_epoch_begin', vdiArgs(V, { vdi_on_boot: 'persist' }));
+    await gc(ctx);
+    t.falsy((await readTree(ctx)).get(V)!.parent, 'a persistent VDI is leaf-coalesced');
     await w.check(t);
   });
 });

@@ -2,7 +2,7 @@
 // (argv XML-RPC with session_ref), keep the stand-in xapi's database in step.
 import fs from 'node:fs';
 import test from 'ava';
-import { createArgs, SESSION_SECRET, SmFault, xml, callDriver, request } from '../helpers/sm.js';
+import { createArgs, SESSION_SECRET, SmFault, xml, callDriver, request, smVhd } from '../helpers/sm.js';
 import { imagePath, readTree } from '../helpers/sr-state.js';
 import { HOST_REF, MiB, SR_REF, withXapiSr } from './standin-world.js';
 
@@ -161,5 +161,24 @@ test('an unknown session is SESSION_INVALID: the verb fails (SMGeneral 202 for s
     t.is(r.response.faultCode, 202);
     t.regex(r.response.faultString, /SESSION_INVALID/);
     t.false(r.response.faultString.includes(SESSION_SECRET));
+  });
+});
+
+test('vdi_introduce of an image made behind the SM, under new_uuid: the driver introduces the VDI (xapi looks it up by uuid)', async (t) => {
+  await withXapiSr(async (ctx, xapi) => {
+    const image = '5d1e7c2a-8b3f-4e6d-9a1c-2f3e4d5c6b7a';
+    const wanted = '6e2f8d3b-9c4a-4f7e-8b2d-3a4f5e6d7c8b';
+    const made = await smVhd(['create', '-n', imagePath(ctx, image), '-s', '8']);
+    t.is(made.code, 0, made.stderr);
+    const reply = (await xml(ctx, 'vdi_introduce', { vdi_location: image, new_uuid: wanted })) as VdiReply;
+    t.deepEqual(reply, { uuid: wanted, location: wanted });
+    const rec = xapi.vdiByUuid(wanted);
+    t.truthy(rec, 'the stand-in has the VDI by its new uuid');
+    t.is(rec!.location, wanted);
+    t.is(rec!.virtual_size, String(8 * MiB));
+    t.is(xapi.callsOf('VDI.db_introduce').length, 1);
+    // Introduced again (the toolstack forgot nothing): the same reply, no second record.
+    t.deepEqual(await xml(ctx, 'vdi_introduce', { vdi_location: wanted, new_uuid: wanted }), reply);
+    t.is(xapi.callsOf('VDI.db_introduce').length, 1);
   });
 });
