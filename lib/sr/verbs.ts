@@ -320,7 +320,8 @@ export function srDriver(type: SrType): Driver {
         await connectKernelNbd(sr, vdi, state.nbd_device);
       } catch (e) {
         if (!state.active) {
-          await stopServing(repo, sr, vdi).catch(() => undefined);
+          // connectKernelNbd undoes its own failure; a device it refused is someone else's: left alone.
+          await stopServing(repo, sr, vdi, false).catch(() => undefined);
           await repo.backend.releaseVdi(vdi);
           await dropActivation(repo.backend, vdi);
         }
