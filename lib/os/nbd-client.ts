@@ -22,9 +22,9 @@ const MAX_SOCKET_PATH = 107;
  * Why /dev/nbdN cannot be used here, or undefined when it can: `/dev/nbd0`
  * exists (the module is loaded) and nbd-client is where tools are looked up.
  */
-export function kernelNbdMissing(devRoot = '/dev', path = process.env.PATH): string | undefined {
+export function kernelNbdMissing(devRoot = '/dev', toolDirs = toolSearchPath()): string | undefined {
   if (!existsSync(join(devRoot, 'nbd0'))) return `no ${join(devRoot, 'nbd0')} (nbd module not loaded)`;
-  if (!toolSearchPath(path).some((d) => existsSync(join(d, 'nbd-client')))) return 'nbd-client is not installed';
+  if (!toolDirs.some((d) => existsSync(join(d, 'nbd-client')))) return 'nbd-client is not installed';
   return undefined;
 }
 

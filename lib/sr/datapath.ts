@@ -218,13 +218,20 @@ export async function allocateParams(sr: string, vdi: string): Promise<{ params:
 
 /**
  * Connects the VDI's /dev/nbdN to its socket (activate), when it has one.
- * A device already connected is not ours to take: VDIUnavailable, nothing
- * touched. A connect that fails half-way is undone here.
+ * `activeBefore`: the VDI was already active (activated again). Its device
+ * then stays connected, unless its datapath had died (`servedBefore` false):
+ * the kernel's connection went with it, so it is made anew. A device already
+ * connected for a VDI that was not active is someone else's: VDIUnavailable,
+ * nothing touched. A connect that fails half-way is undone here.
  */
-export async function connectKernelNbd(sr: string, vdi: string, device: string | undefined): Promise<void> {
+export async function connectKernelNbd(sr: string, vdi: string, device: string | undefined, activeBefore: boolean, servedBefore: boolean): Promise<void> {
   if (!device) return;
   const socket = nbdSocketPath(sr, vdi);
-  if (nbdConnected(device)) throw new SMError('VDIUnavailable', `VDI ${vdi}: ${device} is already connected (another user of the host's NBD devices)`);
+  if (nbdConnected(device)) {
+    if (!activeBefore) throw new SMError('VDIUnavailable', `VDI ${vdi}: ${device} is already connected (another user of the host's NBD devices)`);
+    if (servedBefore) return;
+    await disconnectKernelNbd(vdi, device);
+  }
   const started = Date.now();
   try {
     await connectNbd(socket, device, vdi);

@@ -315,9 +315,9 @@ export function srDriver(type: SrType): Driver {
       }
       try {
         // As tapdisk starts at activate: a datapath that died since the last verb is cleaned up first.
-        await settleServing(repo, sr, vdi);
+        const servedBefore = await settleServing(repo, sr, vdi);
         await serveVdi(sr, vdi, repo.imagePath(vdi), writable);
-        await connectKernelNbd(sr, vdi, state.nbd_device);
+        await connectKernelNbd(sr, vdi, state.nbd_device, state.active, servedBefore);
       } catch (e) {
         if (!state.active) {
           // connectKernelNbd undoes its own failure; a device it refused is someone else's: left alone.

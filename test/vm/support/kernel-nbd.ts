@@ -95,6 +95,7 @@ export async function fileSystemOverKernelNbd(t: SrUnderTest, size = 64 * MiB): 
   // 1. attach, activate, mkfs, mount, write, umount, fsck; deactivate, detach.
   let a = await attach(t, vdi, true);
   await activate(t, vdi, a, true, size);
+  await activate(t, vdi, a, true, size); // activated again: the connection stands
   const smlog = await readFile(join(t.smRoot, 'var', 'log', 'SMlog'), 'utf8');
   assert.ok(smlog.includes(`VDI ${vdi}: ${a.device} connected to`), 'SMlog says which device was connected');
   await runTool('mkfs.ext4', ['-q', '-F', a.device], { timeoutMs: 300_000 });
@@ -137,6 +138,8 @@ export async function fileSystemOverKernelNbd(t: SrUnderTest, size = 64 * MiB): 
     await assertFiles(dir, files, 'after the snapshot, on the VDI');
   });
   await fsckClean(a.device, 'after the snapshot');
+  // Mounted again: the last close of the device dropped its page cache, so this reads through the datapath.
+  await withMount(a.device, true, (dir) => assertFiles(dir, files, 'mounted again after the snapshot'));
   await release(t, vdi, a);
 
   // 3. the snapshot, attached read-only: mounts read-only, holds what was there at the freeze.
