@@ -26,8 +26,9 @@ modules() { modprobe -a dm-mod loop iscsi_tcp sd_mod nfsd nfs nfsv3 nfsv4 && mod
 initiator() { # open-iscsi needs an initiator name; the host may have none
   [ -s /etc/iscsi/initiatorname.iscsi ] || echo "InitiatorName=$(iscsi-iname)" > /etc/iscsi/initiatorname.iscsi
 }
-tests() {
-  node --test-reporter="$PWD/dist/test/vm/reporter.js" --test-reporter-destination=stdout \
+tests() { # TEST_NAME_PATTERN (run-tier.sh: SMVM_PASS_TEST_NAME_PATTERN): only the tests it matches
+  node ${TEST_NAME_PATTERN:+--test-name-pattern="$TEST_NAME_PATTERN"} \
+       --test-reporter="$PWD/dist/test/vm/reporter.js" --test-reporter-destination=stdout \
        --test-reporter=spec --test-reporter-destination="$OUT/spec.log" \
        dist/test/vm/guest-main.js "$@" 2>&1 | tee "$OUT/results.txt"
   return "${PIPESTATUS[0]}"
