@@ -72,11 +72,16 @@ export function setCommandLogger(logger: CommandLogger | undefined): void {
 // root's tools live in sbin; a toolstack may start us with a short PATH
 const SBIN_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin', '/usr/local/bin', '/usr/bin', '/bin'];
 
+/** The folders a tool is looked up in: PATH, then root's sbin folders. */
+export function toolSearchPath(path = process.env.PATH): string[] {
+  const dirs = (path ?? '').split(':').filter(Boolean);
+  for (const d of SBIN_DIRS) if (!dirs.includes(d)) dirs.push(d);
+  return dirs;
+}
+
 function toolEnv(extra?: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, LC_ALL: 'C', LANG: 'C', ...extra };
-  const path = (env.PATH ?? '').split(':').filter(Boolean);
-  for (const d of SBIN_DIRS) if (!path.includes(d)) path.push(d);
-  env.PATH = path.join(':');
+  env.PATH = toolSearchPath(env.PATH).join(':');
   return env;
 }
 

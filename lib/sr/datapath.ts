@@ -16,7 +16,7 @@ import { dirname, join } from 'node:path';
 import { controlCall, DatapathUnreachable, type ServedVdi } from '../datapath/control.js';
 import { openVhdDevice } from '../datapath/vhd-device.js';
 import { getLog } from '../log/index.js';
-import { connectNbd, disconnectNbd, freeNbdDevice, kernelNbdAvailable } from '../os/nbd-client.js';
+import { connectNbd, disconnectNbd, freeNbdDevice, kernelNbdMissing, nbdConnected, waitNbdReleased } from '../os/nbd-client.js';
 import { SMError } from '../errors/sm-error.js';
 import { listVdiStates, readVdiState } from './attach-record.js';
 import { installRoot } from './install-root.js';
@@ -82,12 +82,13 @@ export async function serveVdi(sr: string, vdi: string, path: string, writable: 
 /**
  * Stops serving the VDI (connections closed, image flushed and closed), or
  * cleans up after a datapath that died. Nothing to do when it was not served.
+ * Its /dev/nbdN, when connected, is disconnected first, unless `disconnect`
+ * is false (an activation that failed before connecting it: the device may be
+ * someone else's connection).
  */
-export async function stopServing(repo: Repository, sr: string, vdi: string): Promise<void> {
+export async function stopServing(repo: Repository, sr: string, vdi: string, disconnect = true): Promise<void> {
   const state = await readVdiState(sr, vdi);
-  if (state?.nbd_device) {
-    await disconnectNbd(state.nbd_device).catch((err: Error) => getLog().warn(`VDI ${vdi}: nbd-client -disconnect ${state.nbd_device}: ${err.message}`));
-  }
+  if (disconnect && state?.nbd_device) await disconnectKernelNbd(vdi, state.nbd_device);
   try {
     const r = await controlCall(datapathControlPath(sr), { op: 'stop', vdi });
     if (r.exiting) getLog().info(`datapath of SR ${sr}: serves nothing more, exiting`);
@@ -203,21 +204,64 @@ export async function unpauseLeftovers(repo: Repository, sr: string): Promise<vo
 
 /**
  * The `params` of an attach: with the kernel's nbd module and nbd-client, a
- * free /dev/nbdN (connected at activate); otherwise the NBD socket path.
+ * free /dev/nbdN (connected at activate); otherwise the NBD socket path, and
+ * SMlog says why.
  */
 export async function allocateParams(sr: string, vdi: string): Promise<{ params: string; nbdDevice?: string }> {
   const socket = nbdSocketPath(sr, vdi);
-  if (!kernelNbdAvailable()) return { params: socket };
+  const missing = kernelNbdMissing();
+  if (missing) {
+    getLog().info(`VDI ${vdi}: no kernel NBD device (${missing}); params is the NBD socket path`);
+    return { params: socket };
+  }
   const mine = (await readVdiState(sr, vdi))?.nbd_device;
   if (mine) return { params: mine, nbdDevice: mine };
   const taken = new Set((await listVdiStates()).map((s) => s.nbd_device).filter((d): d is string => !!d));
   const dev = freeNbdDevice(taken);
+  if (!dev) getLog().warn(`VDI ${vdi}: every /dev/nbdN is connected or attached; params is the NBD socket path`);
   return dev ? { params: dev, nbdDevice: dev } : { params: socket };
 }
 
-/** Connects the VDI's /dev/nbdN to its socket (activate), when it has one. */
-export async function connectKernelNbd(sr: string, vdi: string, device: string | undefined): Promise<void> {
+/**
+ * Connects the VDI's /dev/nbdN to its socket (activate), when it has one.
+ * `activeBefore`: the VDI was already active (activated again). Its device
+ * then stays connected, unless its datapath had died (`servedBefore` false):
+ * the kernel's connection went with it, so it is made anew. A device already
+ * connected for a VDI that was not active is someone else's: VDIUnavailable,
+ * nothing touched. A connect that fails half-way is undone here.
+ */
+export async function connectKernelNbd(sr: string, vdi: string, device: string | undefined, activeBefore: boolean, servedBefore: boolean): Promise<void> {
   if (!device) return;
-  await connectNbd(nbdSocketPath(sr, vdi), device, vdi);
-  getLog().info(`VDI ${vdi}: ${device} connected to ${nbdSocketPath(sr, vdi)}`);
+  const socket = nbdSocketPath(sr, vdi);
+  if (nbdConnected(device)) {
+    if (!activeBefore) throw new SMError('VDIUnavailable', `VDI ${vdi}: ${device} is already connected (another user of the host's NBD devices)`);
+    if (servedBefore) return;
+    await disconnectKernelNbd(vdi, device);
+  }
+  const started = Date.now();
+  try {
+    await connectNbd(socket, device, vdi);
+  } catch (err) {
+    if (nbdConnected(device)) await disconnectKernelNbd(vdi, device);
+    throw new SMError('VDIUnavailable', `VDI ${vdi}: connecting ${device} to ${socket} failed: ${(err as Error).message}`);
+  }
+  getLog().info(`VDI ${vdi}: ${device} connected to ${socket} in ${Date.now() - started} ms`);
+}
+
+/**
+ * Disconnects the VDI's /dev/nbdN and waits until the kernel has let go of
+ * it, so the datapath is stopped only once the kernel sends nothing more and
+ * the next attach finds the device free. A device still open (mounted) stays
+ * connected until closed: SMlog says so.
+ */
+async function disconnectKernelNbd(vdi: string, device: string): Promise<void> {
+  if (!nbdConnected(device)) return;
+  try {
+    await disconnectNbd(device);
+  } catch (err) {
+    getLog().warn(`VDI ${vdi}: nbd-client -disconnect ${device}: ${(err as Error).message}`);
+    return;
+  }
+  if (await waitNbdReleased(device)) getLog().info(`VDI ${vdi}: ${device} disconnected`);
+  else getLog().warn(`VDI ${vdi}: ${device} still connected 10 s after nbd-client -disconnect (still open?)`);
 }

@@ -345,12 +345,13 @@ export function srDriver(type: SrType): Driver {
       }
       try {
         // As tapdisk starts at activate: a datapath that died since the last verb is cleaned up first.
-        await settleServing(repo, sr, vdi);
+        const servedBefore = await settleServing(repo, sr, vdi);
         await serveVdi(sr, vdi, repo.imagePath(vdi), writable);
-        await connectKernelNbd(sr, vdi, state.nbd_device);
+        await connectKernelNbd(sr, vdi, state.nbd_device, state.active, servedBefore);
       } catch (e) {
         if (!state.active) {
-          await stopServing(repo, sr, vdi).catch(() => undefined);
+          // connectKernelNbd undoes its own failure; a device it refused is someone else's: left alone.
+          await stopServing(repo, sr, vdi, false).catch(() => undefined);
           await repo.backend.releaseVdi(vdi);
           await dropActivation(repo.backend, vdi);
         }

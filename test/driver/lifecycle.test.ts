@@ -212,6 +212,7 @@ async function lifecycle(t: ExecutionContext, ctx: SmEnv, tr: Transport): Promis
   const socket = path.join(ctx.root, 'run', 'blktap-control', 'nbd', ctx.sr, V);
   t.is(a.params, socket, 'params is the VDI\'s NBD socket');
   t.is(a.params_nbd, `nbd:unix:${socket}:exportname=${V}`, 'params_nbd in the established form');
+  t.true(fs.readFileSync(ctx.smlog, 'utf8').includes(`VDI ${V}: no kernel NBD device (no /dev/nbd0 (nbd module not loaded)); params is the NBD socket path`), 'SMlog says why params is the socket');
   t.is(typeof a.o_direct, 'boolean');
   t.is(typeof a.o_direct_reason, 'string');
   t.is(typeof a.xenstore_data, 'object');

@@ -4,7 +4,7 @@
 # The host kernel has no device-mapper, iSCSI initiator or NFS; a stock Debian
 # 6.1 kernel under qemu TCG has them all. The guest's root is the host's / over
 # 9p (read-only) under a tmpfs overlay, so the guest runs the host's node, lvm2,
-# open-iscsi, tgt and nfs tools: they must be installed on the host.
+# open-iscsi, tgt, nfs and nbd-client tools: they must be installed on the host.
 #
 # Idempotent: every step is skipped when its result is already in WORKDIR
 # (a second run takes about a second); a newer kernel in the apt lists is
@@ -43,9 +43,10 @@ download() { # PKG -> path of its .deb in debs/
   echo "$W/debs/${f##*/}"
 }
 
-# 1. Host packages: qemu boots the VM; the rest is the user space the guest uses.
+# 1. Host packages: qemu boots the VM; the rest is the user space the guest uses
+#    (nbd-client connects /dev/nbdN to a VDI's NBD socket; e2fsprogs formats it).
 PKGS=(qemu-system-x86 qemu-utils kmod cpio xz-utils lvm2 open-iscsi tgt nfs-kernel-server
-      nfs-common rpcbind udev util-linux)
+      nfs-common rpcbind udev util-linux nbd-client e2fsprogs)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

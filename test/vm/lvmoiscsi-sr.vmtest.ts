@@ -24,6 +24,7 @@ import type { SmEnv } from '../helpers/sm.js';
 import { batRoomFor } from '../../lib/sr/sizes.js';
 import { OUT, requireGuest, sparseFile, startDaemon, until } from './support/guest.js';
 import type { Daemon } from './support/guest.js';
+import { fileSystemOverKernelNbd } from './support/kernel-nbd.js';
 import { Tgt } from './support/tgt.js';
 
 requireGuest();
@@ -593,6 +594,16 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     for (const [u, m] of models) assert.ok((await exportVdi(u)).equals(m.bytes), `VDI ${u} reads as its model after re-attach`);
     for (const u of models.keys()) await deactivate(u, true);
     await assertActive([], 'all deactivated');
+  });
+
+  it('ext4 on the /dev/nbdN of vdi_attach, through detach/attach and a snapshot while mounted; then deleted and collected', async () => {
+    const lvm = await srLvm();
+    const before = (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length;
+    const { vdi: v, snapshot } = await fileSystemOverKernelNbd({ sr: SR, smRoot, ok: async (verb, extra) => (await ok(verb, extra, full())).value });
+    await assertActive([], 'every LV inactive again');
+    for (const u of [snapshot, v]) await ok('vdi_delete', vdiArgs(u), full());
+    await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
+    assert.equal((await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length, before, 'its base collected by the GC');
   });
 
   it('sr_delete refuses a non-empty SR, then deletes the VG once the VDIs are gone', async () => {

@@ -13,6 +13,7 @@ import { encodeMethodCall, parseMethodResponse, type MethodResponse } from '../.
 import { MiB, SparseDisk, pattern } from '../helpers/model.js';
 import { FILE_SR, REPO, SM_GC, SM_VHD, createArgs, node, run, type RunResult } from '../helpers/sm.js';
 import { OUT, requireGuest } from './support/guest.js';
+import { fileSystemOverKernelNbd } from './support/kernel-nbd.js';
 import { NfsServer } from './support/nfs-server.js';
 
 requireGuest();
@@ -198,6 +199,17 @@ describe('lifecycle', () => {
     process.stdout.write(`nfs-sr: images before GC ${before}, after ${afterGc}\n`);
     assert.ok(afterGc < before, 'the GC removed the garbage/coalesced the chain');
     for (const u of [V, S]) await compare(u, 'after the GC');
+  });
+
+  it('ext4 on the /dev/nbdN of vdi_attach (an SR of its own on the same export), through detach/attach and a snapshot while mounted', async () => {
+    const other = randomUUID();
+    ok(await nfsCall('sr_create', V3, { args: ['0'] }, other), 'sr_create');
+    ok(await nfsCall('sr_attach', V3, {}, other), 'sr_attach');
+    const { vdi: v, snapshot } = await fileSystemOverKernelNbd({ sr: other, smRoot: root, ok: async (verb, extra) => ok(await nfsCall(verb, V3, extra, other), verb) });
+    for (const u of [snapshot, v]) ok(await nfsCall('vdi_delete', V3, vdi(u), other), 'vdi_delete');
+    ok(await nfsCall('sr_detach', V3, {}, other), 'sr_detach');
+    ok(await nfsCall('sr_delete', V3, {}, other), 'sr_delete');
+    assert.ok(!existsSync(join(EXPORT, other)), 'the SR is gone from the export');
   });
 
   it('sr_detach unmounts; sr_attach again (v3) reads the same data', async () => {

@@ -41,3 +41,16 @@ describe('cleanup', () => { after(() => { throw new Error('cleanup broke'); }); 
   t.regex(r.stdout, /Expected values to be strictly equal/);
   t.is(r.stdout.trim().split('\n').pop(), 'VM: 2 passed, 4 failed');
 });
+
+test('a test left out by --test-name-pattern is a SKIP line, counted neither passed nor failed', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'vm-reporter-'));
+  const file = join(dir, 'suites.mjs');
+  writeFileSync(file, `import { describe, it } from 'node:test';
+describe('s', () => { it('chosen', () => {}); it('left out', () => {}); });
+`);
+  const r = spawnSync(process.execPath, ['--test-name-pattern=chosen', `--test-reporter=${reporter}`, file], { encoding: 'utf8' });
+  const lines = r.stdout.split('\n').filter((l) => l.startsWith('VM '));
+  t.is(r.status, 0);
+  t.deepEqual(lines.map((l) => l.replace(/ \(\d+\.\d+s\)$/, '').replace(/ \d+\.\ds$/, '')), ['VM PASS s › chosen', 'VM SKIP s › left out', 'VM PART s']);
+  t.is(r.stdout.trim().split('\n').pop(), 'VM: 1 passed, 0 failed');
+});

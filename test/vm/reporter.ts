@@ -1,7 +1,8 @@
 /**
  * node:test reporter for the VM tier: one line per test
  * ("VM PASS|FAIL <suite> › <test> (1.2s)", failure details indented), one
- * "VM PART <suite> <s>" per test file's suite, and a last line
+ * "VM PART <suite> <s>" per test file's suite, "VM SKIP <suite> › <test>" per
+ * test not run (left out by --test-name-pattern), and a last line
  * "VM: N passed, N failed" (a failed hook counts as one failure).
  */
 interface Failure {
@@ -12,6 +13,8 @@ interface Failure {
 interface TestData {
   name: string;
   nesting: number;
+  /** Set on a test left out (a --test-name-pattern it does not match, or `skip`). */
+  skip?: boolean | string;
   details?: { duration_ms?: number; type?: string; error?: Failure };
 }
 type Event = { type: string; data: TestData };
@@ -52,6 +55,8 @@ export default async function* vmReporter(source: AsyncIterable<Event>): AsyncGe
         yield `VM FAIL ${name} (${error?.message ?? 'suite failed'})\n${describeFailure(error)}`;
       }
       yield `VM PART ${name} ${secs}s\n`;
+    } else if (type === 'test:pass' && data.skip !== undefined && data.skip !== false) {
+      yield `VM SKIP ${name}\n`; // not run: neither passed nor failed
     } else if (type === 'test:pass') {
       passed++;
       yield `VM PASS ${name} (${secs}s)\n`;

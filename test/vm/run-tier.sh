@@ -44,8 +44,8 @@ SMVM_WORKDIR=$W SMVM_OUT=$OUT test/vm/runvm.sh test/vm/guest-tier.sh "$@" > "$OU
 rc=$?
 grep -E '^(smvm: guest root ready|runvm: )' "$OUT/console.log" | sed 's/^/vm-tier: /'
 grep -E '^VM STEP ' "$OUT/console.log"
-# the reporter's lines: VM PASS / VM FAIL (+ indented details) / VM PART / VM: summary
-sed -n '/^VM \(PASS\|FAIL\|PART\)/,/^VM:/p' "$OUT/results.txt" 2>/dev/null | grep -v '^VM:'
+# the reporter's lines: VM PASS / VM FAIL (+ indented details) / VM SKIP / VM PART / VM: summary
+sed -n '/^VM \(PASS\|FAIL\|PART\|SKIP\)/,/^VM:/p' "$OUT/results.txt" 2>/dev/null | grep -v '^VM:'
 summary=$(grep -E '^VM: [0-9]+ passed, [0-9]+ failed$' "$OUT/results.txt" 2>/dev/null | tail -n 1)
 echo "vm-tier: total $(elapsed)s; results, console and logs in $OUT"
 if [ -z "$summary" ]; then
