@@ -7,13 +7,13 @@ import net from 'node:net';
 
 export type ControlRequest =
   /** Serve the chain ending at `path` as export `vdi`, on a socket linked at `socket`. */
-  | { op: 'serve'; vdi: string; path: string; socket: string; writable: boolean }
+  | { op: 'serve'; vdi: string; path: string; socket: string; writable: boolean; cbtlog?: string }
   /** Stop serving: connections drained and closed, the image flushed and closed, the link removed. */
   | { op: 'stop'; vdi: string }
   /** Hold new requests, drain the ones in flight, close the image (its files are then consistent and closed). */
   | { op: 'pause'; vdi: string }
   /** Open the chain ending at `path` (a snapshot's new leaf), switch to it, release the held requests. */
-  | { op: 'unpause'; vdi: string; path: string }
+  | { op: 'unpause'; vdi: string; path: string; cbtlog?: string }
   | { op: 'list' };
 
 export interface ServedVdi {
@@ -24,6 +24,8 @@ export interface ServedVdi {
   socket: string;
   listening: string;
   writable: boolean;
+  /** The CBT log marked before each write, when the VDI tracks changes. */
+  cbtlog?: string;
   paused: boolean;
   /** Milliseconds paused so far, when paused. */
   pausedMs?: number;

@@ -13,7 +13,7 @@ import { mkdir, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { NbdServer, PausableDevice, type NbdLogger } from '../nbd/index.js';
 import type { ServedVdi } from './control.js';
-import { openVhdDevice } from './vhd-device.js';
+import { openServedDevice } from './cbt-device.js';
 
 export interface ServiceLog {
   info(message: string): void;
@@ -27,6 +27,8 @@ interface Served {
   socket: string;
   listening: string;
   writable: boolean;
+  /** The VDI's CBT log, marked before each write reaches the image (writable only). */
+  cbtLog?: string;
   server: NbdServer;
   device: PausableDevice;
   since: string;
@@ -47,14 +49,14 @@ export class DatapathService {
     return this.served.size;
   }
 
-  async serve(vdi: string, path: string, socket: string, writable: boolean): Promise<void> {
+  async serve(vdi: string, path: string, socket: string, writable: boolean, cbtLog?: string): Promise<void> {
     const known = this.served.get(vdi);
     if (known) {
-      if (known.path === path && known.writable === writable && known.socket === socket) return; // a repeated activate
+      if (known.path === path && known.writable === writable && known.socket === socket && known.cbtLog === cbtLog) return; // a repeated activate
       throw new Error(`VDI ${vdi} is already served (${known.writable ? 'rw' : 'ro'} from ${known.path})`);
     }
     const started = Date.now();
-    const inner = writable ? await openVhdDevice(path, { writable: true }) : await openVhdDevice(path);
+    const inner = await openServedDevice(path, writable, cbtLog);
     const device = new PausableDevice(inner);
     const server = new NbdServer({ logger: this.nbdLogger(vdi) });
     const listening = join(this.runDir, `nbd${process.pid}.${this.next++}`);
@@ -67,8 +69,8 @@ export class DatapathService {
       await device.close();
       throw err;
     }
-    this.served.set(vdi, { vdi, path, socket, listening, writable, server, device, since: new Date().toISOString() });
-    this.log.info(`datapath: VDI ${vdi} served ${writable ? 'read-write' : 'read-only'} from ${path} on ${socket} (${device.size} bytes, opened in ${Date.now() - started} ms)`);
+    this.served.set(vdi, { vdi, path, socket, listening, writable, ...(cbtLog && writable ? { cbtLog } : {}), server, device, since: new Date().toISOString() });
+    this.log.info(`datapath: VDI ${vdi} served ${writable ? 'read-write' : 'read-only'} from ${path}${cbtLog && writable ? ` tracking changes in ${cbtLog}` : ''} on ${socket} (${device.size} bytes, opened in ${Date.now() - started} ms)`);
   }
 
   /** Connections drained and closed, the image flushed and closed, the link removed. False if it was not served. */
@@ -95,12 +97,16 @@ export class DatapathService {
     this.log.info(`datapath: VDI ${vdi} paused (drained and closed in ${Date.now() - s.pausedAt} ms)`);
   }
 
-  /** Opens the chain at `path` (the VDI's leaf now), switches to it and releases the held requests; returns how long it was paused. */
-  async unpause(vdi: string, path: string): Promise<number> {
+  /**
+   * Opens the chain at `path` (the VDI's leaf now), with its CBT log `cbtLog`
+   * (a snapshot's new one; absent: tracking disabled), switches to it and
+   * releases the held requests; returns how long it was paused.
+   */
+  async unpause(vdi: string, path: string, cbtLog?: string): Promise<number> {
     const s = this.require(vdi);
     if (!s.device.paused) return 0;
     await s.device.pause(); // a pause still draining finishes first
-    const next = s.writable ? await openVhdDevice(path, { writable: true }) : await openVhdDevice(path);
+    const next = await openServedDevice(path, s.writable, cbtLog);
     const grew = next.size > s.device.size ? ` (size ${s.device.size} -> ${next.size} bytes for new connections)` : '';
     try {
       s.device.refresh(next, { grow: true });
@@ -109,6 +115,7 @@ export class DatapathService {
       throw err;
     }
     s.path = path;
+    s.cbtLog = s.writable ? cbtLog : undefined;
     s.device.unpause();
     const ms = Date.now() - (s.pausedAt ?? Date.now());
     s.pausedAt = undefined;
@@ -123,6 +130,7 @@ export class DatapathService {
       socket: s.socket,
       listening: s.listening,
       writable: s.writable,
+      ...(s.cbtLog ? { cbtlog: s.cbtLog } : {}),
       paused: s.device.paused,
       ...(s.pausedAt === undefined ? {} : { pausedMs: Date.now() - s.pausedAt }),
       clients: s.server.connectionCount,
