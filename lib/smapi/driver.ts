@@ -32,7 +32,7 @@ export function capabilitiesOf(driver: Driver): string[] {
   const out: string[] = [];
   for (const verb of VERB_NAMES) {
     const cap = (VERB_CAPABILITIES as Partial<Record<VerbName, string>>)[verb];
-    if (cap && typeof driver.verbs[verb as DriverVerbName] === 'function') out.push(cap);
+    if (cap && typeof driver.verbs[verb as DriverVerbName] === 'function' && !out.includes(cap)) out.push(cap);
   }
   for (const cap of driver.info.capabilities ?? []) {
     // Only property-style capabilities: a verb capability must come from a verb.

@@ -29,6 +29,10 @@ export const VERB_NAMES = [
   'vdi_epoch_end',
   'vdi_attach_from_config',
   'vdi_reset_leaf',
+  'vdi_enable_cbt',
+  'vdi_disable_cbt',
+  'vdi_data_destroy',
+  'vdi_list_changed_blocks',
 ] as const;
 
 export type VerbName = (typeof VERB_NAMES)[number];
@@ -59,6 +63,11 @@ export const VERB_CAPABILITIES = {
   vdi_update: 'VDI_UPDATE',
   vdi_introduce: 'VDI_INTRODUCE',
   vdi_generate_config: 'VDI_GENERATE_CONFIG',
+  // One capability for the four changed-block-tracking verbs, as the established SM advertises it.
+  vdi_enable_cbt: 'VDI_CONFIG_CBT',
+  vdi_disable_cbt: 'VDI_CONFIG_CBT',
+  vdi_data_destroy: 'VDI_CONFIG_CBT',
+  vdi_list_changed_blocks: 'VDI_CONFIG_CBT',
 } as const satisfies Partial<Record<VerbName, string>>;
 
 /** Capabilities that are properties of the SR type, not verbs; a driver declares them. */
@@ -96,4 +105,7 @@ export const NIL_REPLY_VERBS: ReadonlySet<VerbName> = new Set<VerbName>([
   'vdi_activate',
   'vdi_deactivate',
   'vdi_update',
+  'vdi_enable_cbt',
+  'vdi_disable_cbt',
+  'vdi_data_destroy',
 ]);

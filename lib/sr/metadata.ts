@@ -22,6 +22,8 @@ export interface VdiRecord {
   managed: boolean;
   metadata_of_pool: string;
   sm_config: Record<string, string>;
+  /** The VDI has a changed-block log (cbt-logs.ts); absent in records written before CBT. */
+  cbt_enabled?: boolean;
 }
 
 /** The layout this version writes and reads. */

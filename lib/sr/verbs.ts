@@ -21,6 +21,8 @@ import {
   writeVdiState,
 } from './attach-record.js';
 import { allocateParams, connectKernelNbd, paramsNbd, serveVdi, servedHere, settleServing, stopServing, unpauseLeftovers, withPausedServing } from './datapath.js';
+import { cbtVerbs } from './cbt-verbs.js';
+import { growLogToImage, trackedLog } from './cbt-logs.js';
 import { faultPoint } from './fault.js';
 import { hostId } from './host-id.js';
 import { abandonLeafCoalesce } from './journal.js';
@@ -70,6 +72,10 @@ const MASTER_ONLY = [
   'vdi_resize_online',
   'vdi_update',
   'vdi_introduce',
+  'vdi_enable_cbt',
+  'vdi_disable_cbt',
+  'vdi_data_destroy',
+  'vdi_list_changed_blocks',
 ] as const;
 
 function masterOnly(verb: string, fn: Verb): Verb {
@@ -109,6 +115,11 @@ function onAttachedSr<T>(fn: (repo: Repository, sr: string, req: Request) => Pro
 /** As onAttachedSr, for a verb on one existing VDI. */
 function onVdi<T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) => Promise<T>): Verb {
   return onAttachedSr(async (repo, sr, req) => fn(repo, await repo.requireVdi(req.vdi_uuid), sr, req));
+}
+
+/** As onVdi, also for a VDI whose data was destroyed (only its changed-block log is left). */
+function onVdiOrLog<T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) => Promise<T>): Verb {
+  return onAttachedSr(async (repo, sr, req) => fn(repo, await repo.requireVdiOrLog(req.vdi_uuid), sr, req));
 }
 
 const vdiReply = (uuid: string) => ({ uuid, location: uuid });
@@ -259,7 +270,7 @@ export function srDriver(type: SrType): Driver {
     }),
 
     vdi_delete: async (req) => {
-      await onVdi(async (repo, vdi, sr) => {
+      await onVdiOrLog(async (repo, vdi, sr) => {
         if (await readVdiState(sr, vdi)) throw new SMError('VDIInUse', `${vdi} is attached`);
         const elsewhere = (await poolActivations(repo.backend)).get(vdi);
         if (elsewhere) throw new SMError('VDIInUse', `${vdi} is active on host ${elsewhere.host}`);
@@ -316,7 +327,7 @@ export function srDriver(type: SrType): Driver {
       try {
         // As tapdisk starts at activate: a datapath that died since the last verb is cleaned up first.
         await settleServing(repo, sr, vdi);
-        await serveVdi(sr, vdi, repo.imagePath(vdi), writable);
+        await serveVdi(sr, vdi, repo.imagePath(vdi), writable, await trackedLog(repo, vdi));
         await connectKernelNbd(sr, vdi, state.nbd_device);
       } catch (e) {
         if (!state.active) {
@@ -355,13 +366,13 @@ export function srDriver(type: SrType): Driver {
 
     vdi_resize: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).then(() => growLogToImage(repo, vdi)), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
       return vdiReply(vdi);
     }),
 
     vdi_resize_online: onVdi(async (repo, vdi, sr, req) => {
       await refuseActiveElsewhere(repo, vdi);
-      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).then(() => growLogToImage(repo, vdi)), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
       return vdiReply(vdi);
     }),
 
@@ -385,8 +396,10 @@ export function srDriver(type: SrType): Driver {
         { command: 'vdi_attach_from_config', device_config: req.device_config, sr_uuid: sr, vdi_uuid: vdi, host_ref: req.host_ref, args: ['true'] },
       ]);
     }),
+    // VDI_CONFIG_CBT: only where the backend keeps changed-block logs (File, NFS).
+    ...(type.changedBlockTracking ? cbtVerbs({ onVdi, onVdiOrLog, refuseActiveElsewhere, kickGc }) : {}),
   };
-  for (const verb of MASTER_ONLY) verbs[verb] = masterOnly(verb, verbs[verb]!);
+  for (const verb of MASTER_ONLY) if (verbs[verb]) verbs[verb] = masterOnly(verb, verbs[verb]!);
   return { info: type.info, verbs };
 }
 

@@ -122,6 +122,7 @@ export function strayFiles(ctx: SmEnv): string[] {
   for (const n of fs.readdirSync(ctx.location)) {
     if (n === '.sm') continue;
     if (n.endsWith('.vhd') && UUID.test(n.slice(0, -4))) continue;
+    if (n.endsWith('.cbtlog') && UUID.test(n.slice(0, -7))) continue; // a VDI's changed-block log
     out.push(n);
   }
   for (const n of fs.readdirSync(path.join(ctx.location, '.sm'))) {
