@@ -48,8 +48,14 @@ export async function rawTarget(path: string, size: number): Promise<CopyTarget>
 /** The leaf of an existing VHD chain (its virtual size must cover the snapshot's). */
 export async function vhdTarget(path: string): Promise<CopyTarget> {
   const chain = await VhdChain.open(path, { writable: true, durable: true });
+  // One write at a time: two writes into one unallocated VHD block would each allocate it.
+  let queue: Promise<void> = Promise.resolve();
   return {
-    write: (data, offset) => chain.write(data, offset),
+    write(data, offset) {
+      const done = queue.then(() => chain.write(data, offset));
+      queue = done.catch(() => undefined);
+      return done;
+    },
     async close() {
       await chain.sync();
       await chain.close();
