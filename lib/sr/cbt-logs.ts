@@ -25,7 +25,10 @@ import {
   writeLog,
   type CbtLog,
 } from '../cbt/index.js';
+import { poolActivations } from './activation.js';
+import { withPausedServing } from './datapath.js';
 import { faultPoint } from './fault.js';
+import { hostId } from './host-id.js';
 import type { Repository } from './repository.js';
 
 /** The log's path, or undefined when this SR type tracks no changes. */
@@ -124,10 +127,13 @@ export async function mergeOutLog(repo: Repository, uuid: string): Promise<void>
   const log = await readLog(requirePath(repo, uuid));
   const childHasLog = log.child !== NIL_UUID && (await hasCbtLog(repo, log.child));
   if (childHasLog) {
-    await updateLog(requirePath(repo, log.child), (c) => {
-      mergeBitmap(log, c);
-      c.parent = log.parent;
-    });
+    // The child may be the VDI itself, served here: its datapath holds the log, so it is paused meanwhile.
+    await withPausedServing(repo, repo.uuid, log.child, () =>
+      updateLog(requirePath(repo, log.child), (c) => {
+        mergeBitmap(log, c);
+        c.parent = log.parent;
+      }),
+    );
     faultPoint('cbt-log-merged');
   }
   if (log.parent !== NIL_UUID && (await hasCbtLog(repo, log.parent))) {
@@ -135,6 +141,21 @@ export async function mergeOutLog(repo: Repository, uuid: string): Promise<void>
   }
   await removeLog(requirePath(repo, uuid));
   getLog().info(`VDI ${uuid}: changed-block log ${childHasLog ? `merged into ${log.child}'s` : 'removed'}`);
+}
+
+/**
+ * Before a delete: merging into a log that another host's datapath holds
+ * open would be undone by its next close, so that is refused (VDIInUse)
+ * while the child VDI is active there.
+ */
+export async function refuseMergeIntoRemote(repo: Repository, uuid: string): Promise<void> {
+  if (!(await hasCbtLog(repo, uuid))) return;
+  const { child } = await readLog(requirePath(repo, uuid));
+  if (child === NIL_UUID) return;
+  const holder = (await poolActivations(repo.backend)).get(child);
+  if (holder && holder.host !== hostId()) {
+    throw new SMError('VDIInUse', `the changed-block log of ${uuid} merges into ${child}'s, which is active on host ${holder.host}: delete it once ${child} is inactive there or active here`);
+  }
 }
 
 /** After a resize: the log covers the new size (new blocks unchanged so far). */

@@ -10,7 +10,7 @@
 import { setImageHidden } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
-import { mergeOutLog } from './cbt-logs.js';
+import { mergeOutLog, refuseMergeIntoRemote } from './cbt-logs.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
@@ -28,6 +28,7 @@ export async function deleteVdi(repo: Repository, uuid: string, opts: { dataOnly
   return repo.backend.withImagesActive([], async () => {
     const plan = await planDelete(repo, uuid);
     if (typeof plan !== 'string') throw plan;
+    if (!opts.dataOnly) await refuseMergeIntoRemote(repo, uuid);
     const journal: Journal = { kind: 'delete', vdi: uuid, ...(opts.dataOnly ? { dataOnly: true } : {}) };
     await beginJournal(repo.backend, journal);
     const outcome = await carryOut(repo, uuid, plan);
