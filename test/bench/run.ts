@@ -1,4 +1,5 @@
 /** `npm run bench`: every benchmark, figures with same-run baselines. `npm run bench -- sr` runs one group. */
+import { runCbtBenchmarks } from './cbt.bench.js';
 import { runDatapathBenchmarks } from './datapath.bench.js';
 import { runGcBenchmarks } from './gc.bench.js';
 import { runLockWaitBenchmarks } from './lock-wait.bench.js';
@@ -14,6 +15,7 @@ const groups: Record<string, () => Promise<void>> = {
   gc: runGcBenchmarks,
   lockwait: runLockWaitBenchmarks,
   datapath: runDatapathBenchmarks,
+  cbt: runCbtBenchmarks,
 };
 const wanted = process.argv.slice(2);
 console.log(`benchmarks on ${process.env.BENCH_DIR ?? 'the temp dir'} (node ${process.version})`);
