@@ -52,7 +52,7 @@ export class DatapathService {
   async serve(vdi: string, path: string, socket: string, writable: boolean, cbtLog?: string): Promise<void> {
     const known = this.served.get(vdi);
     if (known) {
-      if (known.path === path && known.writable === writable && known.socket === socket && known.cbtLog === cbtLog) return; // a repeated activate
+      if (known.path === path && known.writable === writable && known.socket === socket && known.cbtLog === (writable ? cbtLog : undefined)) return; // a repeated activate
       throw new Error(`VDI ${vdi} is already served (${known.writable ? 'rw' : 'ro'} from ${known.path})`);
     }
     const started = Date.now();

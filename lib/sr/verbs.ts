@@ -327,7 +327,7 @@ export function srDriver(type: SrType): Driver {
       try {
         // As tapdisk starts at activate: a datapath that died since the last verb is cleaned up first.
         await settleServing(repo, sr, vdi);
-        await serveVdi(sr, vdi, repo.imagePath(vdi), writable, await trackedLog(repo, vdi));
+        await serveVdi(sr, vdi, repo.imagePath(vdi), writable, writable ? await trackedLog(repo, vdi) : undefined);
         await connectKernelNbd(sr, vdi, state.nbd_device);
       } catch (e) {
         if (!state.active) {

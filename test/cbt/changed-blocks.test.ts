@@ -95,6 +95,9 @@ test('deleting a snapshot in the middle merges its log into the next; resize gro
     t.false(hasLog(w, V));
     t.is((await readVdiLog(w, S5)).child, V, "the snapshots' logs stay");
     t.is((await w.s.fault('vdi_list_changed_blocks', { vdi_uuid: S5, vdi_location: S5, args: [V] })).code, 46, 'V has no log any more: VDIUnavailable');
+    t.is((await w.s.fault('vdi_list_changed_blocks', { vdi_uuid: S1, vdi_location: S1, args: [] })).code, 46, 'no target: refused');
+    t.is((await w.s.fault('vdi_list_changed_blocks', { vdi_uuid: S1, vdi_location: S1, args: ['OpaqueRef:x'] })).code, 46, 'a target that is no uuid: refused');
+    t.is((await w.s.fault('vdi_enable_cbt', { vdi_uuid: S1, vdi_location: S1 })).code, 46, 'enable on a snapshot: refused');
     const clone = await w.clone('V', 'C');
     t.false(hasLog(w, clone), 'a clone starts no log');
     t.is((await readVdiLog(w, S1)).parent, NIL_UUID);
