@@ -11,7 +11,7 @@ import { VhdChain } from '../vhd/chain.js';
 /** Bytes per READ: ranges longer than this are split. */
 const PIECE = 4 * 1024 * 1024;
 /** READs in flight at once. */
-const IN_FLIGHT = 8;
+const IN_FLIGHT = 16;
 
 export interface CopyTarget {
   write(data: Buffer, offset: number): Promise<void>;

@@ -18,7 +18,7 @@ import { allSet, changedRanges, copyRanges, countSet, createLog, rawTarget, read
 import { CbtDevice } from '../../lib/datapath/cbt-device.js';
 import { openVhdDevice } from '../../lib/datapath/vhd-device.js';
 import type { BlockDevice } from '../../lib/nbd/block-device.js';
-import { createDifferencing, createDynamic, writeAt } from '../../lib/vhd/index.js';
+import { createDifferencing, createDynamic, VhdChain } from '../../lib/vhd/index.js';
 import { MiB, mibps, percentile, report, timed, workDir } from './measure.js';
 
 const SERVE_JS = join(dirname(fileURLToPath(import.meta.url)), 'nbd-serve.js');
@@ -45,7 +45,7 @@ function randomBlocks(count: number, total: number): number[] {
   const picked = new Set<number>();
   let x = 12345;
   while (picked.size < count) {
-    x = (x * 1103515245 + 12345) % 2 ** 31;
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0; // 32-bit LCG: exact in integer arithmetic
     picked.add(x % total);
   }
   return [...picked];
@@ -69,11 +69,17 @@ export async function runCbtBenchmarks(): Promise<void> {
   try {
     const base = join(dir, 'snap1.vhd');
     await createDynamic(base, DISK);
-    const chunk = Buffer.alloc(64 * MiB);
-    for (let at = 0; at < DISK; at += chunk.length) {
-      chunk.fill((at / chunk.length) % 251);
-      await writeAt(base, chunk, at);
-    }
+    const filled = await timed(async () => {
+      const chain = await VhdChain.open(base, { writable: true });
+      const chunk = Buffer.alloc(16 * MiB);
+      for (let at = 0; at < DISK; at += chunk.length) {
+        chunk.fill((at / chunk.length) % 251);
+        await chain.write(chunk, at);
+      }
+      await chain.sync();
+      await chain.close();
+    });
+    console.log(`  (snapshot 1: 1 GiB written in ${filled.ms.toFixed(0)} ms)`);
     const leaf = join(dir, 'snap2.vhd');
     const twin = join(dir, 'twin.vhd');
     await createDifferencing(leaf, base);
@@ -88,6 +94,7 @@ export async function runCbtBenchmarks(): Promise<void> {
     const plain = await openVhdDevice(twin, { writable: true });
     const plainMs = await writeBlocks(plain, blocks, 7);
     await plain.close();
+    console.log(`  (${blocks.length} blocks written into snapshot 2: ${trackedMs.toFixed(0)} ms with the log, ${plainMs.toFixed(0)} ms without)`);
 
     const bitmap = (await readLog(log)).bitmap;
     const ranges = changedRanges(bitmap, DISK);
@@ -103,11 +110,13 @@ export async function runCbtBenchmarks(): Promise<void> {
           async () => {
             const r = await copyRanges(socket, 'snap2', changedRanges(allSet(DISK), DISK), await rawTarget(join(dir, `full-${round}.raw`), DISK));
             full.push(r.ms);
+            console.log(`  (round ${round}: full copy ${r.ms} ms)`);
             fullBytes = r.bytesRead;
           },
           async () => {
             const r = await copyRanges(socket, 'snap2', ranges, await rawTarget(join(dir, `inc-${round}.raw`), DISK));
             inc.push(r.ms);
+            console.log(`  (round ${round}: incremental copy ${r.ms} ms)`);
             incBytes = r.bytesRead;
           },
         ];
