@@ -2,11 +2,17 @@
 // snapshots are listed by vdi_list_changed_blocks, every 64 KiB block they
 // touched and (after a clean shutdown) no other; snapshots rotate the logs
 // under the datapath's pause, deletes merge them, resize grows them.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import test from 'ava';
 import { MiB, pattern } from '../helpers/model.js';
 import { qemuIo } from '../helpers/nbd-vdi.js';
 import { withWorld } from '../helpers/world.js';
-import { activate, BLOCK, blocksTouched, changedBlocks, deactivate, enableCbt, hasLog, readVdiLog, union, writeThrough } from './helpers.js';
+import { activate, BLOCK, blocksTouched, changedBlocks, deactivate, enableCbt, hasLog, logPath, readVdiLog, union, writeThrough } from './helpers.js';
+
+/** blktap's `cbt-util`, when it is on PATH: then the SR's logs are read with it too. */
+const cbtUtil = (process.env.PATH ?? '').split(':').map((d) => path.join(d, 'cbt-util')).find((f) => f !== 'cbt-util' && fs.existsSync(f));
 import { NIL_UUID } from '../../lib/cbt/index.js';
 
 test('writes through NBD between two snapshots: exactly the blocks written are listed', async (t) => {
@@ -50,6 +56,14 @@ test('writes through NBD between two snapshots: exactly the blocks written are l
     t.deepEqual(await changedBlocks(w, S2, V), blocksTouched(9 * MiB, BLOCK + 1), 'S2 -> V: the writes since S2');
     t.deepEqual(await changedBlocks(w, S1, V), union(written, blocksTouched(9 * MiB, BLOCK + 1)), 'S1 -> V: both sets');
 
+    if (cbtUtil) {
+      // blktap's own tool reads the SR's logs as the verbs left them (when it is on PATH).
+      const get = (u: string, flag: string) => execFileSync(cbtUtil, ['get', '-n', logPath(w, u), flag]);
+      t.is(get(S1, '-c').toString().trim(), S2, 'cbt-util: S1 -> S2');
+      t.is(get(S2, '-p').toString().trim(), S1, 'cbt-util: S2 <- S1');
+      t.is(get(V, '-f').toString().trim(), '1', 'cbt-util: V closed cleanly');
+      t.deepEqual(get(S2, '-b'), (await readVdiLog(w, S2)).bitmap, "cbt-util: S2's bitmap");
+    }
     const scanned = (await w.scan()) as { uuid: string; cbt_enabled: boolean }[];
     for (const u of [V, S1, S2]) t.true(scanned.find((r) => r.uuid === u)?.cbt_enabled, `scan reports cbt_enabled for ${w.names[u]}`);
     await w.check(t);
