@@ -154,3 +154,24 @@ test('VDI_CONFIG_CBT is advertised by FileSR', async (t) => {
     t.is(info.capabilities.filter((c) => c === 'VDI_CONFIG_CBT').length, 1);
   });
 });
+
+test('enable and disable while the VDI is served: the datapath is paused and reopened with (then without) the log', async (t) => {
+  await withWorld(async (w) => {
+    const V = await w.create('V', 8 * MiB);
+    await activate(w, V);
+    await writeThrough(w, V, [[0, pattern(1, 10)]]); // before tracking
+    await enableCbt(w, V);
+    t.false((await readVdiLog(w, V)).consistent, 'the datapath holds the new log open');
+    const S1 = await w.snapshot('V', 'S1');
+    await writeThrough(w, V, [[3 * MiB, pattern(2, 10)]]);
+    const S2 = await w.snapshot('V', 'S2');
+    t.deepEqual(await changedBlocks(w, S1, S2), blocksTouched(3 * MiB, 10));
+    await w.s.call('vdi_disable_cbt', { vdi_uuid: V, vdi_location: V });
+    t.false(hasLog(w, V), 'removed while served');
+    await writeThrough(w, V, [[5 * MiB, pattern(3, 10)]]);
+    t.false(hasLog(w, V), 'the datapath wrote no log back');
+    await deactivate(w, V);
+    t.false(hasLog(w, V), 'nor at its close');
+    await w.check(t);
+  });
+});
