@@ -39,6 +39,7 @@ async function srDirectory(location: string): Promise<string> {
 
 export const fileSrType: SrType = {
   driver: 'FileSR',
+  changedBlockTracking: true,
   info: {
     name: 'Local Path VHD',
     description: 'SR plugin which represents disks as VHD files stored on a local path',

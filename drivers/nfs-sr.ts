@@ -111,6 +111,7 @@ const xmlText = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').re
 
 export const nfsSrType: SrType = {
   driver: 'NFSSR',
+  changedBlockTracking: true,
   info: {
     name: 'NFS VHD',
     description: 'SR plugin which stores disks as VHD files on a remote NFS filesystem',

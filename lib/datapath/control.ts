@@ -7,16 +7,17 @@ import net from 'node:net';
 
 export type ControlRequest =
   /** Serve the chain ending at `path` as export `vdi`, on a socket linked at `socket`. */
-  | { op: 'serve'; vdi: string; path: string; socket: string; writable: boolean }
+  | { op: 'serve'; vdi: string; path: string; socket: string; writable: boolean; cbtlog?: string }
   /** Stop serving: connections drained and closed, the image flushed and closed, the link removed. */
   | { op: 'stop'; vdi: string }
   /** Hold new requests, drain the ones in flight, close the image (its files are then consistent and closed). */
   | { op: 'pause'; vdi: string }
   /**
-   * Open the chain ending at `path` (a snapshot's new leaf), switch to it, release the held requests.
+   * Open the chain ending at `path` (a snapshot's new leaf), with its CBT log `cbtlog` (absent: none),
+   * switch to it, release the held requests.
    * `scrubbed`: the leaf has no data under clear bits (see VhdDeviceOptions.scrub): no scan at the open.
    */
-  | { op: 'unpause'; vdi: string; path: string; scrubbed?: boolean }
+  | { op: 'unpause'; vdi: string; path: string; scrubbed?: boolean; cbtlog?: string }
   /** Start recording which blocks clients write (durable first: see DatapathService.trackWrites). */
   | { op: 'track-start'; vdi: string }
   /** The sectors written since track-start or the previous dirty-since of that `token`, as [first sector, count] runs. */
@@ -32,6 +33,8 @@ export interface ServedVdi {
   socket: string;
   listening: string;
   writable: boolean;
+  /** The CBT log marked before each write, when the VDI tracks changes. */
+  cbtlog?: string;
   paused: boolean;
   /** Milliseconds paused so far, when paused. */
   pausedMs?: number;

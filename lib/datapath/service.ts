@@ -15,8 +15,8 @@ import { NbdServer, PausableDevice, type NbdLogger } from '../nbd/index.js';
 import { BLOCK_SIZE } from '../vhd/index.js';
 import type { ServedVdi } from './control.js';
 import { faultPoint } from '../sr/fault.js';
+import { openServedDevice } from './cbt-device.js';
 import { DirtyTrackingDevice, type SectorRuns } from './dirty-tracking-device.js';
-import { openVhdDevice } from './vhd-device.js';
 
 export interface ServiceLog {
   info(message: string): void;
@@ -30,6 +30,8 @@ interface Served {
   socket: string;
   listening: string;
   writable: boolean;
+  /** The VDI's CBT log, marked before each write reaches the image (writable only). */
+  cbtLog?: string;
   server: NbdServer;
   device: PausableDevice;
   /** Above the pausable device: records which blocks clients wrote (live leaf-coalesce). */
@@ -52,14 +54,14 @@ export class DatapathService {
     return this.served.size;
   }
 
-  async serve(vdi: string, path: string, socket: string, writable: boolean): Promise<void> {
+  async serve(vdi: string, path: string, socket: string, writable: boolean, cbtLog?: string): Promise<void> {
     const known = this.served.get(vdi);
     if (known) {
-      if (known.path === path && known.writable === writable && known.socket === socket) return; // a repeated activate
+      if (known.path === path && known.writable === writable && known.socket === socket && known.cbtLog === (writable ? cbtLog : undefined)) return; // a repeated activate
       throw new Error(`VDI ${vdi} is already served (${known.writable ? 'rw' : 'ro'} from ${known.path})`);
     }
     const started = Date.now();
-    const inner = writable ? await openVhdDevice(path, { writable: true }) : await openVhdDevice(path);
+    const inner = await openServedDevice(path, writable, cbtLog);
     const device = new PausableDevice(inner);
     const written = new DirtyTrackingDevice(device, BLOCK_SIZE);
     const server = new NbdServer({ logger: this.nbdLogger(vdi) });
@@ -73,8 +75,8 @@ export class DatapathService {
       await device.close();
       throw err;
     }
-    this.served.set(vdi, { vdi, path, socket, listening, writable, server, device, written, since: new Date().toISOString() });
-    this.log.info(`datapath: VDI ${vdi} served ${writable ? 'read-write' : 'read-only'} from ${path} on ${socket} (${device.size} bytes, opened in ${Date.now() - started} ms)`);
+    this.served.set(vdi, { vdi, path, socket, listening, writable, ...(cbtLog && writable ? { cbtLog } : {}), server, device, written, since: new Date().toISOString() });
+    this.log.info(`datapath: VDI ${vdi} served ${writable ? 'read-write' : 'read-only'} from ${path}${cbtLog && writable ? ` tracking changes in ${cbtLog}` : ''} on ${socket} (${device.size} bytes, opened in ${Date.now() - started} ms)`);
   }
 
   /** Connections drained and closed, the image flushed and closed, the link removed. False if it was not served. */
@@ -101,12 +103,17 @@ export class DatapathService {
     this.log.info(`datapath: VDI ${vdi} paused (drained and closed in ${Date.now() - s.pausedAt} ms)`);
   }
 
-  /** Opens the chain at `path` (the VDI's leaf now), switches to it and releases the held requests; returns how long it was paused. */
-  async unpause(vdi: string, path: string, scrubbed = false): Promise<number> {
+  /**
+   * Opens the chain at `path` (the VDI's leaf now), with its CBT log `cbtLog`
+   * (a snapshot's new one; absent: tracking disabled), switches to it and
+   * releases the held requests; returns how long it was paused. `scrubbed`:
+   * the leaf needs no scan for data under clear bits.
+   */
+  async unpause(vdi: string, path: string, scrubbed = false, cbtLog?: string): Promise<number> {
     const s = this.require(vdi);
     if (!s.device.paused) return 0;
     await s.device.pause(); // a pause still draining finishes first
-    const next = s.writable ? await openVhdDevice(path, { writable: true, scrub: !scrubbed }) : await openVhdDevice(path);
+    const next = await openServedDevice(path, s.writable, cbtLog, !scrubbed);
     const grew = next.size > s.device.size ? ` (size ${s.device.size} -> ${next.size} bytes for new connections)` : '';
     try {
       s.device.refresh(next, { grow: true });
@@ -115,6 +122,7 @@ export class DatapathService {
       throw err;
     }
     s.path = path;
+    s.cbtLog = s.writable ? cbtLog : undefined;
     s.device.unpause();
     const ms = Date.now() - (s.pausedAt ?? Date.now());
     s.pausedAt = undefined;
@@ -155,6 +163,7 @@ export class DatapathService {
       socket: s.socket,
       listening: s.listening,
       writable: s.writable,
+      ...(s.cbtLog ? { cbtlog: s.cbtLog } : {}),
       paused: s.device.paused,
       ...(s.pausedAt === undefined ? {} : { pausedMs: Date.now() - s.pausedAt }),
       clients: s.server.connectionCount,

@@ -94,7 +94,7 @@ async function main(argv: string[]): Promise<number> {
         return { ...ok, served: service.list() };
       case 'serve':
         clearTimeout(idle);
-        await service.serve(req.vdi, req.path, req.socket, req.writable);
+        await service.serve(req.vdi, req.path, req.socket, req.writable, req.cbtlog);
         return ok;
       case 'stop': {
         const wasServed = await service.stop(req.vdi);
@@ -110,7 +110,7 @@ async function main(argv: string[]): Promise<number> {
         await service.pause(req.vdi);
         return ok;
       case 'unpause':
-        return { ...ok, pausedMs: await service.unpause(req.vdi, req.path, req.scrubbed === true) };
+        return { ...ok, pausedMs: await service.unpause(req.vdi, req.path, req.scrubbed === true, req.cbtlog) };
       case 'track-start':
         return { ...ok, ...(await service.trackWrites(req.vdi)) };
       case 'dirty-since':

@@ -33,7 +33,7 @@ export function capabilitiesOf(driver: Driver): string[] {
   for (const verb of VERB_NAMES) {
     const cap = (VERB_CAPABILITIES as Partial<Record<VerbName, string>>)[verb];
     const has = (v: VerbName) => typeof driver.verbs[v as DriverVerbName] === 'function';
-    if (cap && has(verb) && (CAPABILITY_NEEDS[cap] ?? []).every(has)) out.push(cap);
+    if (cap && has(verb) && (CAPABILITY_NEEDS[cap] ?? []).every(has) && !out.includes(cap)) out.push(cap);
   }
   for (const cap of driver.info.capabilities ?? []) {
     // Only property-style capabilities: a verb capability must come from a verb.

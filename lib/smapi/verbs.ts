@@ -30,6 +30,10 @@ export const VERB_NAMES = [
   'vdi_attach_from_config',
   'vdi_detach_from_config',
   'vdi_reset_leaf',
+  'vdi_enable_cbt',
+  'vdi_disable_cbt',
+  'vdi_data_destroy',
+  'vdi_list_changed_blocks',
 ] as const;
 
 export type VerbName = (typeof VERB_NAMES)[number];
@@ -62,6 +66,11 @@ export const VERB_CAPABILITIES = {
   vdi_generate_config: 'VDI_GENERATE_CONFIG',
   // Implementing epoch_begin means implementing reset on boot (the "/2" form the established SM checks).
   vdi_epoch_begin: 'VDI_RESET_ON_BOOT/2',
+  // One capability for the four changed-block-tracking verbs, as the established SM advertises it.
+  vdi_enable_cbt: 'VDI_CONFIG_CBT',
+  vdi_disable_cbt: 'VDI_CONFIG_CBT',
+  vdi_data_destroy: 'VDI_CONFIG_CBT',
+  vdi_list_changed_blocks: 'VDI_CONFIG_CBT',
 } as const satisfies Partial<Record<VerbName, string>>;
 
 /** Capabilities that are properties of the SR type, not verbs; a driver declares them. */
@@ -102,6 +111,9 @@ export const NIL_REPLY_VERBS: ReadonlySet<VerbName> = new Set<VerbName>([
   'vdi_epoch_begin',
   'vdi_epoch_end',
   'vdi_detach_from_config',
+  'vdi_enable_cbt',
+  'vdi_disable_cbt',
+  'vdi_data_destroy',
 ]);
 
 /**
@@ -111,4 +123,6 @@ export const NIL_REPLY_VERBS: ReadonlySet<VerbName> = new Set<VerbName>([
 export const CAPABILITY_NEEDS: Partial<Record<string, readonly VerbName[]>> = {
   // A generated config is only worth having if the host can attach and detach with it.
   VDI_GENERATE_CONFIG: ['vdi_attach_from_config', 'vdi_detach_from_config'],
+  // Changed-block tracking is the four verbs together.
+  VDI_CONFIG_CBT: ['vdi_enable_cbt', 'vdi_disable_cbt', 'vdi_data_destroy', 'vdi_list_changed_blocks'],
 };

@@ -55,6 +55,12 @@ export interface StorageBackend {
    * the room it does not use. LVM: deflate the LV. Files: nothing to do.
    */
   settleReadOnly(uuid: string): Promise<void>;
+  /**
+   * Where the VDI's changed-block log lives (`<sr>/<uuid>.cbtlog` on File and
+   * NFS SRs, in blktap's format). Absent: this SR type does not track changed
+   * blocks (no VDI_CONFIG_CBT).
+   */
+  cbtLogPath?(uuid: string): string;
   /** Bytes the image occupies on the storage. */
   physicalSize(uuid: string): Promise<number>;
   /** What the storage holds that is neither an image nor the SR's own structures (sr_delete refuses to destroy it). */

@@ -23,6 +23,13 @@ import { installRoot } from './install-root.js';
 import { isPoolPaused } from './pool-pause.js';
 import { datapathControlPath, nbdSocketPath } from './paths.js';
 import type { Repository } from './repository.js';
+import { trackedLog } from './cbt-logs.js';
+
+/** The unpause request of a VDI: on its leaf as it is now, with its changed-block log if it has one. */
+export async function unpauseRequest(repo: Repository, vdi: string) {
+  const cbtlog = await trackedLog(repo, vdi);
+  return { op: 'unpause' as const, vdi, path: repo.imagePath(vdi), ...(cbtlog ? { cbtlog } : {}) };
+}
 
 const START_TIMEOUT_MS = 15_000;
 
@@ -65,9 +72,9 @@ async function startDatapath(sr: string): Promise<void> {
   }
 }
 
-/** Serves the VDI (read-only unless `writable`) from `path`, starting the SR's datapath if none runs. */
-export async function serveVdi(sr: string, vdi: string, path: string, writable: boolean): Promise<void> {
-  const req = { op: 'serve' as const, vdi, path, socket: nbdSocketPath(sr, vdi), writable };
+/** Serves the VDI (read-only unless `writable`) from `path`, marking `cbtlog` before writes, starting the SR's datapath if none runs. */
+export async function serveVdi(sr: string, vdi: string, path: string, writable: boolean, cbtlog?: string): Promise<void> {
+  const req = { op: 'serve' as const, vdi, path, socket: nbdSocketPath(sr, vdi), writable, ...(cbtlog ? { cbtlog } : {}) };
   try {
     await controlCall(datapathControlPath(sr), req);
   } catch (err) {
@@ -110,7 +117,7 @@ export async function settleServing(repo: Repository, sr: string, vdi: string): 
   const served = (await servedHere(sr)).find((s) => s.vdi === vdi);
   // Paused for the pool (the master changes its chain): only the master's unpause releases it.
   if (served?.paused && !(await isPoolPaused(sr, vdi))) {
-    const { pausedMs } = await controlCall(datapathControlPath(sr), { op: 'unpause', vdi, path: repo.imagePath(vdi) });
+    const { pausedMs } = await controlCall(datapathControlPath(sr), await unpauseRequest(repo, vdi));
     getLog().info(`VDI ${vdi}: found paused by an interrupted verb; unpaused on ${repo.imagePath(vdi)} after ${pausedMs} ms`);
   }
   if (served) return true;
@@ -162,7 +169,7 @@ export async function withPausedServing<T>(
     await onFailure?.().catch((e: Error) => getLog().warn(`VDI ${vdi}: settling after a failed change: ${e.message}`));
     throw err;
   } finally {
-    const { pausedMs } = await controlCall(control, { op: 'unpause', vdi, path: repo.imagePath(vdi) });
+    const { pausedMs } = await controlCall(control, await unpauseRequest(repo, vdi));
     getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
   }
 }
@@ -187,7 +194,7 @@ export async function withServedPaused<T>(repo: Repository, sr: string, vdis: re
     return await fn();
   } finally {
     for (const vdi of paused) {
-      const { pausedMs } = await controlCall(control, { op: 'unpause', vdi, path: repo.imagePath(vdi), scrubbed: true });
+      const { pausedMs } = await controlCall(control, { ...(await unpauseRequest(repo, vdi)), scrubbed: true });
       getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
     }
   }
@@ -197,7 +204,7 @@ export async function withServedPaused<T>(repo: Repository, sr: string, vdis: re
 export async function unpauseLeftovers(repo: Repository, sr: string): Promise<void> {
   for (const s of await servedHere(sr)) {
     if (!s.paused || (await isPoolPaused(sr, s.vdi))) continue;
-    const { pausedMs } = await controlCall(datapathControlPath(sr), { op: 'unpause', vdi: s.vdi, path: repo.imagePath(s.vdi) });
+    const { pausedMs } = await controlCall(datapathControlPath(sr), await unpauseRequest(repo, s.vdi));
     getLog().info(`VDI ${s.vdi}: found paused by an interrupted verb; unpaused on ${repo.imagePath(s.vdi)} after ${pausedMs} ms`);
   }
 }

@@ -20,6 +20,9 @@ import { mapLimit } from '../util/map-limit.js';
 import { readSmallFile } from '../util/small-reads.js';
 
 const VHD_SUFFIX = '.vhd';
+const CBT_LOG_SUFFIX = '.cbtlog';
+/** A VDI's CBT log, or the temp file of its replacement (lib/cbt/log-file.ts). */
+const CBT_LOG_NAME = /^([0-9a-f-]{36})\.cbtlog(\.tmp)?$/;
 const META_DIR = '.sm';
 const JOURNAL_NAME = /^[a-z]+-[0-9a-f-]{36}$/;
 const SR_RECORD = 'sr.json';
@@ -53,6 +56,11 @@ export class FileBackend implements StorageBackend {
   imagePath(uuid: string): string {
     if (!isUuid(uuid)) throw new Error(`not a uuid: ${uuid}`); // callers validate; this guards the path
     return join(this.dir, uuid + VHD_SUFFIX);
+  }
+
+  cbtLogPath(uuid: string): string {
+    if (!isUuid(uuid)) throw new Error(`not a uuid: ${uuid}`);
+    return join(this.dir, uuid + CBT_LOG_SUFFIX);
   }
 
   async listImages(): Promise<string[]> {
@@ -151,12 +159,15 @@ export class FileBackend implements StorageBackend {
 
   async foreignEntries(): Promise<string[]> {
     const names = await readdir(this.dir);
-    return names.filter((n) => n !== META_DIR && !(n.endsWith(VHD_SUFFIX) && isUuid(n.slice(0, -VHD_SUFFIX.length)))).sort();
+    const own = (n: string) => n === META_DIR || (n.endsWith(VHD_SUFFIX) && isUuid(n.slice(0, -VHD_SUFFIX.length))) || isUuid(CBT_LOG_NAME.exec(n)?.[1] ?? '');
+    return names.filter((n) => !own(n)).sort();
   }
 
   async destroy(): Promise<void> {
     await rm(join(this.dir, META_DIR), { recursive: true, force: true });
     faultPoint('sr-delete-metadata-gone');
+    // Logs of VDIs whose data was destroyed (cbt_metadata) go with the SR.
+    for (const n of (await readdir(this.dir).catch(() => [] as string[])).filter((n) => CBT_LOG_NAME.test(n))) await unlink(join(this.dir, n)).catch(() => undefined);
     await rmdir(this.dir).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw err;
     });

@@ -19,7 +19,7 @@ import { controlCall } from '../datapath/control.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
 import { attachedBackend } from './attach-record.js';
-import { servedHere } from './datapath.js';
+import { servedHere, unpauseRequest } from './datapath.js';
 import { requireUuid } from './ids.js';
 import { acquireLock, type HeldLock } from './lock.js';
 import { datapathControlPath } from './paths.js';
@@ -77,8 +77,9 @@ export async function hostPause(action: HostPauseAction, args: HostPauseArgs): P
       }
       if (action === 'unpause' || action === 'refresh') {
         // The leaf as the SR has it now: the master may have renamed or relinked images.
-        const leaf = new Repository(await attachedBackend(sr)).imagePath(vdi);
-        const { pausedMs } = await controlCall(control, { op: 'unpause', vdi, path: leaf });
+        const repo = new Repository(await attachedBackend(sr));
+        const leaf = repo.imagePath(vdi);
+        const { pausedMs } = await controlCall(control, await unpauseRequest(repo, vdi));
         await clearPoolPause(sr, vdi);
         getLog().info(`tapdisk-pause ${action}: VDI ${vdi} unpaused on ${leaf} after ${pausedMs} ms paused`);
       }

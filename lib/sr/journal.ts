@@ -8,9 +8,11 @@ import { faultPoint } from './fault.js';
 
 export type Journal =
   | { kind: 'create'; vdi: string }
-  | { kind: 'delete'; vdi: string }
+  /** `dataOnly`: vdi_data_destroy (the image goes, the record and CBT log stay). */
+  | { kind: 'delete'; vdi: string; dataOnly?: boolean }
   | { kind: 'resize'; vdi: string; size: number }
-  | { kind: 'snapshot'; vdi: string; base: string; snap: string; mode: 'double' | 'single' | 'clone' }
+  /** `cbt`: the links of the VDI's CBT log before the snapshot rotated it (absent: no log). */
+  | { kind: 'snapshot'; vdi: string; base: string; snap: string; mode: 'double' | 'single' | 'clone'; cbt?: { parent: string; child: string } }
   /** `chain`: hidden images from the parent's child up to `vdi`, collapsed together (absent: just `vdi`). */
   | { kind: 'coalesce'; vdi: string; parent: string; chain?: string[] }
   /** `removes`: the images deleted once `vdi`'s children point at `parent`, top first (absent: just `vdi`). */

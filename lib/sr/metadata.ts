@@ -24,6 +24,8 @@ export interface VdiRecord {
   sm_config: Record<string, string>;
   /** 'reset' once the toolstack said so (vdi_attach, vdi_epoch_begin): the GC keeps its leaf, the reset point's child. */
   on_boot?: 'reset' | 'persist';
+  /** The VDI has a changed-block log (cbt-logs.ts); absent in records written before CBT. */
+  cbt_enabled?: boolean;
 }
 
 /** The layout this version writes and reads. */

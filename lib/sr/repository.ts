@@ -4,6 +4,7 @@
  */
 import { imageInfo, readImageRemains, readImageSummary, VhdError, type ImageInfo, type ImageSummary } from '../vhd/index.js';
 import { SMError } from '../errors/sm-error.js';
+import { stat } from 'node:fs/promises';
 import { mapLimit } from '../util/map-limit.js';
 import type { StorageBackend } from './backend.js';
 import { isUuid, requireUuid } from './ids.js';
@@ -69,6 +70,15 @@ export class Repository {
     const uuid = requireUuid(value, 'vdi_uuid', 'VDIUnavailable');
     if (!(await this.backend.hasImage(uuid))) throw new SMError('VDIMissing', uuid);
     return uuid;
+  }
+
+  /** As requireVdi, also accepting a VDI whose data was destroyed (cbt_metadata: only its changed-block log is left). */
+  async requireVdiOrLog(value: unknown): Promise<string> {
+    const uuid = requireUuid(value, 'vdi_uuid', 'VDIUnavailable');
+    if (await this.backend.hasImage(uuid)) return uuid;
+    const log = this.backend.cbtLogPath?.(uuid);
+    if (log !== undefined && (await stat(log).catch(() => undefined))) return uuid;
+    throw new SMError('VDIMissing', uuid);
   }
 
   async info(uuid: string): Promise<ImageInfo> {

@@ -4,7 +4,10 @@
  * (hidden images as unmanaged base copies). Only the records that change are
  * written; a damaged record is left as it is and its VDI not reported.
  */
+import { readLog } from '../cbt/index.js';
 import { getLog } from '../log/index.js';
+import { mapLimit } from '../util/map-limit.js';
+import { cbtLogPath, hasCbtLog } from './cbt-logs.js';
 import { readJournals } from './journal.js';
 import { newVdiRecord, type VdiRecord } from './metadata.js';
 import type { ImageNode, Repository } from './repository.js';
@@ -38,10 +41,13 @@ export async function scanSrDetailed(repo: Repository): Promise<ScanDetail> {
   const [{ records, damaged }, { nodes }] = await Promise.all([repo.records.listVdis(), repo.tree()]);
   // A change in progress (or interrupted) may have an image briefly away: keep its records.
   const pending = new Set((await readJournals(repo.backend)).flatMap((j) => Object.values(j).filter((v) => typeof v === 'string')));
+  // Which VDIs have a changed-block log (cbt_enabled); one whose image is gone is a cbt_metadata VDI, kept.
+  const uuids = [...new Set([...records.keys(), ...damaged.keys(), ...nodes.keys()])];
+  const logged = new Set((await mapLimit(uuids, 64, async (u) => ((await hasCbtLog(repo, u)) ? u : undefined))).filter((u): u is string => !!u));
   const drop: string[] = [];
   const put: VdiRecord[] = [];
   for (const uuid of [...records.keys(), ...damaged.keys()]) {
-    if (!nodes.has(uuid) && !pending.has(uuid)) {
+    if (!nodes.has(uuid) && !pending.has(uuid) && !logged.has(uuid)) {
       getLog().info(`scan: VDI ${uuid} has no image any more: record dropped`);
       drop.push(uuid);
       records.delete(uuid);
@@ -71,16 +77,40 @@ export async function scanSrDetailed(repo: Repository): Promise<ScanDetail> {
       rec.managed = !node.hidden;
       put.push(rec);
     }
+    // A log created or removed by a verb killed before it wrote the record.
+    const rec2 = records.get(node.uuid)!;
+    if ((rec2.cbt_enabled ?? false) !== logged.has(node.uuid)) {
+      rec2.cbt_enabled = logged.has(node.uuid);
+      if (!put.includes(rec2)) put.push(rec2);
+    }
+  }
+  const metadataOnly = [...records.values()].filter((r) => !nodes.has(r.uuid) && logged.has(r.uuid));
+  for (const rec of metadataOnly) {
+    if (rec.type === 'cbt_metadata' && rec.cbt_enabled) continue;
+    rec.type = 'cbt_metadata';
+    rec.cbt_enabled = true;
+    put.push(rec);
   }
   await repo.records.dropVdis(drop);
   await repo.records.putVdis(put);
-  const vdis = [...nodes.values()].filter((n) => n.unreadable === undefined && records.has(n.uuid)).map((n) => scanned(records.get(n.uuid)!, n));
+  const images = [...nodes.values()].filter((n) => n.unreadable === undefined && records.has(n.uuid)).map((n) => scanned(records.get(n.uuid)!, n));
+  const vdis = [...images, ...(await mapLimit(metadataOnly, 16, (r) => scannedLogOnly(repo, r)))];
   return { vdis, nodes, records, unsettled: new Set([...pending, ...damaged.keys()]) };
+}
+
+/** A cbt_metadata VDI: its data destroyed, its changed-block log kept (the size is the log's). */
+async function scannedLogOnly(repo: Repository, rec: VdiRecord): Promise<ScannedVdi> {
+  const size = await readLog(cbtLogPath(repo, rec.uuid)!).then(
+    (l) => l.size,
+    () => 0,
+  );
+  return { ...rec, location: rec.uuid, virtual_size: size, physical_utilisation: 0, hidden: false, parent: '' };
 }
 
 function scanned(rec: VdiRecord, node: ImageNode): ScannedVdi {
   return {
     ...rec,
+    cbt_enabled: rec.cbt_enabled ?? false,
     location: node.uuid,
     virtual_size: node.virtualSize,
     physical_utilisation: node.physicalSize,

@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { createDifferencing, readImageSummary, setImageHidden } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
+import { logLinksBeforeSnapshot, rollBackRotation, rotateForSnapshot } from './cbt-logs.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import { newVdiRecord, type VdiRecord } from './metadata.js';
@@ -44,7 +45,9 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
 
   const base = randomUUID();
   const snap = mode === 'single' ? base : randomUUID();
-  const journal: Journal = { kind: 'snapshot', vdi: uuid, base, snap, mode };
+  // A clone starts no history of its own: only snapshots carry the VDI's changed-block log on.
+  const cbt = mode === 'clone' ? undefined : await logLinksBeforeSnapshot(repo, uuid);
+  const journal: Journal = { kind: 'snapshot', vdi: uuid, base, snap, mode, ...(cbt ? { cbt } : {}) };
   await beginJournal(repo.backend, journal);
 
   // The steps below are made durable together by one barrier before the commit.
@@ -60,6 +63,7 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
       createDifferencing(snapPath, basePath, { parent }).then(() => faultPoint('snapshot-child-created')),
     snapPath && setImageHidden(basePath, true, { sync: false }).then(() => faultPoint('snapshot-base-hidden')),
   ]);
+  if (cbt) await rotateForSnapshot(repo, uuid, snap);
   const barrier = repo.backend.flushImages(snap === base ? [uuid, base] : [uuid, snap, base]);
 
   const now = snapshotTime();
@@ -82,6 +86,7 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
     snapshot_time: mode === 'clone' ? '' : now,
     read_only: mode === 'single' ? true : record.read_only,
     sm_config: { ...record.sm_config },
+    ...(cbt ? { cbt_enabled: true } : {}),
   }));
   // Staged while the barrier runs and committed after it; the snapshot's own record last: it is the commit.
   await repo.records.putVdis(records, { after: barrier });
@@ -147,6 +152,7 @@ export async function recoverSnapshot(repo: Repository, j: Extract<Journal, { ki
     await endJournal(repo.backend, j);
     return `snapshot of ${j.vdi} was complete`;
   }
+  if (j.cbt) await rollBackRotation(repo, j.vdi, j.snap, j.cbt);
   // The base copy's record is written just before the snapshot's: it may be there alone.
   if (j.snap !== j.base) await repo.records.dropVdis([j.base]);
   if (j.snap !== j.base && (await has(j.snap))) await repo.backend.removeImage(j.snap);

@@ -6,6 +6,8 @@ import type { DriverInfo, Request } from '../smapi/index.js';
 import type { BackendSpec } from './attach-record.js';
 
 export interface SrType {
+  /** Whether its backend keeps CBT logs (StorageBackend.cbtLogPath): the CBT verbs and VDI_CONFIG_CBT. */
+  readonly changedBlockTracking?: boolean;
   /** Executable name, e.g. `FileSR`. */
   readonly driver: string;
   readonly info: DriverInfo;

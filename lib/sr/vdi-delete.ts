@@ -23,6 +23,7 @@
 import { readImageSummary, setImageHidden } from '../vhd/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
+import { mergeOutLog, refuseMergeIntoRemote } from './cbt-logs.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
@@ -30,20 +31,37 @@ import { leftAloneFor } from './unreadable.js';
 
 type Outcome = 'removed' | 'hidden' | 'absent';
 
-export async function deleteVdi(repo: Repository, uuid: string): Promise<Outcome> {
+/**
+ * `dataOnly` (vdi_data_destroy): only the data goes; the record stays, as a
+ * `cbt_metadata` VDI, and so does the changed-block log, which still answers
+ * vdi_list_changed_blocks. Otherwise the log is merged into its neighbour's.
+ */
+export async function deleteVdi(repo: Repository, uuid: string, opts: { dataOnly?: boolean } = {}): Promise<Outcome> {
   // One hold for the whole delete (LVM): what the plan activates stays active until the image is hidden or removed.
   return repo.backend.withImagesActive([], async () => {
     const plan = await planDelete(repo, uuid);
     if (typeof plan !== 'string') throw plan;
-    const journal: Journal = { kind: 'delete', vdi: uuid };
+    if (!opts.dataOnly) await refuseMergeIntoRemote(repo, uuid);
+    const journal: Journal = { kind: 'delete', vdi: uuid, ...(opts.dataOnly ? { dataOnly: true } : {}) };
     await beginJournal(repo.backend, journal);
     const outcome = await carryOut(repo, uuid, plan);
     faultPoint('delete-image-gone');
-    await repo.records.dropVdis([uuid]);
+    await finishRecord(repo, journal);
     await endJournal(repo.backend, journal);
-    getLog().info(`VDI ${uuid} deleted (image ${outcome})`);
+    getLog().info(`VDI ${uuid} ${opts.dataOnly ? 'data destroyed' : 'deleted'} (image ${outcome})`);
     return outcome;
   });
+}
+
+/** The record and changed-block log after the image went: dropped and merged, or (data only) kept as cbt_metadata. */
+async function finishRecord(repo: Repository, j: Extract<Journal, { kind: 'delete' }>): Promise<void> {
+  if (!j.dataOnly) {
+    await mergeOutLog(repo, j.vdi);
+    await repo.records.dropVdis([j.vdi]);
+    return;
+  }
+  const record = await repo.vdiRecord(j.vdi);
+  if (record && record.type !== 'cbt_metadata') await repo.records.putVdis([{ ...record, type: 'cbt_metadata', cbt_enabled: true }]);
 }
 
 /** What deleting `uuid` does to its image now, or why it cannot be done (an error, not thrown). */
@@ -90,7 +108,7 @@ export async function recoverDelete(repo: Repository, j: Extract<Journal, { kind
     return undefined;
   }
   const outcome = await carryOut(repo, j.vdi, plan);
-  await repo.records.dropVdis([j.vdi]);
+  await finishRecord(repo, j);
   await endJournal(repo.backend, j);
-  return `delete of ${j.vdi} completed (${outcome})`;
+  return `${j.dataOnly ? 'data destroy' : 'delete'} of ${j.vdi} completed (${outcome})`;
 }

@@ -21,6 +21,8 @@ import {
   writeVdiState,
 } from './attach-record.js';
 import { allocateParams, connectKernelNbd, paramsNbd, serveVdi, servedHere, settleServing, stopServing, unpauseLeftovers, withPausedServing } from './datapath.js';
+import { cbtVerbs } from './cbt-verbs.js';
+import { growLogToImage, trackedLog } from './cbt-logs.js';
 import { faultPoint } from './fault.js';
 import { hostId } from './host-id.js';
 import { abandonLeafCoalesce } from './journal.js';
@@ -78,6 +80,10 @@ const MASTER_ONLY = [
   'vdi_resize_online',
   'vdi_update',
   'vdi_introduce',
+  'vdi_enable_cbt',
+  'vdi_disable_cbt',
+  'vdi_data_destroy',
+  'vdi_list_changed_blocks',
 ] as const;
 
 function masterOnly(verb: string, fn: Verb): Verb {
@@ -122,6 +128,11 @@ function underVdiLock<T>(fn: (repo: Repository, vdi: string, sr: string, req: Re
 /** As onAttachedSr, for a verb on one existing VDI. */
 function onVdi<T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) => Promise<T>): Verb {
   return onAttachedSr(async (repo, sr, req) => fn(repo, await repo.requireVdi(req.vdi_uuid), sr, req));
+}
+
+/** As onVdi, also for a VDI whose data was destroyed (only its changed-block log is left). */
+function onVdiOrLog<T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) => Promise<T>): Verb {
+  return onAttachedSr(async (repo, sr, req) => fn(repo, await repo.requireVdiOrLog(req.vdi_uuid), sr, req));
 }
 
 const vdiReply = (uuid: string) => ({ uuid, location: uuid });
@@ -282,7 +293,7 @@ export function srDriver(type: SrType): Driver {
     }),
 
     vdi_delete: async (req) => {
-      await onVdi(async (repo, vdi, sr, req) => {
+      await onVdiOrLog(async (repo, vdi, sr, req) => {
         if (await readVdiState(sr, vdi)) throw new SMError('VDIInUse', `${vdi} is attached`);
         const elsewhere = (await poolActivations(repo.backend)).get(vdi);
         if (elsewhere) throw new SMError('VDIInUse', `${vdi} is active on host ${elsewhere.host}`);
@@ -346,7 +357,7 @@ export function srDriver(type: SrType): Driver {
       try {
         // As tapdisk starts at activate: a datapath that died since the last verb is cleaned up first.
         const servedBefore = await settleServing(repo, sr, vdi);
-        await serveVdi(sr, vdi, repo.imagePath(vdi), writable);
+        await serveVdi(sr, vdi, repo.imagePath(vdi), writable, writable ? await trackedLog(repo, vdi) : undefined);
         await connectKernelNbd(sr, vdi, state.nbd_device, state.active, servedBefore);
       } catch (e) {
         if (!state.active) {
@@ -403,7 +414,7 @@ export function srDriver(type: SrType): Driver {
       const db = await toolstackDbFor(req, sr);
       const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
       await pausedEverywhere(db, vdi, req, async () => {
-        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).then(() => growLogToImage(repo, vdi)), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
         await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
       });
       return vdiReply(vdi);
@@ -414,7 +425,7 @@ export function srDriver(type: SrType): Driver {
       const db = await toolstackDbFor(req, sr);
       const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
       await pausedEverywhere(db, vdi, req, async () => {
-        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).then(() => growLogToImage(repo, vdi)), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
         await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
       });
       return vdiReply(vdi);
@@ -478,8 +489,11 @@ export function srDriver(type: SrType): Driver {
       await verbs.vdi_detach!({ ...req, command: 'vdi_detach', args: [] });
       return null;
     },
+
+    // VDI_CONFIG_CBT: only where the backend keeps changed-block logs (File, NFS).
+    ...(type.changedBlockTracking ? cbtVerbs({ onVdi, onVdiOrLog, refuseActiveElsewhere, kickGc }) : {}),
   };
-  for (const verb of MASTER_ONLY) verbs[verb] = masterOnly(verb, verbs[verb]!);
+  for (const verb of MASTER_ONLY) if (verbs[verb]) verbs[verb] = masterOnly(verb, verbs[verb]!);
   verbs.vdi_activate = withActivationTags(verbs.vdi_activate!, 'activate');
   verbs.vdi_deactivate = withActivationTags(verbs.vdi_deactivate!, 'deactivate');
   for (const verb of Object.keys(verbs) as (keyof typeof verbs)[]) verbs[verb] = xapiErrorsAsSmErrors(verb, verbs[verb]!);

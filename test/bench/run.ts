@@ -1,4 +1,5 @@
 /** `npm run bench`: every benchmark, figures with same-run baselines. `npm run bench -- sr` runs one group. */
+import { runCbtBenchmarks } from './cbt.bench.js';
 import { runDatapathBenchmarks } from './datapath.bench.js';
 import { runGcBenchmarks } from './gc.bench.js';
 import { runLiveGcBenchmarks } from './livegc.bench.js';
@@ -18,6 +19,7 @@ const groups: Record<string, () => Promise<void>> = {
   datapath: runDatapathBenchmarks,
   pausestall: runPauseStallBenchmark,
   livegc: runLiveGcBenchmarks,
+  cbt: runCbtBenchmarks,
 };
 const wanted = process.argv.slice(2);
 console.log(`benchmarks on ${process.env.BENCH_DIR ?? 'the temp dir'} (node ${process.version})`);

@@ -72,7 +72,7 @@ export async function shape(ctx: SmEnv, names: Record<string, string>): Promise<
 export interface Metadata {
   uuid: string;
   name_label: string;
-  vdis: Record<string, { uuid: string; managed: boolean; read_only: boolean; is_a_snapshot: boolean; snapshot_of: string; name_label: string }>;
+  vdis: Record<string, { uuid: string; managed: boolean; read_only: boolean; is_a_snapshot: boolean; snapshot_of: string; name_label: string; type?: string }>;
 }
 
 /**
@@ -122,6 +122,7 @@ export function strayFiles(ctx: SmEnv): string[] {
   for (const n of fs.readdirSync(ctx.location)) {
     if (n === '.sm') continue;
     if (n.endsWith('.vhd') && UUID.test(n.slice(0, -4))) continue;
+    if (n.endsWith('.cbtlog') && UUID.test(n.slice(0, -7))) continue; // a VDI's changed-block log
     out.push(n);
   }
   for (const n of fs.readdirSync(path.join(ctx.location, '.sm'))) {
@@ -210,7 +211,11 @@ export async function assertConsistent(
   );
   for (const n of nodes.values()) t.true(!n.parent || nodes.has(n.parent), `parent of ${n.uuid} exists`);
   const meta = readMetadata(ctx);
-  for (const uuid of Object.keys(meta.vdis)) t.true(nodes.has(uuid), `record ${uuid} has an image`);
+  for (const [uuid, rec] of Object.entries(meta.vdis)) {
+    // A cbt_metadata VDI (its data destroyed) is its changed-block log alone.
+    if (rec.type === 'cbt_metadata') t.true(!nodes.has(uuid) && fs.existsSync(path.join(ctx.location, `${uuid}.cbtlog`)), `cbt_metadata VDI ${uuid} has its log and no image`);
+    else t.true(nodes.has(uuid), `record ${uuid} has an image`);
+  }
   for (const n of nodes.values()) {
     const rec = meta.vdis[n.uuid];
     if (!n.hidden) t.true(rec?.managed === true, `visible image ${n.uuid} has a managed record`);

@@ -24,6 +24,19 @@ import {
   VhdImage,
   writeAt,
 } from '../index.js';
+import {
+  allSet,
+  changedBetweenFiles,
+  changedRanges,
+  copyRanges,
+  countSet,
+  rawTarget,
+  readLog,
+  toXapiBase64,
+  vhdTarget,
+  type CbtLog,
+} from '../../cbt/index.js';
+import { NbdClient } from '../../nbd/client.js';
 
 const MB = 1024 * 1024;
 
@@ -39,7 +52,12 @@ const USAGE = `usage: sm-vhd COMMAND [OPTIONS]
   scan     [-f] -m GLOB                          one line per image
   write    -n FILE -i DATA_FILE -o OFFSET        write bytes at a virtual byte offset of the leaf
   export   -n FILE -o RAW_FILE                   the whole chain as a raw image
-  repair   -n FILE                               restore the primary footer from its copy`;
+  repair   -n FILE                               restore the primary footer from its copy
+  cbt-show    -n LOG [-b]                        a CBT log's header (-b: its changed ranges too)
+  cbt-changed -n FROM_LOG -t TO_LOG [-x]         ranges changed from one snapshot's log to a later one's (-x: xapi's base64)
+  cbt-export  -n FROM_LOG -t TO_LOG -s SOCKET -e EXPORT -o FILE [-f raw|vhd]
+              reads only the changed ranges of the NBD export (the TO snapshot, served) onto FILE, a copy of FROM
+  cbt-export  -a -s SOCKET -e EXPORT -o FILE [-f raw|vhd]    the full copy a first backup needs`;
 
 class UsageError extends Error {}
 
@@ -207,6 +225,57 @@ const commands: Record<string, (args: string[]) => Promise<number>> = {
     return 0;
   },
 };
+
+const ranges = (bitmap: Buffer, size: number) => changedRanges(bitmap, size).map((r) => `${r.offset} ${r.length}`);
+
+function describeLog(log: CbtLog): string[] {
+  const blocks = Math.ceil(log.size / 65536);
+  return [`parent: ${log.parent}`, `child: ${log.child}`, `consistent: ${log.consistent ? 1 : 0}`, `size: ${log.size}`, `changed blocks: ${countSet(log.bitmap)} of ${blocks}${log.consistent ? '' : ' (not closed cleanly: every block counts as changed)'}`];
+}
+
+Object.assign(commands, {
+  async 'cbt-show'(args: string[]) {
+    const f = flags(args, { n: 'string', b: 'boolean' });
+    const log = await readLog(need(f, 'n', 'LOG'));
+    for (const line of describeLog(log)) out(line);
+    if (f.b) for (const line of ranges(log.bitmap, log.size)) out(line);
+    return 0;
+  },
+
+  async 'cbt-changed'(args: string[]) {
+    const f = flags(args, { n: 'string', t: 'string', x: 'boolean' });
+    const { bitmap, size, logs } = await changedBetweenFiles(need(f, 'n', 'FROM_LOG'), need(f, 't', 'TO_LOG'));
+    if (f.x) {
+      out(toXapiBase64(bitmap));
+      return 0;
+    }
+    for (const line of ranges(bitmap, size)) out(line);
+    process.stderr.write(`${countSet(bitmap)} of ${Math.ceil(size / 65536)} blocks changed over ${logs.length} logs\n`);
+    return 0;
+  },
+
+  async 'cbt-export'(args: string[]) {
+    const f = flags(args, { n: 'string', t: 'string', a: 'boolean', s: 'string', e: 'string', o: 'string', f: 'string' });
+    const format = f.f ?? 'raw';
+    if (format !== 'raw' && format !== 'vhd') throw new UsageError(`bad format "${format}": raw or vhd`);
+    const socket = need(f, 's', 'SOCKET');
+    const exportName = need(f, 'e', 'EXPORT');
+    const file = need(f, 'o', 'FILE');
+    let changed: { bitmap: Buffer; size: number } | undefined;
+    if (!f.a) changed = await changedBetweenFiles(need(f, 'n', 'FROM_LOG'), need(f, 't', 'TO_LOG'));
+    else if (f.n || f.t) throw new UsageError('-a copies every block: no -n or -t with it');
+    // The size comes from the export itself for a full copy; an incremental one must match the logs'.
+    const probe = await NbdClient.connect(socket, exportName);
+    const size = probe.size;
+    await probe.close();
+    if (changed && changed.size !== size) throw new UsageError(`the export is ${size} bytes but the TO log is for ${changed.size}: is it the TO snapshot?`);
+    const todo = changedRanges(changed?.bitmap ?? allSet(size), size);
+    const target = format === 'raw' ? await rawTarget(file, size) : await vhdTarget(file);
+    const r = await copyRanges(socket, exportName, todo, target);
+    out(`read ${r.bytesRead} of ${r.size} bytes (${((100 * r.bytesRead) / Math.max(r.size, 1)).toFixed(2)}%) in ${r.ranges} ranges, ${r.ms} ms`);
+    return 0;
+  },
+});
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...args] = argv;

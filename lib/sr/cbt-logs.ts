@@ -1,0 +1,187 @@
+/**
+ * The SR's side of changed-block tracking: which VDIs have a CBT log, and how
+ * the chain of logs follows the VDI's chain of snapshots (DESIGN item 10).
+ * A VDI tracks changes exactly when its log exists; its record's
+ * `cbt_enabled` mirrors that (sr_scan puts it right after a crash).
+ *
+ * The logs of one VDI's snapshots form a chain, oldest first: each log's
+ * child is the next snapshot's log, the last one's child is the VDI's own
+ * log. A snapshot moves the VDI's log to the snapshot and starts a new, empty
+ * one for the VDI; deleting a snapshot merges its log into its child.
+ */
+import { getLog } from '../log/index.js';
+import { SMError } from '../errors/sm-error.js';
+import {
+  changedBetween,
+  createLog,
+  growTo,
+  logExists,
+  mergeBitmap,
+  NIL_UUID,
+  readLog,
+  removeLog,
+  settleInconsistent,
+  updateLog,
+  writeLog,
+  type CbtLog,
+} from '../cbt/index.js';
+import { poolActivations } from './activation.js';
+import { withPausedServing } from './datapath.js';
+import { faultPoint } from './fault.js';
+import { hostId } from './host-id.js';
+import type { Repository } from './repository.js';
+
+/** The log's path, or undefined when this SR type tracks no changes. */
+export function cbtLogPath(repo: Repository, uuid: string): string | undefined {
+  return repo.backend.cbtLogPath?.(uuid);
+}
+
+export async function hasCbtLog(repo: Repository, uuid: string): Promise<boolean> {
+  const path = cbtLogPath(repo, uuid);
+  return path !== undefined && (await logExists(path));
+}
+
+/** The log the datapath marks for this VDI, when it tracks changes. */
+export async function trackedLog(repo: Repository, uuid: string): Promise<string | undefined> {
+  return (await hasCbtLog(repo, uuid)) ? cbtLogPath(repo, uuid) : undefined;
+}
+
+function requirePath(repo: Repository, uuid: string): string {
+  const path = cbtLogPath(repo, uuid);
+  if (path === undefined) throw new SMError('Unimplemented', `SR ${repo.uuid} does not track changed blocks`);
+  return path;
+}
+
+async function readVdiLog(repo: Repository, uuid: string): Promise<CbtLog> {
+  const path = requirePath(repo, uuid);
+  if (!(await logExists(path))) throw new SMError('VDIUnavailable', `VDI ${uuid} has no changed-block log (CBT is not enabled on it)`);
+  try {
+    return await readLog(path);
+  } catch (err) {
+    throw new SMError('VDIUnavailable', `changed-block log of VDI ${uuid} cannot be read: ${(err as Error).message}`);
+  }
+}
+
+/** A new empty log for a disk of `size` bytes; an existing one is kept (enabling twice changes nothing). */
+export async function startTracking(repo: Repository, uuid: string, size: number): Promise<boolean> {
+  const path = requirePath(repo, uuid);
+  if (await logExists(path)) return false;
+  await createLog(path, size);
+  return true;
+}
+
+/** The VDI's log goes; its snapshots' logs stay (they still answer between themselves). */
+export async function stopTracking(repo: Repository, uuid: string): Promise<boolean> {
+  const path = requirePath(repo, uuid);
+  if (!(await logExists(path))) return false;
+  await removeLog(path);
+  return true;
+}
+
+/** The links of the VDI's log before a snapshot rotates it: recorded in the snapshot's journal. */
+export async function logLinksBeforeSnapshot(repo: Repository, vdi: string): Promise<{ parent: string; child: string } | undefined> {
+  if (!(await hasCbtLog(repo, vdi))) return undefined;
+  const log = await readVdiLog(repo, vdi);
+  return { parent: log.parent, child: log.child };
+}
+
+/**
+ * Snapshot `snap` of `vdi` (the datapath paused, its log closed): the VDI's
+ * log becomes the snapshot's (its child: the VDI), the older snapshot's log
+ * points to it, and the VDI starts an empty log whose parent is the snapshot.
+ * Undone by rollBackRotation until the snapshot is committed.
+ */
+export async function rotateForSnapshot(repo: Repository, vdi: string, snap: string): Promise<void> {
+  const log = await readVdiLog(repo, vdi);
+  // Left open by a datapath that died: every block counts as changed in the snapshot's log.
+  if (settleInconsistent(log)) getLog().warn(`VDI ${vdi}: its changed-block log was not closed cleanly; the snapshot ${snap} lists every block as changed`);
+  await writeLog(requirePath(repo, snap), { ...log, child: vdi });
+  faultPoint('cbt-snapshot-log-written');
+  if (log.parent !== NIL_UUID && (await hasCbtLog(repo, log.parent))) {
+    await updateLog(requirePath(repo, log.parent), (p) => (p.child = snap));
+    faultPoint('cbt-parent-relinked');
+  }
+  await writeLog(requirePath(repo, vdi), { parent: snap, child: log.child, consistent: true, size: log.size, bitmap: Buffer.alloc(log.bitmap.length) });
+}
+
+/** An uncommitted snapshot's rotation undone: the VDI's log as it was (its marks are the snapshot's log's). */
+export async function rollBackRotation(repo: Repository, vdi: string, snap: string, links: { parent: string; child: string }): Promise<void> {
+  if (!(await hasCbtLog(repo, snap))) return; // not rotated yet: the VDI's log is untouched
+  const moved = await readLog(requirePath(repo, snap));
+  await writeLog(requirePath(repo, vdi), { ...moved, parent: links.parent, child: links.child });
+  if (links.parent !== NIL_UUID && (await hasCbtLog(repo, links.parent))) {
+    await updateLog(requirePath(repo, links.parent), (p) => {
+      if (p.child === snap) p.child = vdi;
+    });
+  }
+  await removeLog(requirePath(repo, snap));
+}
+
+/**
+ * Deleting a VDI whose log sits in a chain: its marks are merged into its
+ * child's log (child |= it), the neighbours are linked to each other, and the
+ * log goes. Every step is idempotent: an interrupted delete runs it again.
+ */
+export async function mergeOutLog(repo: Repository, uuid: string): Promise<void> {
+  if (!(await hasCbtLog(repo, uuid))) return;
+  const log = await readLog(requirePath(repo, uuid));
+  const childHasLog = log.child !== NIL_UUID && (await hasCbtLog(repo, log.child));
+  if (childHasLog) {
+    // The child may be the VDI itself, served here: its datapath holds the log, so it is paused meanwhile.
+    await withPausedServing(repo, repo.uuid, log.child, () =>
+      updateLog(requirePath(repo, log.child), (c) => {
+        mergeBitmap(log, c);
+        c.parent = log.parent;
+      }),
+    );
+    faultPoint('cbt-log-merged');
+  }
+  if (log.parent !== NIL_UUID && (await hasCbtLog(repo, log.parent))) {
+    await updateLog(requirePath(repo, log.parent), (p) => (p.child = childHasLog ? log.child : NIL_UUID));
+  }
+  await removeLog(requirePath(repo, uuid));
+  getLog().info(`VDI ${uuid}: changed-block log ${childHasLog ? `merged into ${log.child}'s` : 'removed'}`);
+}
+
+/**
+ * Before a delete: merging into a log that another host's datapath holds
+ * open would be undone by its next close, so that is refused (VDIInUse)
+ * while the child VDI is active there.
+ */
+export async function refuseMergeIntoRemote(repo: Repository, uuid: string): Promise<void> {
+  if (!(await hasCbtLog(repo, uuid))) return;
+  const { child } = await readLog(requirePath(repo, uuid));
+  if (child === NIL_UUID) return;
+  const holder = (await poolActivations(repo.backend)).get(child);
+  if (holder && holder.host !== hostId()) {
+    throw new SMError('VDIInUse', `the changed-block log of ${uuid} merges into ${child}'s, which is active on host ${holder.host}: delete it once ${child} is inactive there or active here`);
+  }
+}
+
+/** After a resize: the log covers the new size (new blocks unchanged so far). */
+export async function growLog(repo: Repository, uuid: string, size: number): Promise<void> {
+  if (!(await hasCbtLog(repo, uuid))) return;
+  const path = requirePath(repo, uuid);
+  const log = await readLog(path);
+  if (log.size >= size) return;
+  growTo(log, size);
+  await writeLog(path, log);
+}
+
+/** As growLog, to the image's virtual size now (after vdi_resize). */
+export async function growLogToImage(repo: Repository, uuid: string): Promise<void> {
+  if (await hasCbtLog(repo, uuid)) await growLog(repo, uuid, (await repo.info(uuid)).virtualSize);
+}
+
+/** The blocks changed from snapshot `from` to `to` (bitmap of 64 KiB blocks, LSB first). */
+export async function changedBlocks(repo: Repository, from: string, to: string) {
+  requirePath(repo, from);
+  await readVdiLog(repo, from);
+  await readVdiLog(repo, to);
+  try {
+    return await changedBetween((u) => readVdiLog(repo, u), from, to);
+  } catch (err) {
+    if (err instanceof SMError) throw err;
+    throw new SMError('VDIUnavailable', `changed blocks from ${from} to ${to}: ${(err as Error).message}`);
+  }
+}
