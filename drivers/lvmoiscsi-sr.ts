@@ -23,8 +23,8 @@ import { loginFirstPortal, logoutPortal, type PortalLogin } from '../lib/os/iscs
 import { LvmBackend } from '../lib/sr/lvm-backend.js';
 import { linkSrMount } from '../lib/sr/mount-link.js';
 import { srMountPath } from '../lib/sr/paths.js';
-import type { SrType } from '../lib/sr/sr-type.js';
-import { srDriver } from '../lib/sr/verbs.js';
+import type { SrType } from '../lib/verbs/sr-type.js';
+import { srDriver } from '../lib/verbs/sr-driver.js';
 import { getLog } from '../lib/log/index.js';
 
 const VG_PREFIX = 'VG_XenStorage-';

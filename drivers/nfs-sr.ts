@@ -13,8 +13,8 @@ import { clearInterruptedCreate, FileBackend } from '../lib/sr/file-backend.js';
 import { SrRecords } from '../lib/sr/records.js';
 import { isUuid } from '../lib/sr/ids.js';
 import { srMountPath } from '../lib/sr/paths.js';
-import type { SrType } from '../lib/sr/sr-type.js';
-import { srDriver } from '../lib/sr/verbs.js';
+import type { SrType } from '../lib/verbs/sr-type.js';
+import { srDriver } from '../lib/verbs/sr-driver.js';
 
 interface NfsConfig {
   server: string;

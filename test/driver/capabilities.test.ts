@@ -7,7 +7,7 @@
 // FileSR runs here. NFSSR and LVMoISCSISR need an NFS server and an iSCSI
 // target (the VM tier has them): here their advertised lists are checked
 // against the same table, and every verb capability they advertise is served
-// by the same shared verbs (lib/sr/verbs.ts) that the FileSR scenarios run.
+// by the same shared verbs (lib/verbs/sr-driver.ts) that the FileSR scenarios run.
 import fs from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';

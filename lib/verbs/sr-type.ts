@@ -1,9 +1,9 @@
 /**
  * What is special to one SR type (File, NFS, LVMoISCSI): its device_config, how
- * to reach and prepare its storage, and probe. Everything else is shared (verbs.ts).
+ * to reach and prepare its storage, and probe. Everything else is shared (sr-driver.ts).
  */
 import type { DriverInfo, Request } from '../smapi/index.js';
-import type { BackendSpec } from './attach-record.js';
+import type { BackendSpec } from '../sr/attach-record.js';
 
 export interface SrType {
   /** Whether its backend keeps CBT logs (StorageBackend.cbtLogPath): the CBT verbs and VDI_CONFIG_CBT. */

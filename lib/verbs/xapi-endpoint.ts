@@ -12,8 +12,8 @@
 import { stat } from 'node:fs/promises';
 import { getLog } from '../log/index.js';
 import type { Request } from '../smapi/request.js';
-import { xapiSocketPath } from './paths.js';
-import type { ToolstackDb } from './xapi-sync.js';
+import { xapiSocketPath } from '../sr/paths.js';
+import type { ToolstackDb } from '../sr/xapi-sync.js';
 
 let lastSaid: string | undefined;
 
@@ -43,7 +43,7 @@ export async function toolstackDbFor(req: Request, srUuid: string): Promise<Tool
     return undefined;
   }
   say(`XenAPI: keeping the toolstack database in step through ${socket}`);
-  const [{ XapiSession }, { ToolstackDb }] = await Promise.all([import('../xapi/client.js'), import('./xapi-sync.js')]);
+  const [{ XapiSession }, { ToolstackDb }] = await Promise.all([import('../xapi/client.js'), import('../sr/xapi-sync.js')]);
   const xapi = new XapiSession(socket, req.session_ref, req.subtask_of ? { subtaskOf: req.subtask_of } : {});
   return new ToolstackDb(xapi, srUuid, { ...(req.sr_ref ? { srRef: req.sr_ref } : {}), ...(req.host_ref ? { hostRef: req.host_ref } : {}) });
 }

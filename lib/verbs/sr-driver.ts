@@ -6,8 +6,8 @@
 import { getLog } from '../log/index.js';
 import { encodeMethodCall, type Driver, type Request, type Verb } from '../smapi/index.js';
 import { SMError, type SMErrorName } from '../errors/sm-error.js';
-import { askHolder, isLockHeld, lockOrFail } from './lock.js';
-import { activeHere, clearStaleActivations, dropActivation, poolActivations, recordActivation } from './activation.js';
+import { askHolder, isLockHeld, lockOrFail } from '../sr/lock.js';
+import { activeHere, clearStaleActivations, dropActivation, poolActivations, recordActivation } from '../sr/activation.js';
 import {
   attachedBackend,
   backendOf,
@@ -19,34 +19,34 @@ import {
   sweepHostTemps,
   writeAttachRecord,
   writeVdiState,
-} from './attach-record.js';
-import { allocateParams, connectKernelNbd, paramsNbd, serveVdi, servedHere, settleServing, stopServing, unpauseLeftovers, withPausedServing } from './datapath.js';
+} from '../sr/attach-record.js';
+import { allocateParams, connectKernelNbd, paramsNbd, serveVdi, servedHere, settleServing, stopServing, unpauseLeftovers, withPausedServing } from '../sr/datapath.js';
 import { cbtVerbs } from './cbt-verbs.js';
-import { growLogToImage, trackedLog } from './cbt-logs.js';
-import { faultPoint } from './fault.js';
-import { hostId } from './host-id.js';
-import { abandonLeafCoalesce } from './journal.js';
-import { kickGc } from './gc-trigger.js';
-import { requireUuid } from './ids.js';
-import { newSrRecord, newVdiRecord } from './metadata.js';
-import { recoverSrJournals } from './recovery.js';
-import { Repository } from './repository.js';
-import { scanSrDetailed } from './scan.js';
+import { growLogToImage, trackedLog } from '../sr/cbt-logs.js';
+import { faultPoint } from '../sr/fault.js';
+import { hostId } from '../sr/host-id.js';
+import { abandonLeafCoalesce } from '../sr/journal.js';
+import { kickGc } from '../sr/gc-trigger.js';
+import { requireUuid } from '../sr/ids.js';
+import { newSrRecord, newVdiRecord } from '../sr/metadata.js';
+import { recoverSrJournals } from '../sr/recovery.js';
+import { Repository } from '../sr/repository.js';
+import { scanSrDetailed } from '../sr/scan.js';
 import { toolstackDbFor } from './xapi-endpoint.js';
-import { noteOnBoot } from './on-boot.js';
-import type { ToolstackDb } from './xapi-sync.js';
-import { tagActive, untagActive, withPaused } from './xapi-pause.js';
+import { noteOnBoot } from '../sr/on-boot.js';
+import type { ToolstackDb } from '../sr/xapi-sync.js';
+import { tagActive, untagActive, withPaused } from '../sr/xapi-pause.js';
 import { XapiError } from '../xapi/errors.js';
-import { roleOf, requireMaster } from './pool-role.js';
-import { parseVdiSize } from './sizes.js';
+import { roleOf, requireMaster } from '../sr/pool-role.js';
+import { parseVdiSize } from '../sr/sizes.js';
 import type { SrType } from './sr-type.js';
-import { snapshotVdi, type SnapshotMode } from './snapshot.js';
-import { createVdi } from './vdi-create.js';
-import { deleteVdi } from './vdi-delete.js';
-import { resizeVdi } from './vdi-resize.js';
-import { introduceVdi } from './vdi-introduce.js';
-import { resetLeaf } from './reset-leaf.js';
-import { withVdiLock } from './host-pause.js';
+import { snapshotVdi, type SnapshotMode } from '../sr/snapshot.js';
+import { createVdi } from '../sr/vdi-create.js';
+import { deleteVdi } from '../sr/vdi-delete.js';
+import { resizeVdi } from '../sr/vdi-resize.js';
+import { introduceVdi } from '../sr/vdi-introduce.js';
+import { resetLeaf } from '../sr/reset-leaf.js';
+import { withVdiLock } from '../sr/host-pause.js';
 
 const LOCK_TIMEOUT_MS = Number(process.env.SM_LOCK_TIMEOUT_MS ?? 60_000);
 /** How long sr_detach waits for an aborted GC to stop. */

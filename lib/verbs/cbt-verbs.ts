@@ -12,14 +12,14 @@ import { toXapiBase64, countSet } from '../cbt/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
 import type { Request, Verb } from '../smapi/index.js';
-import { poolActivations } from './activation.js';
-import { readVdiState } from './attach-record.js';
-import { changedBlocks, hasCbtLog, startTracking, stopTracking } from './cbt-logs.js';
-import { withPausedServing } from './datapath.js';
-import { faultPoint } from './fault.js';
-import { requireUuid } from './ids.js';
-import type { Repository } from './repository.js';
-import { deleteVdi } from './vdi-delete.js';
+import { poolActivations } from '../sr/activation.js';
+import { readVdiState } from '../sr/attach-record.js';
+import { changedBlocks, hasCbtLog, startTracking, stopTracking } from '../sr/cbt-logs.js';
+import { withPausedServing } from '../sr/datapath.js';
+import { faultPoint } from '../sr/fault.js';
+import { requireUuid } from '../sr/ids.js';
+import type { Repository } from '../sr/repository.js';
+import { deleteVdi } from '../sr/vdi-delete.js';
 
 type OnVdi = <T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) => Promise<T>) => Verb;
 
