@@ -8,6 +8,7 @@ import { runMgtBenchmarks } from './mgt.bench.js';
 import { runPauseStallBenchmark } from './pausestall.bench.js';
 import { runSrBenchmarks, runSrSizeBenchmarks } from './sr.bench.js';
 import { runVhdBenchmarks } from './vhd.bench.js';
+import { runXapiBenchmarks } from './xapi.bench.js';
 
 const groups: Record<string, () => Promise<void>> = {
   vhd: runVhdBenchmarks,
@@ -20,6 +21,7 @@ const groups: Record<string, () => Promise<void>> = {
   pausestall: runPauseStallBenchmark,
   livegc: runLiveGcBenchmarks,
   cbt: runCbtBenchmarks,
+  xapi: runXapiBenchmarks,
 };
 const wanted = process.argv.slice(2);
 console.log(`benchmarks on ${process.env.BENCH_DIR ?? 'the temp dir'} (node ${process.version})`);

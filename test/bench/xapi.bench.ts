@@ -1,0 +1,66 @@
+/**
+ * What keeping the toolstack's database in step costs a verb: vdi_create and
+ * vdi_snapshot through the FileSR executable, one process per call as xapi
+ * runs it, on an SR with the stand-in xapi listening at its socket
+ * (test/helpers/xapi-standin.ts: xapi itself cannot run here) and on an SR
+ * without one (standalone), alternating call by call in the same run.
+ */
+import { createArgs, makeSmEnv, SESSION_SECRET, xml, type SmEnv } from '../helpers/sm.js';
+import { XapiStandin } from '../helpers/xapi-standin.js';
+import { HOST_REF, SR_REF, xapiSocket } from '../xapi/standin-world.js';
+import { percentile, report, timed } from './measure.js';
+
+const ROUNDS = Number(process.env.BENCH_XAPI_ROUNDS ?? 12);
+
+interface Side {
+  name: string;
+  ctx: SmEnv;
+  create: number[];
+  snapshot: number[];
+}
+
+async function side(name: string, withEndpoint: boolean): Promise<{ s: Side; close: () => Promise<void> }> {
+  const ctx = await makeSmEnv();
+  const xapi = withEndpoint
+    ? await XapiStandin.start(xapiSocket(ctx), {
+        smSessions: [{ ref: SESSION_SECRET, sr: SR_REF }],
+        srs: [{ ref: SR_REF, uuid: ctx.sr }],
+        hosts: [{ ref: HOST_REF, uuid: ctx.hostId }],
+      })
+    : undefined;
+  await xml(ctx, 'sr_create', { args: ['0'] });
+  await xml(ctx, 'sr_attach');
+  return {
+    s: { name, ctx, create: [], snapshot: [] },
+    close: async () => {
+      await xapi?.close();
+      await ctx.cleanup();
+    },
+  };
+}
+
+export async function runXapiBenchmarks(): Promise<void> {
+  const standalone = await side('standalone', false);
+  const inStep = await side('stand-in xapi', true);
+  try {
+    const sides = [standalone.s, inStep.s];
+    for (let i = 0; i < ROUNDS; i++) {
+      for (const s of i % 2 === 0 ? sides : [...sides].reverse()) {
+        const { value, ms } = await timed(() => xml(s.ctx, 'vdi_create', { args: createArgs(64 * 1024 * 1024, `disk${i}`), vdi_type: 'user' }));
+        s.create.push(ms);
+        const vdi = (value as { uuid: string }).uuid;
+        s.snapshot.push((await timed(() => xml(s.ctx, 'vdi_snapshot', { vdi_uuid: vdi, vdi_location: vdi }))).ms);
+      }
+    }
+    const p50 = (xs: number[]) => percentile(xs, 50);
+    const row = (verb: 'create' | 'snapshot'): [string, string] => {
+      const a = p50(standalone.s[verb]);
+      const b = p50(inStep.s[verb]);
+      return [`vdi_${verb} p50: standalone / with the endpoint / added`, `${a.toFixed(1)} / ${b.toFixed(1)} ms / ${(b - a).toFixed(1)} ms (ratio ${(b / a).toFixed(2)}; goal added <= 20 ms)`];
+    };
+    report(`XenAPI callbacks, one process per call, ${ROUNDS} alternating rounds`, [row('create'), row('snapshot')]);
+  } finally {
+    await standalone.close();
+    await inStep.close();
+  }
+}
