@@ -42,9 +42,26 @@ function resultOf(method: string, value: XmlRpcValue): XmlRpcValue {
   throw new XapiTransportError(method, `reply Status is ${JSON.stringify(v.Status)}`);
 }
 
+/** One kept-alive connection for the calls of a process (a verb makes a dozen); idle, it never holds the process. */
+let agent: import('node:http').Agent | undefined;
+
 async function post(socketPath: string, method: string, body: Buffer, headers: CallHeaders): Promise<string> {
   // Loaded on the first call only: a standalone driver process never pays for the HTTP client.
-  const { request } = await import('node:http');
+  const http = await import('node:http');
+  agent ??= new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    return await postOnce(http.request, socketPath, method, body, headers);
+  } catch (err) {
+    // xapi closed the idle connection as this call went out on it: nothing was read, so send it again once.
+    if (!(err instanceof StaleConnection)) throw err;
+    return postOnce(http.request, socketPath, method, body, headers);
+  }
+}
+
+/** An idle connection xapi closed; a call on it never reached xapi. */
+class StaleConnection extends Error {}
+
+function postOnce(request: typeof import('node:http').request, socketPath: string, method: string, body: Buffer, headers: CallHeaders): Promise<string> {
   return new Promise((resolve, reject) => {
     const req = request(
       {
@@ -60,8 +77,7 @@ async function post(socketPath: string, method: string, body: Buffer, headers: C
           originator: process.env.ORIGINATOR || 'SM',
           ...(headers.subtaskOf ? { 'Subtask-of': headers.subtaskOf } : {}),
         },
-        // One call per connection: a driver makes a handful and exits.
-        agent: false,
+        agent,
         timeout: CALL_TIMEOUT_MS,
       },
       (res) => {
@@ -80,7 +96,11 @@ async function post(socketPath: string, method: string, body: Buffer, headers: C
       },
     );
     req.on('timeout', () => req.destroy(new Error(`no reply within ${CALL_TIMEOUT_MS} ms`)));
-    req.on('error', (err) => reject(new XapiTransportError(method, err.message)));
+    req.on('error', (err) => {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (req.reusedSocket && (code === 'ECONNRESET' || code === 'EPIPE')) reject(new StaleConnection(err.message));
+      else reject(new XapiTransportError(method, err.message));
+    });
     req.end(body);
   });
 }

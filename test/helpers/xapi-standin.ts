@@ -155,6 +155,11 @@ export class XapiStandin {
     return standin;
   }
 
+  /** Drops the connections no call is using, as xapi does with idle clients. */
+  closeIdleConnections(): void {
+    this.server?.closeIdleConnections();
+  }
+
   async close(): Promise<void> {
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     await rm(this.socketPath, { force: true });

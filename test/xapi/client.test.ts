@@ -106,3 +106,13 @@ test('no endpoint: a transport error, not a failure', async (t) => {
   const s = new XapiSession(path.join(os.tmpdir(), `no-xapi-${randomUUID()}`), SESSION);
   await t.throwsAsync(s.srByUuid('x'), { instanceOf: XapiTransportError });
 });
+
+test('calls of one process share a kept-alive connection; one xapi dropped while idle is replaced without a failed call', async (t) => {
+  await withStandin(async (xapi, session) => {
+    for (let i = 0; i < 3; i++) t.is(await session.srVirtualAllocation(SR), 0);
+    xapi.closeIdleConnections();
+    await new Promise((r) => setTimeout(r, 50));
+    t.is(await session.srVirtualAllocation(SR), 0, 'the next call goes out on a new connection');
+    t.is(xapi.callsOf('SR.get_virtual_allocation').length, 4, 'each call reached xapi once');
+  });
+});
