@@ -179,9 +179,10 @@ test('sm-gc -q says a collector runs while it is stopped (SIGSTOP)', async (t) =
   const w = await World.open(ctx);
   try {
     // A leaf-coalesce of a few MiB, slowed down so the collector is caught mid-run.
+    // Written after the snapshot, so the leaf holds the 16 MiB the leaf-coalesce copies (at 2 MiB/s).
     await w.create('V', 64 * MiB);
-    await w.fill('V', 0, 16 * MiB);
     await w.snapshot('V', 'S');
+    await w.fill('V', 0, 16 * MiB);
     await w.delete('S');
     const gcProc = spawn(process.execPath, [SM_GC, '-u', ctx.sr, '-g'], { env: { ...ctx.env, SM_GC_MAX_MIBPS: '2' }, stdio: 'ignore' });
     await waitFor('the copy', () => (readSmlog(ctx).includes('Leaf-coalescing') ? true : undefined), 30_000);

@@ -91,7 +91,11 @@ test('a VDI written faster than the copy: the GC gives up after its rounds, says
     t.is(r.code, 0);
     await load.stop();
     t.deepEqual(load.errors, [], 'no client saw an I/O error');
-    t.regex(readSmlog(ctx), /Live leaf-coalesce of [0-9a-f]{8} given up: the VDI is written faster than it is copied: after 1 rounds [\d.]+ MiB were written again/);
+    // Outrun in the rounds, or by what was written between the last round and the pause: either way it says so.
+    t.regex(
+      readSmlog(ctx),
+      /Live leaf-coalesce of [0-9a-f]{8} given up: (the VDI is written faster than it is copied: after 1 rounds [\d.]+ MiB were written again|[\d.]+ MiB were written just before the pause, more than a pause may copy)/,
+    );
     t.is(await w.shape(), '*?(V)', 'the chain is as before');
     t.true((await load.conns[0]!.read(0, size)).equals(w.models.get(V)!.read(0, size)), 'reads as every acknowledged write');
     load.close();
