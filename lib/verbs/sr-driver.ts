@@ -144,6 +144,16 @@ function boolArg(value: string | undefined): boolean {
 }
 
 export function srDriver(type: SrType): Driver {
+  const resize = onVdi(async (repo, vdi, sr, req) => {
+    await refuseActiveElsewhere(repo, vdi);
+    const db = await toolstackDbFor(req, sr);
+    const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
+    await pausedEverywhere(db, vdi, req, async () => {
+      await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).then(() => growLogToImage(repo, vdi)), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
+      await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
+    });
+    return vdiReply(vdi);
+  });
   const verbs: Driver['verbs'] = {
     async sr_create(req) {
       const sr = srUuidOf(req);
@@ -409,27 +419,9 @@ export function srDriver(type: SrType): Driver {
       );
     }),
 
-    vdi_resize: onVdi(async (repo, vdi, sr, req) => {
-      await refuseActiveElsewhere(repo, vdi);
-      const db = await toolstackDbFor(req, sr);
-      const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
-      await pausedEverywhere(db, vdi, req, async () => {
-        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).then(() => growLogToImage(repo, vdi)), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
-        await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
-      });
-      return vdiReply(vdi);
-    }),
-
-    vdi_resize_online: onVdi(async (repo, vdi, sr, req) => {
-      await refuseActiveElsewhere(repo, vdi);
-      const db = await toolstackDbFor(req, sr);
-      const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
-      await pausedEverywhere(db, vdi, req, async () => {
-        await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).then(() => growLogToImage(repo, vdi)), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
-        await resizedInToolstackDb(repo, db, vdi, before, req.vdi_ref);
-      });
-      return vdiReply(vdi);
-    }),
+    // One resize: an active VDI's datapath is paused around it, so the online form is the same verb.
+    vdi_resize: resize,
+    vdi_resize_online: resize,
 
     vdi_update: onVdi(async (repo, vdi, sr, req) => {
       // An image with children is recorded read-only, as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts).
