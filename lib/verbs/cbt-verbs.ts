@@ -16,6 +16,7 @@ import { poolActivations } from '../sr/activation.js';
 import { readVdiState } from '../sr/attach-record.js';
 import { changedBlocks, hasCbtLog, startTracking, stopTracking } from '../sr/cbt-logs.js';
 import { withPausedServing } from '../sr/datapath.js';
+import { toolstackDbFor } from './xapi-endpoint.js';
 import { faultPoint } from '../sr/fault.js';
 import { requireUuid } from '../sr/ids.js';
 import type { Repository } from '../sr/repository.js';
@@ -73,13 +74,23 @@ export function cbtVerbs(c: CbtVerbContext): Record<'vdi_enable_cbt' | 'vdi_disa
       return null;
     },
 
-    vdi_list_changed_blocks: c.onVdiOrLog(async (repo, from, _sr, req) => {
-      // xapi passes the target as its reference and the established SM resolves it over XenAPI;
-      // without a XenAPI session the target is named by its uuid (its location).
-      const to = await repo.requireVdiOrLog(req.args[0]);
+    vdi_list_changed_blocks: c.onVdiOrLog(async (repo, from, sr, req) => {
+      const to = await repo.requireVdiOrLog(await targetUuid(req, sr));
       const { bitmap, size, logs } = await changedBlocks(repo, from, to);
       getLog().info(`VDI ${from} -> ${to}: ${countSet(bitmap)} of ${Math.ceil(size / 65536)} blocks changed (${logs.length} logs)`);
       return toXapiBase64(bitmap);
     }),
   };
+}
+
+/**
+ * The target of vdi_list_changed_blocks: xapi passes its reference, which the
+ * established SM resolves over XenAPI, and so does this with an endpoint;
+ * without one the target is named by its uuid (its location).
+ */
+async function targetUuid(req: Request, sr: string): Promise<string | undefined> {
+  const target = req.args[0];
+  if (!target?.startsWith('OpaqueRef:')) return target;
+  const db = await toolstackDbFor(req, sr);
+  return db ? (await db.xapi.vdiRecord(target)).uuid : target;
 }

@@ -182,3 +182,19 @@ test('vdi_introduce of an image made behind the SM, under new_uuid: the driver i
     t.is(xapi.callsOf('VDI.db_introduce').length, 1);
   });
 });
+
+test('vdi_list_changed_blocks takes its target as xapi passes it, a reference, resolved through XenAPI', async (t) => {
+  await withXapiSr(async (ctx, xapi) => {
+    const { uuid: vdi } = (await xml(ctx, 'vdi_create', { args: createArgs(8 * MiB) })) as VdiReply;
+    t.is(await xml(ctx, 'vdi_enable_cbt', { vdi_uuid: vdi, vdi_location: vdi }), null);
+    const { uuid: s1 } = (await xml(ctx, 'vdi_snapshot', { vdi_uuid: vdi, vdi_location: vdi })) as VdiReply;
+    const { uuid: s2 } = (await xml(ctx, 'vdi_snapshot', { vdi_uuid: vdi, vdi_location: vdi })) as VdiReply;
+    const s2Ref = [...xapi.vdis.entries()].find(([, v]) => v.uuid === s2)![0];
+    const byRef = await xml(ctx, 'vdi_list_changed_blocks', { vdi_uuid: s1, vdi_location: s1, args: [s2Ref] });
+    const byUuid = await xml(ctx, 'vdi_list_changed_blocks', { vdi_uuid: s1, vdi_location: s1, args: [s2] });
+    t.is(typeof byRef, 'string');
+    t.is(byRef, byUuid, 'the same blocks whichever way the target is named');
+    const gone = await t.throwsAsync(xml(ctx, 'vdi_list_changed_blocks', { vdi_uuid: s1, vdi_location: s1, args: ['OpaqueRef:no-such-vdi'] }), { instanceOf: SmFault });
+    t.not(gone.code, 0, 'a reference xapi does not know is a fault');
+  });
+});
