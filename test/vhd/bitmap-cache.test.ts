@@ -5,15 +5,18 @@ import test from 'ava';
 import { createDynamic, FileIO, VhdImage, writeAt, type PositionalIO } from '../../lib/vhd/index.js';
 import { MiB, withTempDir } from './helpers.js';
 
-/** A file whose reads at one offset finish only when the test says so. */
-function slowReadsAt(io: FileIO, offset: () => number, gate: Promise<void>): PositionalIO {
+/** A file whose reads at one offset finish only when the test says so; `read` says when the bytes were read. */
+function slowReadsAt(io: FileIO, offset: () => number, gate: Promise<void>, read: () => void): PositionalIO {
   return {
     path: io.path,
     writable: io.writable,
     isDevice: io.isDevice,
     async read(buf, position) {
       await io.read(buf, position);
-      if (position === offset()) await gate;
+      if (position === offset()) {
+        read();
+        await gate;
+      }
     },
     write: (bufs, position) => io.write(bufs, position),
     size: () => io.size(),
@@ -30,9 +33,12 @@ test('a bitmap read overtaken by a bitmap write does not cache the older bitmap'
     await writeAt(p, Buffer.alloc(512, 1), 0); // block 0, sector 0 present
     let open!: () => void;
     const gate = new Promise<void>((r) => (open = r));
+    let readDone!: () => void;
+    const staleRead = new Promise<void>((r) => (readDone = r));
     let img: VhdImage | undefined;
-    const image = (img = await VhdImage.fromIO(slowReadsAt(await FileIO.open(p, true), () => (img ? img.bitmapOffset(0) : -1), gate)));
+    const image = (img = await VhdImage.fromIO(slowReadsAt(await FileIO.open(p, true), () => (img ? img.bitmapOffset(0) : -1), gate, readDone)));
     const stale = image.readBitmap(0); // reads the old bitmap, finishes late
+    await staleRead; // the old bytes are read before the write below starts
     const newer = Buffer.alloc(image.bitmapBytes);
     newer[0] = 0xc0; // sectors 0 and 1
     await image.writeBitmap(0, newer);
