@@ -8,9 +8,8 @@
  * stay right; a record xapi could not be told about is put right by the next
  * sr_scan (it forgets gone images and rewrites a stale `vhd-parent`).
  */
-import { stat } from 'node:fs/promises';
 import type { SMLog } from '../lib/log/index.js';
-import { xapiSocketPath } from '../lib/sr/paths.js';
+import { listeningXapiSocket } from '../lib/sr/xapi-socket.js';
 import type { ToolstackDb } from '../lib/sr/xapi-sync.js';
 import type { GcContext } from './context.js';
 
@@ -20,9 +19,8 @@ export interface GcToolstack {
 }
 
 export async function openGcToolstack(sr: string, log: SMLog): Promise<GcToolstack | undefined> {
-  const socket = xapiSocketPath();
-  const isSocket = await stat(socket).then((s) => s.isSocket(), () => false);
-  if (!isSocket) {
+  const { socket, listening } = await listeningXapiSocket();
+  if (!listening) {
     log.info(`XenAPI: standalone (no endpoint at ${socket})`);
     return undefined;
   }

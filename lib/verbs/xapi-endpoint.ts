@@ -9,10 +9,9 @@
  * The client is loaded only when an endpoint exists: a driver is one process
  * per call, and a standalone one should not pay for it.
  */
-import { stat } from 'node:fs/promises';
 import { getLog } from '../log/index.js';
 import type { Request } from '../smapi/request.js';
-import { xapiSocketPath } from '../sr/paths.js';
+import { listeningXapiSocket } from '../sr/xapi-socket.js';
 import type { ToolstackDb } from '../sr/xapi-sync.js';
 
 let lastSaid: string | undefined;
@@ -23,18 +22,10 @@ function say(line: string): void {
   getLog().info(line);
 }
 
-async function isSocket(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isSocket();
-  } catch {
-    return false;
-  }
-}
-
 /** The toolstack's database for this call's SR, or undefined when the SM runs standalone. */
 export async function toolstackDbFor(req: Request, srUuid: string): Promise<ToolstackDb | undefined> {
-  const socket = xapiSocketPath();
-  if (!(await isSocket(socket))) {
+  const { socket, listening } = await listeningXapiSocket();
+  if (!listening) {
     say(`XenAPI: standalone (no endpoint at ${socket})`);
     return undefined;
   }
