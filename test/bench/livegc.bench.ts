@@ -8,9 +8,12 @@
  *    the datapath held requests (its own figure, from SMlog), and the slowest
  *    client write during the GC against the slowest one without a GC, same run.
  * 2. Speed: the live leaf-coalesce of a leaf holding BENCH_LIVEGC_MIB (1024)
- *    MiB, under the same load, against `cp` + fsync of as many bytes, also under it.
+ *    MiB against `cp` + fsync of as many bytes: first with the VDI idle (the
+ *    copy's own speed), then under the same load (the copy, and the rounds
+ *    catching up with the writes).
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { activate, deactivate } from '../helpers/live-load.js';
 import { openNbd, type NbdVdiClient } from '../helpers/nbd-vdi.js';
@@ -67,69 +70,92 @@ function pausesFromLog(smlog: string, vdi: string): { relink: number[]; leaf: nu
   return out;
 }
 
+/** Cycles of two snapshots deleted under a written VDI, then the GC: the pauses it takes. */
+async function pauseCycles(ctx: Awaited<ReturnType<typeof makeSmEnv>>, w: World): Promise<void> {
+  const size = 256 * MiB;
+  const v = await w.create('V', size);
+  await w.fill('V', 0, 64 * MiB);
+  await activate(w, v);
+  const l = await load(w, v, size);
+  await new Promise((r) => setTimeout(r, 2000));
+  const quiet = l.maxBetween(0, performance.now());
+  const gcMax: number[] = [];
+  for (let i = 0; i < CYCLES; i++) {
+    await w.snapshot('V', `A${i}`);
+    await new Promise((r) => setTimeout(r, 300));
+    await w.snapshot('V', `B${i}`);
+    await w.delete(`A${i}`);
+    await w.delete(`B${i}`);
+    const from = performance.now();
+    await gc(ctx);
+    gcMax.push(l.maxBetween(from, performance.now() + 1));
+  }
+  await l.stop();
+  const pauses = pausesFromLog(readFileSync(ctx.smlog, 'utf8'), v);
+  if (process.env.BENCH_LIVEGC_LOG === '1') console.log(readFileSync(ctx.smlog, 'utf8').split('\n').filter((x) => /Live leaf|paused|Relinking|given up/.test(x)).join('\n'));
+  report(`Live GC pauses: ${CYCLES} cycles of 2 snapshots deleted + sm-gc -g under QD${QD} 4 KiB random writes (${size / MiB} MiB VDI, File SR)`, [
+    ['datapath pause, relink', p50max(pauses.relink)],
+    ['datapath pause, final leaf-coalesce step', p50max(pauses.leaf)],
+    ['slowest client write during each GC run', p50max(gcMax)],
+    ['slowest client write, 2 s without GC (baseline)', `${quiet.toFixed(0)} ms`],
+    ['writes completed', String(l.samples.length)],
+  ]);
+  await deactivate(w, v);
+}
+
+/**
+ * A leaf of LEAF_MIB (written whole, over a hidden parent holding 16 MiB) live
+ * leaf-coalesced by `sm-gc -g`, against `cp` + fsync of as many bytes in the
+ * same conditions. Idle: nobody writes the VDI, so the figure is the copy's
+ * speed; loaded: QD16 random 4 KiB writes meanwhile, so the rounds must catch up.
+ */
+async function leafCoalesceSpeed(ctx: Awaited<ReturnType<typeof makeSmEnv>>, w: World, name: string, loaded: boolean): Promise<void> {
+  const vdi = await w.create(name, LEAF_MIB * MiB + 64 * MiB);
+  await w.fill(name, 0, 16 * MiB);
+  await w.snapshot(name, `${name}s`);
+  await w.fill(name, 0, LEAF_MIB * MiB);
+  await w.delete(`${name}s`);
+  await activate(w, vdi);
+  const l = loaded ? await load(w, vdi, LEAF_MIB * MiB) : undefined;
+  const raw = join(ctx.base, `${name}-same-bytes.raw`);
+  writeFileSync(raw, Buffer.alloc(LEAF_MIB * MiB, 7));
+  const cp = await copyBaseline(raw, join(ctx.base, `${name}-copy.raw`));
+  const t0 = performance.now();
+  await gc(ctx);
+  const ms = performance.now() - t0;
+  await l?.stop();
+  rmSync(raw);
+  rmSync(join(ctx.base, `${name}-copy.raw`));
+  const log = readFileSync(ctx.smlog, 'utf8');
+  if (process.env.BENCH_LIVEGC_LOG === '1') console.log(log.split('\n').filter((x) => x.includes('SMGC') && x.includes(vdi.slice(0, 8))).join('\n'));
+  const rounds = log.split('\n').filter((x) => x.includes(`Live leaf-coalesce of ${vdi.slice(0, 8)}, round`) && x.includes('MiB/s)'));
+  const leafPause = pausesFromLog(log, vdi).leaf;
+  const round0 = /round 0: .*\(([\d.]+) MiB\/s\)/.exec(rounds[0] ?? '');
+  const cpRate = mibps(LEAF_MIB * MiB, cp);
+  const how = loaded ? `under QD${QD} 4 KiB random writes` : 'idle (no writer)';
+  report(`Live leaf-coalesce of a ${LEAF_MIB} MiB leaf, ${how} (File SR), load average ${loadavg()[0].toFixed(1)}`, [
+    ['sm-gc -g (whole process)', `${(ms / 1000).toFixed(2)} s  ${mibps(LEAF_MIB * MiB, ms).toFixed(0)} MiB/s`],
+    [`cp + fsync of the same bytes, ${loaded ? 'same load' : 'idle'}`, `${(cp / 1000).toFixed(2)} s  ${cpRate.toFixed(0)} MiB/s`],
+    ['speed ratio sm-gc / copy (goal >= 0.7)', (cp / ms).toFixed(2)],
+    ['speed ratio round 0 (the whole leaf) / copy', round0 ? (Number(round0[1]) / cpRate).toFixed(2) : 'no round 0'],
+    ['rounds', rounds.map((x) => x.replace(/^.*round (\d+): /, 'r$1: ')).join(' | ')],
+    ['final step pause', leafPause.length ? `${leafPause[0]} ms` : 'none (given up?)'],
+  ]);
+  await deactivate(w, vdi);
+}
+
 const p50max = (xs: number[]) => (xs.length ? `p50 ${percentile(xs, 50).toFixed(0)} ms, max ${Math.max(...xs).toFixed(0)} ms (${xs.length} pauses)` : 'none');
 
 export async function runLiveGcBenchmarks(): Promise<void> {
   const ctx = await makeSmEnv();
   const w = await World.open(ctx);
   try {
-    // 1. Pauses.
-    const size = 256 * MiB;
-    const v = await w.create('V', size);
-    await w.fill('V', 0, 64 * MiB);
-    await activate(w, v);
-    const l = await load(w, v, size);
-    await new Promise((r) => setTimeout(r, 2000));
-    const quiet = l.maxBetween(0, performance.now());
-    const gcMax: number[] = [];
-    for (let i = 0; i < CYCLES; i++) {
-      await w.snapshot('V', `A${i}`);
-      await new Promise((r) => setTimeout(r, 300));
-      await w.snapshot('V', `B${i}`);
-      await w.delete(`A${i}`);
-      await w.delete(`B${i}`);
-      const from = performance.now();
-      await gc(ctx);
-      gcMax.push(l.maxBetween(from, performance.now() + 1));
-    }
-    await l.stop();
-    const pauses = pausesFromLog(readFileSync(ctx.smlog, 'utf8'), v);
-    if (process.env.BENCH_LIVEGC_LOG === '1') console.log(readFileSync(ctx.smlog, 'utf8').split('\n').filter((x) => /Live leaf|paused|Relinking|given up/.test(x)).join('\n'));
-    report(`Live GC pauses: ${CYCLES} cycles of 2 snapshots deleted + sm-gc -g under QD${QD} 4 KiB random writes (${size / MiB} MiB VDI, File SR)`, [
-      ['datapath pause, relink', p50max(pauses.relink)],
-      ['datapath pause, final leaf-coalesce step', p50max(pauses.leaf)],
-      ['slowest client write during each GC run', p50max(gcMax)],
-      ['slowest client write, 2 s without GC (baseline)', `${quiet.toFixed(0)} ms`],
-      ['writes completed', String(l.samples.length)],
-    ]);
-    await deactivate(w, v);
+    // 1. Pauses (BENCH_LIVEGC_CYCLES=0: speed only).
+    if (CYCLES > 0) await pauseCycles(ctx, w);
 
-    // 2. Speed: a leaf of LEAF_MIB.
-    const big = await w.create('L', LEAF_MIB * MiB + 64 * MiB);
-    await w.fill('L', 0, 16 * MiB);
-    await w.snapshot('L', 'Ls');
-    await w.fill('L', 0, LEAF_MIB * MiB);
-    await w.delete('Ls');
-    await activate(w, big);
-    const l2 = await load(w, big, LEAF_MIB * MiB);
-    const raw = join(ctx.base, 'same-bytes.raw');
-    writeFileSync(raw, Buffer.alloc(LEAF_MIB * MiB, 7));
-    const cp = await copyBaseline(raw, join(ctx.base, 'copy.raw'));
-    const t0 = performance.now();
-    await gc(ctx);
-    const ms = performance.now() - t0;
-    await l2.stop();
-    const log = readFileSync(ctx.smlog, 'utf8');
-    const rounds = log.split('\n').filter((x) => x.includes(`Live leaf-coalesce of ${big.slice(0, 8)}, round`) && x.includes('MiB/s)'));
-    const leafPause = pausesFromLog(log, big).leaf;
-    report(`Live leaf-coalesce of a ${LEAF_MIB} MiB leaf under QD${QD} 4 KiB random writes (File SR)`, [
-      ['sm-gc -g (whole process)', `${(ms / 1000).toFixed(2)} s  ${mibps(LEAF_MIB * MiB, ms).toFixed(0)} MiB/s`],
-      ['cp + fsync of the same bytes, same load', `${(cp / 1000).toFixed(2)} s  ${mibps(LEAF_MIB * MiB, cp).toFixed(0)} MiB/s`],
-      ['speed ratio GC / copy (goal >= 0.7)', (cp / ms).toFixed(2)],
-      ['rounds', rounds.map((x) => x.replace(/^.*round (\d+): /, 'r$1: ')).join(' | ')],
-      ['final step pause', leafPause.length ? `${leafPause[0]} ms` : 'none (given up?)'],
-    ]);
-    await deactivate(w, big);
+    // 2. Speed: the copy alone (the VDI idle), then under the same load.
+    await leafCoalesceSpeed(ctx, w, 'L1', false);
+    await leafCoalesceSpeed(ctx, w, 'L2', true);
   } finally {
     await w.close();
     await ctx.cleanup();
