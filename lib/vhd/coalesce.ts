@@ -222,93 +222,65 @@ class BlockCopier {
    * Only the given sectors (a live leaf's writes since the last copy, a few in
    * many blocks): in a block the parent has, just those sectors are read and
    * written, then the parent's bitmap; a block new to the parent is written
-   * whole, as in copyFrom. Several blocks are copied at once and each block's
-   * runs are written together: a round is thousands of small writes, and one at
-   * a time each would wait its turn on a busy host's scheduler.
+   * whole, as in copyFrom.
    */
   private async copyMasked(child: VhdImage, sectors: ReadonlyMap<number, Uint8Array>): Promise<void> {
+    const { parent, opts, pool, result } = this;
+    const spb = child.sectorsPerBlock;
     const blocks = [...sectors.keys()].filter((i) => i < child.blockCount && child.hasBlock(i)).sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
     this.blocksTotal += blocks.length;
-    let next = 0;
-    const worker = async () => {
-      while (next < blocks.length && !this.opts.signal?.aborted) {
-        const i = blocks[next++];
-        this.blocksDone++;
-        const copied = await this.copyMaskedBlock(child, i, sectors.get(i)!);
-        this.result.sectors += copied;
-        this.result.blocks += copied > 0 ? 1 : 0;
-        this.result.bytesCopied += copied * SECTOR;
-        if (this.pendingBytes >= this.batchBytes) {
-          await this.flush();
-          this.progress();
+    for (const i of blocks) {
+      if (opts.signal?.aborted) break;
+      this.blocksDone++;
+      const only = sectors.get(i)!;
+      let sectorsCopied = 0;
+      if (!parent.hasBlock(i)) {
+        const c = await child.readBlock(i, pool.take());
+        if (child.isBlockFull(i)) c.bitmap.fill(0xff);
+        for (let b = 0; b < c.bitmap.length; b++) c.bitmap[b] &= only[b] ?? 0;
+        forEachSetRun(c.bitmap, 0, spb, (s, e) => (sectorsCopied += e - s));
+        if (sectorsCopied === 0) {
+          pool.give(c);
+          continue;
         }
+        zeroClearSectors(c.bitmap, c.data, spb);
+        this.pending.push(c);
+        this.pendingBytes += c.data.length;
+        if (sectorsCopied === spb) this.full.push(i);
+      } else {
+        const held = child.isBlockFull(i) ? Buffer.alloc(child.bitmapBytes, 0xff) : Buffer.from((await child.readBitmap(i))!);
+        const bitmap = Buffer.from(held);
+        for (let b = 0; b < bitmap.length; b++) bitmap[b] &= only[b] ?? 0;
+        if (noneSet(bitmap, spb)) continue;
+        const mine = parent.isBlockFull(i) ? Buffer.alloc(parent.bitmapBytes, 0xff) : Buffer.from((await parent.readBitmap(i))!);
+        const runs = mergeNearRuns(bitmap, held, spb);
+        // Many runs: the child's block data in one read, the runs written from it.
+        const whole = runs.length > 4 ? Buffer.allocUnsafe(child.blockSize) : undefined;
+        if (whole) await child.readData(i, 0, whole);
+        for (const [s, e] of runs) {
+          const data = whole ? whole.subarray(s * SECTOR, e * SECTOR) : Buffer.allocUnsafe((e - s) * SECTOR);
+          if (!whole) await child.readData(i, s * SECTOR, data);
+          await parent.writeData(i, s * SECTOR, data);
+          for (let b = s >> 3; b <= (e - 1) >> 3; b++) mine[b] |= rangeMask(b, s, e);
+          sectorsCopied += e - s;
+        }
+        await parent.writeBitmap(i, mine);
+        if (allSet(mine, spb)) this.full.push(i);
       }
-    };
-    await Promise.all(Array.from({ length: Math.min(MASKED_BLOCKS_IN_FLIGHT, blocks.length) }, worker));
+      result.sectors += sectorsCopied;
+      result.blocks++;
+      result.bytesCopied += sectorsCopied * SECTOR;
+      if (this.pendingBytes >= this.batchBytes) {
+        await this.flush();
+        this.progress();
+      }
+    }
     await this.flush();
     await this.appended;
   }
 
-  /** One block of copyMasked; the sectors copied. */
-  private async copyMaskedBlock(child: VhdImage, i: number, only: Uint8Array): Promise<number> {
-    const { parent, pool } = this;
-    const spb = child.sectorsPerBlock;
-    let copied = 0;
-    if (!parent.hasBlock(i)) {
-      const c = await child.readBlock(i, pool.take());
-      if (child.isBlockFull(i)) c.bitmap.fill(0xff);
-      for (let b = 0; b < c.bitmap.length; b++) c.bitmap[b] &= only[b] ?? 0;
-      forEachSetRun(c.bitmap, 0, spb, (s, e) => (copied += e - s));
-      if (copied === 0) {
-        pool.give(c);
-        return 0;
-      }
-      zeroClearSectors(c.bitmap, c.data, spb);
-      this.pending.push(c);
-      this.pendingBytes += c.data.length;
-      if (copied === spb) this.full.push(i);
-      return copied;
-    }
-    const [childBitmap, parentBitmap] = await Promise.all([
-      child.isBlockFull(i) ? Buffer.alloc(child.bitmapBytes, 0xff) : child.readBitmap(i),
-      parent.isBlockFull(i) ? Buffer.alloc(parent.bitmapBytes, 0xff) : parent.readBitmap(i),
-    ]);
-    const held = Buffer.from(childBitmap!);
-    const bitmap = Buffer.from(held);
-    for (let b = 0; b < bitmap.length; b++) bitmap[b] &= only[b] ?? 0;
-    if (noneSet(bitmap, spb)) return 0;
-    const mine = Buffer.from(parentBitmap!);
-    const runs = mergeNearRuns(bitmap, held, spb);
-    // Many runs: the span they cover in one read (a copy in memory beats a read per run).
-    const first = runs[0][0];
-    const span = runs.length > 4 ? Buffer.allocUnsafe((runs.at(-1)![1] - first) * SECTOR) : undefined;
-    if (span) await child.readData(i, first * SECTOR, span);
-    await Promise.all(
-      runs.map(async ([s, e]) => {
-        const data = span ? span.subarray((s - first) * SECTOR, (e - first) * SECTOR) : Buffer.allocUnsafe((e - s) * SECTOR);
-        if (!span) await child.readData(i, s * SECTOR, data);
-        await parent.writeData(i, s * SECTOR, data);
-      }),
-    );
-    for (const [s, e] of runs) {
-      for (let b = s >> 3; b <= (e - 1) >> 3; b++) mine[b] |= rangeMask(b, s, e);
-      copied += e - s;
-    }
-    await parent.writeBitmap(i, mine);
-    if (allSet(mine, spb)) this.full.push(i);
-    return copied;
-  }
-
-  /** flush() one at a time: blocks copied at once may each find the batch full, and two appends must never place blocks at the same end. */
-  private flushing: Promise<void> = Promise.resolve();
-  private flush(): Promise<void> {
-    const done = this.flushing.then(() => this.flushPending());
-    this.flushing = done.catch(() => undefined);
-    return done;
-  }
-
   /** Appends the pending blocks once the previous append is done; their commit follows the previous commit. */
-  private async flushPending(): Promise<void> {
+  private async flush(): Promise<void> {
     if (this.pending.length === 0) return;
     const batch = this.pending;
     this.pending = [];
@@ -368,28 +340,17 @@ class BlockPool {
   }
 }
 
-/** Blocks copyMasked copies at once. */
-const MASKED_BLOCKS_IN_FLIGHT = 8;
-
-/**
- * Two runs of copyMasked are written as one when at most this many sectors lie
- * between them (and the child holds those): one 4 KiB page, which the page
- * cache writes back whole anyway. A wider gap costs bytes the disk must write,
- * and random writes all over a leaf then make a round copy several times what
- * was written (64 KiB gaps copied 5x).
- */
-const MERGE_GAP_SECTORS = 8;
-
+/** Bits of byte `b` that fall within sector range [s, e). */
 /**
  * The runs of `wanted`, where two runs are one when every sector between them,
- * at most MERGE_GAP_SECTORS, is one the child holds (`held`): copying a sector
- * the child covers never changes what the chain reads, and one write beats two.
+ * at most 128 (64 KiB), is one the child holds (`held`): copying a sector the
+ * child covers never changes what the chain reads, and one write beats two.
  */
 function mergeNearRuns(wanted: Uint8Array, held: Uint8Array, spb: number): [number, number][] {
   const runs: [number, number][] = [];
   forEachSetRun(wanted, 0, spb, (s, e) => {
     const last = runs.at(-1);
-    if (last && s - last[1] <= MERGE_GAP_SECTORS && allHeld(held, last[1], s)) last[1] = e;
+    if (last && s - last[1] <= 128 && allHeld(held, last[1], s)) last[1] = e;
     else runs.push([s, e]);
   });
   return runs;
@@ -400,7 +361,6 @@ function allHeld(held: Uint8Array, from: number, to: number): boolean {
   return true;
 }
 
-/** Bits of byte `b` that fall within sector range [s, e). */
 function rangeMask(b: number, s: number, e: number): number {
   let mask = 0;
   for (let bit = Math.max(s, b * 8); bit < Math.min(e, b * 8 + 8); bit++) mask |= 0x80 >> (bit & 7);

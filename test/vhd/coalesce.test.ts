@@ -330,7 +330,7 @@ test('a coalesce of given sectors only (a live leaf-coalesce round): those secto
   });
 });
 
-test('given sectors in many blocks, copied several blocks at once with batches filling meanwhile: every sector asked for is the child\'s, every sector the child lacks stays the parent\'s, the chain reads the same', async (t) => {
+test('given sectors in many blocks, batches of blocks new to the parent committed meanwhile: every sector asked for is the child\'s, every sector the child lacks stays the parent\'s, the chain reads the same', async (t) => {
   await withTempDir(async (dir) => {
     const parent = join(dir, 'p.vhd');
     const child = join(dir, 'c.vhd');
