@@ -45,11 +45,11 @@ function resultOf(method: string, value: XmlRpcValue): XmlRpcValue {
 }
 
 /**
- * Connections a process keeps open between its calls, so that a verb's calls
- * share them; idle, they never hold the process, and one xapi closes while
- * idle simply leaves the list.
+ * Connections a process keeps open between its calls, per socket path, so
+ * that a verb's calls share them; idle, they never hold the process, and one
+ * xapi closes while idle simply leaves the list.
  */
-const idle = new Set<Socket>();
+const idleBySocket = new Map<string, Set<Socket>>();
 /** At most this many calls go out at once (a verb sends its independent calls together). */
 const MAX_CONNECTIONS = 4;
 let busy = 0;
@@ -59,16 +59,16 @@ async function post(socketPath: string, method: string, body: Buffer, headers: C
   const request = Buffer.concat([Buffer.from(requestHead(body.length, headers), 'latin1'), body]);
   await slot();
   try {
-    const reused = takeIdle();
+    const reused = takeIdle(socketPath);
     if (reused) {
       try {
-        return await exchange(reused, true, method, request);
+        return await exchange(reused, true, method, request, socketPath);
       } catch (err) {
         // xapi closed the idle connection as this call went out on it: nothing was read, so send it again once.
         if (!(err instanceof StaleConnection)) throw err;
       }
     }
-    return await exchange(await connect(socketPath, method), false, method, request);
+    return await exchange(await connect(socketPath, method), false, method, request, socketPath);
   } finally {
     release();
   }
@@ -88,9 +88,10 @@ function release(): void {
   else busy--;
 }
 
-function takeIdle(): Socket | undefined {
-  for (const socket of idle) {
-    idle.delete(socket);
+function takeIdle(socketPath: string): Socket | undefined {
+  const idle = idleBySocket.get(socketPath);
+  for (const socket of idle ?? []) {
+    idle!.delete(socket);
     socket.removeAllListeners('close');
     socket.removeAllListeners('error');
     if (!socket.destroyed && !socket.readableEnded) return socket;
@@ -98,10 +99,12 @@ function takeIdle(): Socket | undefined {
   return undefined;
 }
 
-function keepIdle(socket: Socket): void {
+function keepIdle(socket: Socket, socketPath: string): void {
+  let idle = idleBySocket.get(socketPath);
+  if (!idle) idleBySocket.set(socketPath, (idle = new Set()));
   socket.unref();
   socket.on('error', () => undefined); // a connection xapi drops while idle is simply not reused
-  socket.on('close', () => idle.delete(socket));
+  socket.on('close', () => idle!.delete(socket));
   idle.add(socket);
 }
 
@@ -142,7 +145,7 @@ function connect(socketPath: string, method: string): Promise<Socket> {
  * ones if the reply allows it. `reused`: the connection carried a call
  * before, so nothing at all coming back means xapi had closed it while idle.
  */
-function exchange(socket: Socket, reused: boolean, method: string, request: Buffer): Promise<string> {
+function exchange(socket: Socket, reused: boolean, method: string, request: Buffer, socketPath: string): Promise<string> {
   socket.ref();
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -158,7 +161,7 @@ function exchange(socket: Socket, reused: boolean, method: string, request: Buff
         reject(err);
         return;
       }
-      if (reply.keepAlive && !socket.destroyed && !socket.readableEnded) keepIdle(socket);
+      if (reply.keepAlive && !socket.destroyed && !socket.readableEnded) keepIdle(socket, socketPath);
       else socket.destroy();
       if (reply.status !== 200) reject(new XapiTransportError(method, `HTTP ${reply.status}`));
       else resolve(reply.body.toString('utf8'));
