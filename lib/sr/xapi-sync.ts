@@ -40,6 +40,8 @@ const refOrNull = (v: string) => (v.startsWith('OpaqueRef:') ? v : NULL_REF);
 
 export class ToolstackDb {
   private srRefMemo: Promise<string> | undefined;
+  /** VDI refs looked up during this call: a ref never changes while the record lives, and only this SM forgets ours. */
+  private readonly refs = new Map<string, string>();
 
   constructor(
     readonly xapi: XapiSession,
@@ -83,8 +85,12 @@ export class ToolstackDb {
 
   // ------------------------------------------------------------------- VDIs
 
-  /** `VDI.db_introduce` with the 19 arguments, in the established order. Returns the new ref. */
-  async introduce(view: VdiView): Promise<string> {
+  /**
+   * `VDI.db_introduce` with the 19 arguments, in the established order. Returns the new ref.
+   * `snapshotOf`: the ref of the VDI our record's `snapshot_of` names, when xapi has one
+   * (xapi sets the same after a snapshot; a scan that re-introduces a snapshot keeps the link).
+   */
+  async introduce(view: VdiView, snapshotOf?: string): Promise<string> {
     const r = view.record;
     const fields: VdiIntroduce = {
       uuid: view.uuid,
@@ -104,21 +110,25 @@ export class ToolstackDb {
       metadata_of_pool: refOrNull(r.metadata_of_pool),
       is_a_snapshot: r.is_a_snapshot,
       snapshot_time: r.snapshot_time,
-      snapshot_of: refOrNull(r.snapshot_of),
+      snapshot_of: snapshotOf ?? refOrNull(r.snapshot_of),
       cbt_enabled: false,
     };
     const ref = await this.xapi.vdiIntroduce(fields);
+    this.refs.set(view.uuid, ref);
     getLog().info(`XenAPI: VDI ${view.uuid} introduced${view.managed ? '' : ' (unmanaged base copy)'}`);
     return ref;
   }
 
   /** The VDI's ref, or undefined when xapi has no record of it. */
   async refOf(uuid: string, given?: string): Promise<string | undefined> {
-    if (given) return given;
-    return this.xapi.vdiByUuid(uuid).catch((err: unknown) => {
+    const known = given ?? this.refs.get(uuid);
+    if (known) return known;
+    const ref = await this.xapi.vdiByUuid(uuid).catch((err: unknown) => {
       if (isGone(err)) return undefined;
       throw err;
     });
+    if (ref) this.refs.set(uuid, ref);
+    return ref;
   }
 
   /** `db_forget`; a VDI xapi already lost is fine (the established `forget_vdi` ignores it too). */
@@ -128,6 +138,7 @@ export class ToolstackDb {
     await this.xapi.vdiForget(r).catch((err: unknown) => {
       if (!isGone(err)) throw err;
     });
+    this.refs.delete(uuid);
     getLog().info(`XenAPI: VDI ${uuid} forgotten`);
   }
 
@@ -138,21 +149,22 @@ export class ToolstackDb {
    */
   async update(ref: string, view: VdiView, current?: XapiVdiRecord): Promise<boolean> {
     if (current && inStep(view, current)) return false;
-    await this.xapi.vdiSetVirtualSize(ref, view.virtualSize);
-    await this.xapi.vdiSetPhysicalUtilisation(ref, view.physicalSize);
-    await this.xapi.vdiSetReadOnly(ref, view.readOnly);
-    const have = current?.sm_config ?? (await this.xapi.vdiSmConfig(ref));
+    // Each call writes a field of its own: they go out together, the sm_config keys in their order (removed, then added).
+    const [have] = await allSettledOrThrow([
+      current ? Promise.resolve(current.sm_config ?? {}) : this.xapi.vdiSmConfig(ref),
+      this.xapi.vdiSetVirtualSize(ref, view.virtualSize),
+      this.xapi.vdiSetPhysicalUtilisation(ref, view.physicalSize),
+      this.xapi.vdiSetReadOnly(ref, view.readOnly),
+      this.xapi.vdiSetCbtEnabled(ref, false),
+    ] as const);
     const want = smConfigOf(view);
-    for (const key of OWNED) {
-      if (have[key] === undefined || have[key] === want[key]) continue;
-      await this.xapi.vdiRemoveFromSmConfig(ref, key);
-    }
-    for (const [key, value] of Object.entries(want)) {
-      if (have[key] === value) continue;
-      if (have[key] !== undefined && !(OWNED as readonly string[]).includes(key)) continue; // not ours to change
-      await this.xapi.vdiAddToSmConfig(ref, key, value);
-    }
-    await this.xapi.vdiSetCbtEnabled(ref, false);
+    const stale = OWNED.filter((key) => have[key] !== undefined && have[key] !== want[key]);
+    await allSettledOrThrow(stale.map((key) => this.xapi.vdiRemoveFromSmConfig(ref, key)));
+    const missing = Object.entries(want).filter(([key, value]) => {
+      if (have[key] === value) return false;
+      return have[key] === undefined || (OWNED as readonly string[]).includes(key); // a key not ours is never changed
+    });
+    await allSettledOrThrow(missing.map(([key, value]) => this.xapi.vdiAddToSmConfig(ref, key, value)));
     return true;
   }
 
@@ -164,15 +176,15 @@ export class ToolstackDb {
    * established SM does for a snapshot not mirrored elsewhere.
    */
   async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string): Promise<void> {
-    const leaf = await this.viewOf(repo, vdi);
+    const [leaf, ref] = await Promise.all([this.viewOf(repo, vdi), this.refOf(vdi, vdiRef)]);
     const made = snap === leaf.parent ? [snap] : [snap, ...(leaf.parent ? [leaf.parent] : [])];
-    for (const uuid of made) await this.introduce(await this.viewOf(repo, uuid));
-    const ref = await this.refOf(vdi, vdiRef);
-    if (ref) {
-      await this.update(ref, leaf);
-      await this.xapi.vdiRemoveFromOtherConfig(ref, 'leaf-coalesce');
-    }
-    await this.updateSr(repo, { delta: (await repo.info(snap)).virtualSize });
+    const views = await Promise.all(made.map((uuid) => this.viewOf(repo, uuid)));
+    // The new records do not depend on each other, nor on the VDI's own record or the SR's: all go out together.
+    await allSettledOrThrow([
+      ...views.map((view) => this.introduce(view, view.record.snapshot_of === vdi ? ref : undefined)),
+      ...(ref ? [this.update(ref, leaf), this.xapi.vdiRemoveFromOtherConfig(ref, 'leaf-coalesce')] : []),
+      this.updateSr(repo, { delta: views[0]!.virtualSize }),
+    ]);
   }
 
   /**
@@ -194,11 +206,15 @@ export class ToolstackDb {
    */
   async updateSr(repo: Repository, allocation: { delta: number } | { total: number }): Promise<void> {
     const sr = await this.srRef();
-    const valloc = 'total' in allocation ? allocation.total : (await this.xapi.srVirtualAllocation(sr)) + allocation.delta;
-    const { free, total } = await repo.backend.space();
-    await this.xapi.srSetVirtualAllocation(sr, Math.max(0, valloc));
-    await this.xapi.srSetPhysicalSize(sr, total);
-    await this.xapi.srSetPhysicalUtilisation(sr, total - free);
+    const [valloc, { free, total }] = await Promise.all([
+      'total' in allocation ? allocation.total : this.xapi.srVirtualAllocation(sr).then((v) => v + allocation.delta),
+      repo.backend.space(),
+    ]);
+    await allSettledOrThrow([
+      this.xapi.srSetVirtualAllocation(sr, Math.max(0, valloc)),
+      this.xapi.srSetPhysicalSize(sr, total),
+      this.xapi.srSetPhysicalUtilisation(sr, total - free),
+    ]);
   }
 
   /**
@@ -244,9 +260,9 @@ export class ToolstackDb {
     let introduced = 0;
     let forgotten = 0;
     let updated = 0;
-    for (const [location, view] of wanted) {
-      if (known.has(location)) continue;
-      await this.introduce(view);
+    for (const [ref, rec] of known.values()) this.refs.set(rec.uuid, ref);
+    for (const view of sourcesFirst([...wanted].filter(([location]) => !known.has(location)).map(([, view]) => view))) {
+      await this.introduce(view, this.refs.get(view.record.snapshot_of));
       introduced++;
     }
     for (const [location, [ref, rec]] of known) {
@@ -273,6 +289,20 @@ export class ToolstackDb {
   }
 }
 
+/** New VDIs in an order that introduces a snapshot after the VDI it is a snapshot of, so that its `snapshot_of` can name it. */
+function sourcesFirst(views: VdiView[]): VdiView[] {
+  const out: VdiView[] = [];
+  let pending = views;
+  while (pending.length > 0) {
+    const waiting = new Set(pending.map((v) => v.uuid));
+    const ready = pending.filter((v) => !waiting.has(v.record.snapshot_of));
+    const next = ready.length > 0 ? ready : pending; // a cycle cannot happen; if it did, nothing is held back
+    out.push(...next);
+    pending = pending.filter((v) => !next.includes(v));
+  }
+  return out;
+}
+
 /** The sm_config xapi's record should carry: the pass-through keys of our record, and the parent of a differencing image. */
 function smConfigOf(view: VdiView): Record<string, string> {
   const out: Record<string, string> = {};
@@ -290,4 +320,15 @@ function inStep(view: VdiView, rec: XapiVdiRecord): boolean {
   const have = rec.sm_config ?? {};
   for (const key of OWNED) if (have[key] !== want[key]) return false;
   return Object.entries(want).every(([k, v]) => have[k] === v);
+}
+
+/**
+ * Calls sent together: every one has ended (none is left in flight when the
+ * verb answers) before the first failure, if any, is thrown.
+ */
+async function allSettledOrThrow<T extends readonly unknown[]>(calls: T): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const settled = await Promise.allSettled(calls);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };
 }

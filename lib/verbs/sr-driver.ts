@@ -565,7 +565,8 @@ async function createdInToolstackDb(repo: Repository, db: ToolstackDb, uuid: str
     await db.updateSr(repo, { delta: view.virtualSize });
   } catch (err) {
     getLog().warn(`VDI ${uuid}: the toolstack database could not be told (${(err as Error).message}): the new VDI is removed`);
-    if (ref) await db.forget(uuid, ref).catch(() => undefined);
+    // Without a ref the introduce may still have happened (no answer in time): the record is looked up by uuid.
+    await db.forget(uuid, ref).catch(() => undefined);
     await deleteVdi(repo, uuid);
     throw err;
   }

@@ -4,9 +4,11 @@
  * the project's XML-RPC codec; the reply struct `{Status, Value}` or
  * `{Status, ErrorDescription}` becomes the value or an XapiFailure.
  */
+import { createConnection, type Socket } from 'node:net';
 import { encodeMethodCall, parseMethodResponse } from '../smapi/xmlrpc-codec.js';
 import type { XmlRpcValue } from '../smapi/xmlrpc-value.js';
 import { XapiFailure, XapiTransportError } from './errors.js';
+import { parseHttpReply, type HttpReply } from './http-reply.js';
 
 export interface CallHeaders {
   /** The task this call is a part of (the request's `subtask_of`). */
@@ -42,65 +44,150 @@ function resultOf(method: string, value: XmlRpcValue): XmlRpcValue {
   throw new XapiTransportError(method, `reply Status is ${JSON.stringify(v.Status)}`);
 }
 
-/** One kept-alive connection for the calls of a process (a verb makes a dozen); idle, it never holds the process. */
-let agent: import('node:http').Agent | undefined;
+/**
+ * Connections a process keeps open between its calls, per socket path, so
+ * that a verb's calls share them; idle, they never hold the process, and one
+ * xapi closes while idle simply leaves the list.
+ */
+const idleBySocket = new Map<string, Set<Socket>>();
+/** At most this many calls go out at once (a verb sends its independent calls together). */
+const MAX_CONNECTIONS = 4;
+let busy = 0;
+const waiting: Array<() => void> = [];
 
 async function post(socketPath: string, method: string, body: Buffer, headers: CallHeaders): Promise<string> {
-  // Loaded on the first call only: a standalone driver process never pays for the HTTP client.
-  const http = await import('node:http');
-  agent ??= new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const request = Buffer.concat([Buffer.from(requestHead(body.length, headers), 'latin1'), body]);
+  await slot();
   try {
-    return await postOnce(http.request, socketPath, method, body, headers);
-  } catch (err) {
-    // xapi closed the idle connection as this call went out on it: nothing was read, so send it again once.
-    if (!(err instanceof StaleConnection)) throw err;
-    return postOnce(http.request, socketPath, method, body, headers);
+    const reused = takeIdle(socketPath);
+    if (reused) {
+      try {
+        return await exchange(reused, true, method, request, socketPath);
+      } catch (err) {
+        // xapi closed the idle connection as this call went out on it: nothing was read, so send it again once.
+        if (!(err instanceof StaleConnection)) throw err;
+      }
+    }
+    return await exchange(await connect(socketPath, method), false, method, request, socketPath);
+  } finally {
+    release();
   }
 }
+
+function slot(): Promise<void> {
+  if (busy < MAX_CONNECTIONS) {
+    busy++;
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => waiting.push(resolve));
+}
+
+function release(): void {
+  const next = waiting.shift();
+  if (next) next();
+  else busy--;
+}
+
+function takeIdle(socketPath: string): Socket | undefined {
+  const idle = idleBySocket.get(socketPath);
+  for (const socket of idle ?? []) {
+    idle!.delete(socket);
+    socket.removeAllListeners('close');
+    socket.removeAllListeners('error');
+    if (!socket.destroyed && !socket.readableEnded) return socket;
+  }
+  return undefined;
+}
+
+function keepIdle(socket: Socket, socketPath: string): void {
+  let idle = idleBySocket.get(socketPath);
+  if (!idle) idleBySocket.set(socketPath, (idle = new Set()));
+  socket.unref();
+  socket.on('error', () => undefined); // a connection xapi drops while idle is simply not reused
+  socket.on('close', () => idle!.delete(socket));
+  idle.add(socket);
+}
+
+function requestHead(length: number, headers: CallHeaders): string {
+  const lines = [
+    'POST / HTTP/1.1',
+    'Host: localhost',
+    'Content-Type: text/xml',
+    `Content-Length: ${length}`,
+    'User-Agent: xcp-sm',
+    // xapi records who made the call; the established client sends the same header.
+    `originator: ${oneLine(process.env.ORIGINATOR || 'SM')}`,
+    ...(headers.subtaskOf ? [`Subtask-of: ${oneLine(headers.subtaskOf)}`] : []),
+  ];
+  return lines.join('\r\n') + '\r\n\r\n';
+}
+
+/** A header value never ends the header early. */
+const oneLine = (v: string) => v.replace(/[\r\n]/g, ' ');
 
 /** An idle connection xapi closed; a call on it never reached xapi. */
 class StaleConnection extends Error {}
 
-function postOnce(request: typeof import('node:http').request, socketPath: string, method: string, body: Buffer, headers: CallHeaders): Promise<string> {
+function connect(socketPath: string, method: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        socketPath,
-        method: 'POST',
-        path: '/',
-        headers: {
-          Host: 'localhost',
-          'Content-Type': 'text/xml',
-          'Content-Length': body.length,
-          'User-Agent': 'xcp-sm',
-          // xapi records who made the call; the established client sends the same header.
-          originator: process.env.ORIGINATOR || 'SM',
-          ...(headers.subtaskOf ? { 'Subtask-of': headers.subtaskOf } : {}),
-        },
-        agent,
-        timeout: CALL_TIMEOUT_MS,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on('data', (c: Buffer) => {
-          size += c.length;
-          if (size > MAX_REPLY_BYTES) req.destroy(new Error(`reply larger than ${MAX_REPLY_BYTES} bytes`));
-          else chunks.push(c);
-        });
-        res.on('end', () => {
-          if (res.statusCode !== 200) reject(new XapiTransportError(method, `HTTP ${res.statusCode}`));
-          else resolve(Buffer.concat(chunks).toString('utf8'));
-        });
-        res.on('error', (err) => reject(new XapiTransportError(method, err.message)));
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`no reply within ${CALL_TIMEOUT_MS} ms`)));
-    req.on('error', (err) => {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (req.reusedSocket && (code === 'ECONNRESET' || code === 'EPIPE')) reject(new StaleConnection(err.message));
-      else reject(new XapiTransportError(method, err.message));
+    const socket = createConnection(socketPath);
+    const failed = (err: Error) => reject(new XapiTransportError(method, err.message));
+    socket.once('error', failed);
+    socket.once('connect', () => {
+      socket.off('error', failed);
+      resolve(socket);
     });
-    req.end(body);
+  });
+}
+
+/**
+ * One request and its reply on a connection, which goes back to the idle
+ * ones if the reply allows it. `reused`: the connection carried a call
+ * before, so nothing at all coming back means xapi had closed it while idle.
+ */
+function exchange(socket: Socket, reused: boolean, method: string, request: Buffer, socketPath: string): Promise<string> {
+  socket.ref();
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let settled = false;
+    const finish = (err: Error | undefined, reply?: HttpReply) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.off('data', onData).off('end', onEnd).off('close', onEnd).off('error', onError);
+      if (err || !reply) {
+        socket.destroy();
+        reject(err);
+        return;
+      }
+      if (reply.keepAlive && !socket.destroyed && !socket.readableEnded) keepIdle(socket, socketPath);
+      else socket.destroy();
+      if (reply.status !== 200) reject(new XapiTransportError(method, `HTTP ${reply.status}`));
+      else resolve(reply.body.toString('utf8'));
+    };
+    const attempt = (closed: boolean) => {
+      try {
+        const reply = parseHttpReply(Buffer.concat(chunks), closed);
+        if (reply) finish(undefined, reply);
+      } catch (err) {
+        const stale = closed && size === 0 && reused;
+        finish(stale ? new StaleConnection((err as Error).message) : new XapiTransportError(method, (err as Error).message));
+      }
+    };
+    const onData = (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_REPLY_BYTES) return finish(new XapiTransportError(method, `reply larger than ${MAX_REPLY_BYTES} bytes`));
+      chunks.push(c);
+      attempt(false);
+    };
+    const onEnd = () => attempt(true);
+    const onError = (err: NodeJS.ErrnoException) => {
+      const stale = reused && size === 0 && (err.code === 'ECONNRESET' || err.code === 'EPIPE');
+      finish(stale ? new StaleConnection(err.message) : new XapiTransportError(method, err.message));
+    };
+    const timer = setTimeout(() => finish(new XapiTransportError(method, `no reply within ${CALL_TIMEOUT_MS} ms`)), CALL_TIMEOUT_MS);
+    socket.on('data', onData).on('end', onEnd).on('close', onEnd).on('error', onError);
+    socket.write(request);
   });
 }

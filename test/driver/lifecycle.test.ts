@@ -2,6 +2,10 @@
 // toolstack calls it (argv XML-RPC), then the same through `--json` batches and
 // through a `--serve` socket. Every VDI's data is compared with an in-memory
 // model after each change, using `sm-vhd write` / `sm-vhd export` / `sm-vhd check`.
+// The argv and `--serve` walks also run with the stand-in xapi at the SR's
+// XenAPI socket (xapi itself cannot run here): the calls then carry the refs
+// xapi would send, and after each verb the stand-in's database must equal what
+// xapi would hold for the SR as it is (test/helpers/xapi-expected.ts).
 import fs from 'node:fs';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
@@ -19,6 +23,9 @@ import {
   type SmEnv,
 } from '../helpers/sm.js';
 import { imagePath, readMetadata, readTree, writeVdi } from '../helpers/sr-state.js';
+import { XapiDbHistory } from '../helpers/xapi-expected.js';
+import type { XapiStandin } from '../helpers/xapi-standin.js';
+import { HOST_REF, SR_REF, startStandinFor } from '../xapi/standin-world.js';
 
 interface Call {
   verb: string;
@@ -31,13 +38,23 @@ interface Transport {
   tools: 'cli' | 'lib';
   batch(calls: Call[]): Promise<unknown[]>;
   close(): Promise<void>;
+  /** With the stand-in xapi: its database, checked after each verb. */
+  history?: XapiDbHistory;
+}
+
+/** After a verb, with the stand-in: the database holds what xapi would for the SR as it is (until the SR is gone). */
+async function afterVerb(t: ExecutionContext, ctx: SmEnv, history: XapiDbHistory | undefined, c: Call): Promise<void> {
+  if (!history) return;
+  await history.verbDone(c.verb, c.extra?.vdi_uuid as string | undefined);
+  if (fs.existsSync(ctx.location)) await history.assert(t, c.verb);
 }
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-function xmlTransport(t: ExecutionContext, ctx: SmEnv): Transport {
+function xmlTransport(t: ExecutionContext, ctx: SmEnv, history?: XapiDbHistory): Transport {
   return {
     name: 'xml',
+    ...(history ? { history } : {}),
     tools: 'cli',
     async batch(calls) {
       const out: unknown[] = [];
@@ -50,6 +67,7 @@ function xmlTransport(t: ExecutionContext, ctx: SmEnv): Transport {
         t.true(r.stdout.trimEnd().endsWith('</methodResponse>'), `${c.verb}: stdout holds nothing after the response`);
         if (r.response.kind === 'fault') throw new SmFault(r.response.faultCode, r.response.faultString);
         out.push(r.response.value);
+        await afterVerb(t, ctx, history, c);
       }
       return out;
     },
@@ -77,14 +95,18 @@ function jsonTransport(t: ExecutionContext, ctx: SmEnv): Transport {
   };
 }
 
-async function serveTransport(ctx: SmEnv): Promise<Transport> {
+async function serveTransport(t: ExecutionContext, ctx: SmEnv, history?: XapiDbHistory): Promise<Transport> {
   const server = await startServer(ctx);
   return {
     name: 'serve',
     tools: 'lib',
+    ...(history ? { history } : {}),
     async batch(calls) {
       const out: unknown[] = [];
-      for (const c of calls) out.push(await server.call(c.verb, c.extra));
+      for (const c of calls) {
+        out.push(await server.call(c.verb, c.extra));
+        await afterVerb(t, ctx, history, c);
+      }
       return out;
     },
     close: () => server.stop(),
@@ -120,7 +142,13 @@ async function checkImage(t: ExecutionContext, ctx: SmEnv, tools: 'cli' | 'lib',
 
 async function lifecycle(t: ExecutionContext, ctx: SmEnv, tr: Transport): Promise<void> {
   const models = new Map<string, SparseDisk>();
-  const vdi = (uuid: string) => ({ vdi_uuid: uuid, vdi_location: uuid, vdi_ref: `OpaqueRef:vdi-${uuid.slice(0, 8)}` });
+  // The ref xapi holds for the VDI when there is one (the stand-in), else one a toolstack might send.
+  const vdi = (uuid: string) => ({ vdi_uuid: uuid, vdi_location: uuid, vdi_ref: tr.history?.refOf(uuid) ?? `OpaqueRef:vdi-${uuid.slice(0, 8)}` });
+  const write = async (uuid: string, offset: number, data: Buffer) => {
+    await writeVdi(ctx, uuid, offset, data, tr.tools);
+    models.get(uuid)!.write(offset, data);
+    tr.history?.wrote(uuid);
+  };
 
   // --- SR: driver info, create, attach
   const [info, created, attached] = await tr.batch([
@@ -154,8 +182,7 @@ async function lifecycle(t: ExecutionContext, ctx: SmEnv, tr: Transport): Promis
   models.set(V, new SparseDisk(16 * MiB));
   t.true(fs.existsSync(imagePath(ctx, V)));
   const w1 = pattern(1, 3 * MiB + 777);
-  await writeVdi(ctx, V, 1000, w1, tr.tools);
-  models.get(V)!.write(1000, w1);
+  await write(V, 1000, w1);
   await exportAndCompare(t, ctx, tr.tools, V, models.get(V)!, 'V after the first write');
 
   // --- snapshot and clone
@@ -192,10 +219,8 @@ async function lifecycle(t: ExecutionContext, ctx: SmEnv, tr: Transport): Promis
   // --- more writes: the VDI and its clone diverge, the snapshot keeps its data
   const w2 = pattern(2, 2 * MiB);
   const w3 = pattern(3, 5 * MiB + 3);
-  await writeVdi(ctx, V, 2 * MiB - 512, w2, tr.tools);
-  models.get(V)!.write(2 * MiB - 512, w2);
-  await writeVdi(ctx, C, 9 * MiB, w3, tr.tools);
-  models.get(C)!.write(9 * MiB, w3);
+  await write(V, 2 * MiB - 512, w2);
+  await write(C, 9 * MiB, w3);
 
   // --- attach / activate / deactivate / detach, then grow
   const [att, act, deact, det, resized] = await tr.batch([
@@ -223,8 +248,7 @@ async function lifecycle(t: ExecutionContext, ctx: SmEnv, tr: Transport): Promis
   models.get(V)!.grow(32 * MiB);
   t.is((await readTree(ctx)).get(V)!.virtualSize, 32 * MiB);
   const w4 = pattern(4, 4 * MiB);
-  await writeVdi(ctx, V, 27 * MiB, w4, tr.tools);
-  models.get(V)!.write(27 * MiB, w4);
+  await write(V, 27 * MiB, w4);
   for (const u of [V, S, C]) await exportAndCompare(t, ctx, tr.tools, u, models.get(u)!, `${u} after writes and the resize`);
 
   // --- delete the clone, scan
@@ -272,14 +296,28 @@ async function lifecycle(t: ExecutionContext, ctx: SmEnv, tr: Transport): Promis
   t.false(fs.existsSync(ctx.mount), 'no sr-mount link is left');
 }
 
-for (const name of ['xml', 'json', 'serve'] as const) {
-  test(`lifecycle over ${name === 'xml' ? 'argv XML-RPC' : name === 'json' ? '--json' : '--serve'}`, async (t) => {
+const variants = [
+  { name: 'xml', xapi: false },
+  { name: 'json', xapi: false },
+  { name: 'serve', xapi: false },
+  { name: 'xml', xapi: true },
+  { name: 'serve', xapi: true },
+] as const;
+
+for (const { name, xapi } of variants) {
+  const over = name === 'xml' ? 'argv XML-RPC' : name === 'json' ? '--json' : '--serve';
+  test(`lifecycle over ${over}${xapi ? ', the database kept in step with the stand-in xapi' : ''}`, async (t) => {
     const ctx = await makeSmEnv();
-    const tr = name === 'xml' ? xmlTransport(t, ctx) : name === 'json' ? jsonTransport(t, ctx) : await serveTransport(ctx);
+    let standin: XapiStandin | undefined;
+    let tr: Transport | undefined;
     try {
+      standin = xapi ? await startStandinFor(ctx) : undefined;
+      const history = standin && new XapiDbHistory(ctx, standin, { srRef: SR_REF, hostRef: HOST_REF });
+      tr = name === 'xml' ? xmlTransport(t, ctx, history) : name === 'json' ? jsonTransport(t, ctx) : await serveTransport(t, ctx, history);
       await lifecycle(t, ctx, tr);
     } finally {
-      await tr.close();
+      await tr?.close();
+      await standin?.close();
       await ctx.cleanup();
     }
   });

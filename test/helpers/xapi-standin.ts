@@ -11,7 +11,10 @@
 // `field "X" = "v"` form of get_all_records_where; host.call_plugin recorded
 // (and answered by a test's handler); an unknown method is
 // MESSAGE_METHOD_UNKNOWN. Every call is logged for assertions, and a test can
-// make a method fail.
+// make the endpoint misbehave: refuse a named method with a XenAPI failure
+// (`failNext`), go away at the Nth call from now, that call unanswered and not
+// applied, as xapi does when it stops or restarts (`goneAtCall`, then
+// `restart`), or apply calls and answer them only after a delay (`answerSlowly`).
 import { randomUUID } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import http from 'node:http';
@@ -129,6 +132,8 @@ export class XapiStandin {
   readonly sessions = new Map<string, string>();
   private readonly failures = new Map<string, { description: string[]; times: number }>();
   private server: http.Server | undefined;
+  private goneIn: number | undefined;
+  private slow: { ms: number; method?: string } | undefined;
 
   private constructor(
     readonly socketPath: string,
@@ -145,14 +150,27 @@ export class XapiStandin {
   static async start(socketPath: string, opts: StandinOptions = {}): Promise<XapiStandin> {
     const standin = new XapiStandin(socketPath, opts);
     await mkdir(path.dirname(socketPath), { recursive: true });
-    await rm(socketPath, { force: true });
-    const server = http.createServer((req, res) => void standin.serve(req, res));
+    await standin.listen();
+    return standin;
+  }
+
+  private async listen(): Promise<void> {
+    await rm(this.socketPath, { force: true });
+    const server = http.createServer((req, res) => void this.serve(req, res));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(socketPath, resolve);
+      server.listen(this.socketPath, resolve);
     });
-    standin.server = server;
-    return standin;
+    this.server = server;
+  }
+
+  /** Stops listening and drops every connection, the socket file removed: xapi is gone. */
+  private goAway(): void {
+    const server = this.server;
+    if (!server) return;
+    server.close();
+    server.closeAllConnections();
+    void rm(this.socketPath, { force: true });
   }
 
   /** Drops the connections no call is using, as xapi does with idle clients. */
@@ -161,8 +179,34 @@ export class XapiStandin {
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    this.server?.closeAllConnections();
+    await new Promise<void>((resolve) => (this.server?.listening ? this.server.close(() => resolve()) : resolve()));
     await rm(this.socketPath, { force: true });
+  }
+
+  /**
+   * The endpoint goes away at the `n`th call from now (1: the next one): that
+   * call is neither applied nor answered, its connection and every other are
+   * dropped, and the socket is gone until `restart()`. The database is kept.
+   */
+  goneAtCall(n: number): void {
+    this.goneIn = n;
+  }
+
+  /** Listens again at the same socket, with the same database (xapi back after a restart). */
+  async restart(): Promise<void> {
+    if (this.server?.listening) return;
+    await this.listen();
+  }
+
+  /** Each call (or each call of `method`) is applied at once and answered `ms` later. */
+  answerSlowly(ms: number, method?: string): void {
+    this.slow = { ms, ...(method ? { method } : {}) };
+  }
+
+  /** Answers without delay again. */
+  answerPromptly(): void {
+    this.slow = undefined;
   }
 
   /** `method` fails with `description` the next `times` calls. */
@@ -194,15 +238,24 @@ export class XapiStandin {
       res.writeHead(404).end();
       return;
     }
+    if (this.goneIn !== undefined && --this.goneIn <= 0) {
+      this.goneIn = undefined;
+      req.socket.destroy();
+      this.goAway();
+      return;
+    }
     let reply: Struct;
+    let method = '';
     try {
       const call = parseMethodCall(Buffer.concat(chunks).toString('utf8'));
+      method = call.methodName;
       reply = { Status: 'Success', Value: await this.dispatch(call.methodName, call.params, req.headers) };
     } catch (err) {
       const description = err instanceof Failure ? err.description : ['INTERNAL_ERROR', (err as Error).message];
       reply = { Status: 'Failure', ErrorDescription: description };
     }
-    res.writeHead(200, { 'Content-Type': 'text/xml' }).end(encodeResponse(reply));
+    if (this.slow && (!this.slow.method || this.slow.method === method)) await new Promise((r) => setTimeout(r, this.slow!.ms));
+    if (!res.destroyed) res.writeHead(200, { 'Content-Type': 'text/xml' }).end(encodeResponse(reply));
   }
 
   private async dispatch(method: string, all: XmlRpcValue[], headers: http.IncomingHttpHeaders): Promise<XmlRpcValue> {

@@ -116,3 +116,25 @@ test('calls of one process share a kept-alive connection; one xapi dropped while
     t.is(xapi.callsOf('SR.get_virtual_allocation').length, 4, 'each call reached xapi once');
   });
 });
+
+test('kept-alive connections belong to their socket: calls to two endpoints from one process each reach their own', async (t) => {
+  await withStandin(async (a, sa) => {
+    await withStandin(async (b, sb) => {
+      for (let i = 0; i < 3; i++) {
+        await sa.srVirtualAllocation(SR);
+        await sb.srVirtualAllocation(SR);
+      }
+      t.is(a.callsOf('SR.get_virtual_allocation').length, 3);
+      t.is(b.callsOf('SR.get_virtual_allocation').length, 3);
+    });
+  });
+});
+
+test('independent calls sent together each get their own answer', async (t) => {
+  await withStandin(async (xapi, s) => {
+    xapi.answerSlowly(50);
+    const refs = await Promise.all(Array.from({ length: 6 }, () => s.vdiIntroduce(fields())));
+    t.is(new Set(refs).size, 6, 'six distinct refs');
+    for (const ref of refs) t.truthy(xapi.vdis.get(ref));
+  });
+});
