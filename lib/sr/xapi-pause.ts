@@ -88,6 +88,22 @@ export async function withPaused<T>(db: ToolstackDb, uuid: string, vdiRef: strin
   return result;
 }
 
+/**
+ * Whether the toolstack records `hostUuid` (a pool host's INSTALLATION_UUID,
+ * as our SR's activation records name hosts) as serving the VDI: its
+ * `host_<ref>` key is what the pause protocol follows to reach that host's
+ * datapath. Without it, a pause would miss the host, so the caller refuses.
+ */
+export async function toolstackSeesServing(db: ToolstackDb, uuid: string, vdiRef: string | undefined, hostUuid: string): Promise<boolean> {
+  const ref = await db.refOf(uuid, vdiRef);
+  if (!ref) return false;
+  const host = await db.xapi.hostByUuid(hostUuid).catch((err: unknown) => {
+    if (err instanceof XapiFailure && (err.code === 'UUID_INVALID' || err.code === 'HANDLE_INVALID')) return undefined;
+    throw err;
+  });
+  return host !== undefined && (await db.xapi.vdiSmConfig(ref))[`host_${host}`] !== undefined;
+}
+
 /** A `paused` a killed verb left (seen by a scan, under the SR lock): the hosts serving the VDI are asked to unpause, and it goes. */
 export async function unpauseLeftBehind(db: ToolstackDb, uuid: string, ref: string, smConfig: Record<string, string>): Promise<void> {
   getLog().warn(`XenAPI: VDI ${uuid} was left paused by an interrupted verb: unpaused`);

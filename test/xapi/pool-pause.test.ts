@@ -1,0 +1,203 @@
+// Two hosts of a pool under one toolstack: host A (the SR master) snapshots,
+// clones and resizes a VDI that host B serves. A's driver pauses it on B as the
+// established SM does (reference §5): `paused` in the database, then
+// host.call_plugin(B, "tapdisk-pause", "pause"), the change, "unpause". xapi
+// cannot run here: the stand-in (test/helpers/xapi-standin.ts) answers
+// call_plugin for B by running B's real plugin executable
+// (drivers/tapdisk-pause, with B's SM_ROOT), exactly as xapi's host.call_plugin
+// runs /etc/xapi.d/plugins/tapdisk-pause on that host. Each host is its own
+// SM_ROOT and host id on the same SR directory; B's datapath is a real
+// sm-datapath serving NBD.
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { encodeMethodCall, parseMethodResponse } from '../../lib/smapi/index.js';
+import { MiB, pattern } from '../helpers/model.js';
+import { openNbd } from '../helpers/nbd-vdi.js';
+import { callDriver, createArgs, makeSmEnv, poolHost, readSmlog, REPO, request, run, SESSION_SECRET, sleep, smVhd, waitFor, xml, type SmEnv } from '../helpers/sm.js';
+import { activations, imagePath, readTree } from '../helpers/sr-state.js';
+import { XapiStandin } from '../helpers/xapi-standin.js';
+import { HOST_REF, OTHER_HOST_REF, SR_REF, xapiSocket } from './standin-world.js';
+
+const PLUGIN = path.join(REPO, 'drivers', 'tapdisk-pause');
+const BLOCK = 64 * 1024;
+
+interface Pool {
+  a: SmEnv;
+  b: SmEnv;
+  xapi: XapiStandin;
+  /** A verb on host B, as xapi sends it there (B's host_ref, SRmaster=false). */
+  onB(verb: string, extra?: Record<string, unknown>): Promise<unknown>;
+  /** The plugin calls B's executable answered: "fn -> answer". */
+  pluginRuns: string[];
+}
+
+/** xapi's host.call_plugin on host B: B's plugin executable, params [session, args], its `Value` returned. */
+async function runPluginOn(b: SmEnv, fn: string, args: Record<string, string>, runs: string[]): Promise<string> {
+  const r = await run(PLUGIN, [encodeMethodCall(fn, [SESSION_SECRET, args])], { env: b.env, timeoutMs: 120_000 });
+  const response = parseMethodResponse(r.stdout);
+  const value = response.kind === 'result' ? (response.value as { Status: string; Value?: string; ErrorDescription?: string[] }) : undefined;
+  const answer = value?.Status === 'Success' ? String(value.Value) : `failed: ${JSON.stringify(value ?? response)}`;
+  runs.push(`${fn} -> ${answer}`);
+  return answer;
+}
+
+async function withPool(fn: (p: Pool) => Promise<void>): Promise<void> {
+  const a = await makeSmEnv();
+  const b = poolHost(a, 'hostB', false);
+  const runs: string[] = [];
+  const xapi = await XapiStandin.start(xapiSocket(a), {
+    smSessions: [{ ref: SESSION_SECRET, sr: SR_REF }],
+    srs: [{ ref: SR_REF, uuid: a.sr }],
+    hosts: [
+      { ref: HOST_REF, uuid: a.hostId },
+      { ref: OTHER_HOST_REF, uuid: b.hostId },
+    ],
+    plugin: (host, plugin, pfn, args) => {
+      if (host !== OTHER_HOST_REF || plugin !== 'tapdisk-pause') return `no such host or plugin: ${host} ${plugin}`;
+      return runPluginOn(b, pfn, args, runs);
+    },
+  });
+  // The same xapi answers on host B's socket (one pool, one database).
+  fs.mkdirSync(path.dirname(xapiSocket(b)), { recursive: true });
+  fs.symlinkSync(xapiSocket(a), xapiSocket(b));
+  const onB = (verb: string, extra: Record<string, unknown> = {}) => xml(b, verb, { host_ref: OTHER_HOST_REF, ...extra });
+  try {
+    await xml(a, 'sr_create', { args: ['0'] });
+    await xml(a, 'sr_attach');
+    await onB('sr_attach');
+    await fn({ a, b, xapi, onB, pluginRuns: runs });
+  } finally {
+    await xapi.close();
+    await a.cleanup();
+  }
+}
+
+const vdiArgs = (vdi: string, args: string[] = []) => ({ vdi_uuid: vdi, vdi_location: vdi, args });
+
+async function activeOnB(p: Pool, vdi: string): Promise<void> {
+  await p.onB('vdi_attach', vdiArgs(vdi, ['true']));
+  await p.onB('vdi_activate', vdiArgs(vdi, ['true']));
+  assertTaggedOnB(p, vdi);
+}
+
+function assertTaggedOnB(p: Pool, vdi: string): void {
+  const sm = p.xapi.vdiByUuid(vdi)!.sm_config as Record<string, string>;
+  if (sm[`host_${OTHER_HOST_REF}`] !== 'RW') throw new Error(`B's activation did not tag the VDI: ${JSON.stringify(sm)}`);
+}
+
+async function exportRaw(ctx: SmEnv, uuid: string): Promise<Buffer> {
+  const out = ctx.scratch(`${uuid}.raw`);
+  const r = await smVhd(['export', '-n', imagePath(ctx, uuid), '-o', out], ctx.env);
+  if (r.code !== 0) throw new Error(`sm-vhd export ${uuid}: ${r.stderr}`);
+  return fs.readFileSync(out);
+}
+
+test('A snapshots a VDI B writes to over NBD: B is paused through the plugin, the snapshot holds exactly the acknowledged writes, B writes on into the new leaf', async (t) => {
+  await withPool(async (p) => {
+    const size = 64 * MiB;
+    const { uuid: V } = (await xml(p.a, 'vdi_create', { args: createArgs(size) })) as { uuid: string };
+    await activeOnB(p, V);
+    t.is(activations(p.a).get(V)?.host, p.b.hostId, "the SR's record names B");
+
+    // The writer on B: one write at a time, block i holds pattern(i + 1); `acked` counts the replies.
+    const blocks = size / BLOCK;
+    const c = await openNbd(p.b, V);
+    let acked = 0;
+    let stopAt = blocks;
+    const writer = (async () => {
+      for (let i = 0; i < Math.min(stopAt, blocks); i++) {
+        await c.write(i * BLOCK, pattern(i + 1, BLOCK));
+        acked = i + 1;
+        await sleep(5);
+      }
+    })();
+    await waitFor('the writer to be writing', () => acked >= 5 || undefined);
+    const ackedBefore = acked;
+    p.xapi.calls.length = 0;
+    const { uuid: S } = (await xml(p.a, 'vdi_snapshot', vdiArgs(V))) as { uuid: string };
+    const issuedBy = acked + 1; // at most one write was in flight when the snapshot returned
+    stopAt = Math.min(blocks, acked + 20); // and some more after it
+    await writer; // rejects if the writer saw any error
+    const written = acked;
+    t.true(written > issuedBy, 'writes went on after the snapshot');
+
+    // The snapshot is a prefix of the writes: everything acknowledged before the pause, nothing after.
+    const snap = await exportRaw(p.a, S);
+    let k = 0;
+    while (k < blocks && snap.subarray(k * BLOCK, (k + 1) * BLOCK).equals(pattern(k + 1, BLOCK))) k++;
+    t.true(snap.subarray(k * BLOCK).equals(Buffer.alloc(size - k * BLOCK)), `after block ${k} the snapshot is empty (no write after the pause, none torn)`);
+    t.true(k >= ackedBefore, `every write acknowledged before the snapshot began is in it (${k} >= ${ackedBefore})`);
+    t.true(k <= issuedBy, `no write issued after the snapshot returned is in it (${k} <= ${issuedBy})`);
+    t.log(`the snapshot holds the first ${k} writes: ${ackedBefore} were acknowledged when it began, ${issuedBy} issued when it returned, ${written} in all`);
+
+    // B serves the new leaf: its later writes are in V, not in the base V now reads through.
+    const tree = await readTree(p.a);
+    const base = tree.get(V)!.parent!;
+    t.is(tree.get(S)!.parent, base);
+    const all = Buffer.concat(Array.from({ length: written }, (_, i) => pattern(i + 1, BLOCK)));
+    t.true((await c.read(0, written * BLOCK)).equals(all), 'B reads every write back');
+    t.true((await exportRaw(p.a, base)).equals(snap), 'the base holds what the snapshot holds, the later writes are only in the new leaf');
+    c.close();
+    t.regex(readSmlog(p.b), new RegExp(`tapdisk-pause unpause: VDI ${V} unpaused on \\S+${V}\\.vhd after \\d+ ms paused`));
+
+    // The established protocol in the database: paused around the plugin calls, B asked to pause then unpause.
+    t.deepEqual(p.pluginRuns, ['pause -> True', 'unpause -> True']);
+    const plugin = p.xapi.callsOf('host.call_plugin');
+    t.deepEqual(plugin.map((x) => [x.params[0], x.params[2]]), [[OTHER_HOST_REF, 'pause'], [OTHER_HOST_REF, 'unpause']]);
+    const methods = p.xapi.calls.map((x) => `${x.method}${x.method.includes('sm_config') ? ` ${String(x.params[1])}` : ''}`);
+    t.true(methods.indexOf('VDI.add_to_sm_config paused') < methods.indexOf('host.call_plugin'));
+    t.is(methods.at(-1), 'VDI.remove_from_sm_config paused');
+    t.false('paused' in (p.xapi.vdiByUuid(V)!.sm_config as Record<string, string>), 'paused is gone');
+    t.regex(readSmlog(p.a), new RegExp(`VDI ${V} is active on host ${p.b.hostId}: paused there through the toolstack`));
+
+    await p.onB('vdi_deactivate', vdiArgs(V));
+    await p.onB('vdi_detach', vdiArgs(V));
+    t.deepEqual([...activations(p.a).keys()], []);
+  });
+});
+
+test('A clones and resizes a VDI B serves: B is paused each time and serves the changed chain after', async (t) => {
+  await withPool(async (p) => {
+    const { uuid: V } = (await xml(p.a, 'vdi_create', { args: createArgs(8 * MiB) })) as { uuid: string };
+    await activeOnB(p, V);
+    let c = await openNbd(p.b, V);
+    await c.write(MiB, pattern(9, MiB));
+    const { uuid: C } = (await xml(p.a, 'vdi_clone', vdiArgs(V))) as { uuid: string };
+    t.true((await exportRaw(p.a, C)).subarray(MiB, 2 * MiB).equals(pattern(9, MiB)), 'the clone holds the acknowledged write');
+    await c.write(3 * MiB, pattern(10, MiB));
+    t.true((await exportRaw(p.a, C)).subarray(3 * MiB, 4 * MiB).equals(Buffer.alloc(MiB)), "B's later write is not in the clone");
+    c.close();
+
+    await xml(p.a, 'vdi_resize', vdiArgs(V, [String(16 * MiB)]));
+    t.is((await readTree(p.a)).get(V)!.virtualSize, 16 * MiB);
+    c = await openNbd(p.b, V);
+    await c.write(12 * MiB, pattern(11, MiB));
+    t.true((await c.read(MiB, MiB)).equals(pattern(9, MiB)) && (await c.read(12 * MiB, MiB)).equals(pattern(11, MiB)), 'B serves the grown leaf');
+    c.close();
+    t.deepEqual(p.pluginRuns, ['pause -> True', 'unpause -> True', 'pause -> True', 'unpause -> True']);
+    await p.onB('vdi_deactivate', vdiArgs(V));
+    await p.onB('vdi_detach', vdiArgs(V));
+  });
+});
+
+test('a VDI active on B that the toolstack does not record as served there is still refused (24), nothing changed', async (t) => {
+  await withPool(async (p) => {
+    const { uuid: V } = (await xml(p.a, 'vdi_create', { args: createArgs(8 * MiB) })) as { uuid: string };
+    // B activates it without a session: standalone there, so xapi has no host_ key for B.
+    await p.onB('vdi_attach', { ...vdiArgs(V, ['true']), session_ref: '' });
+    await p.onB('vdi_activate', { ...vdiArgs(V, ['true']), session_ref: '' });
+    t.is(activations(p.a).get(V)?.host, p.b.hostId);
+    t.deepEqual(p.xapi.vdiByUuid(V)!.sm_config, {});
+    const before = (await readTree(p.a)).size;
+    for (const verb of ['vdi_snapshot', 'vdi_clone']) {
+      const r = await callDriver(verb, request(p.a, verb, vdiArgs(V)), p.a.env);
+      t.like(r.response, { kind: 'fault', faultCode: 24 });
+      if (r.response.kind === 'fault') t.regex(r.response.faultString, /which the toolstack does not record as serving it/);
+    }
+    t.is((await readTree(p.a)).size, before, 'no image made');
+    t.deepEqual(p.pluginRuns, [], 'no host was asked to pause');
+    await p.onB('vdi_deactivate', { ...vdiArgs(V), session_ref: '' });
+    await p.onB('vdi_detach', { ...vdiArgs(V), session_ref: '' });
+  });
+});
