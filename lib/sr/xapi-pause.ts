@@ -57,6 +57,21 @@ async function tryTag(db: ToolstackDb, ref: string, host: string, writable: bool
   }
 }
 
+/**
+ * vdi_deactivate waits while the master holds the VDI paused (the established
+ * `_deactivate_locked` does): the master's unpause reopens this host's
+ * datapath, which must still be there to reopen. Tries as activation does.
+ */
+export async function waitUnpaused(db: ToolstackDb, uuid: string, vdiRef: string | undefined, attempts = TAG_ATTEMPTS, delayMs = 1000): Promise<void> {
+  const ref = await db.refOf(uuid, vdiRef);
+  if (!ref) return;
+  for (let attempt = 1; (await db.xapi.vdiSmConfig(ref)).paused !== undefined; attempt++) {
+    if (attempt >= attempts) throw new SMError('VDIUnavailable', `VDI ${uuid} stays paused (${attempts} tries): not deactivated`);
+    if (attempt === 1) getLog().info(`XenAPI: VDI ${uuid} is paused: deactivation waits`);
+    await new Promise((r) => setTimeout(r, delayMs));
+  }
+}
+
 /** vdi_deactivate (or a failed activate): this host no longer serves the VDI. */
 export async function untagActive(db: ToolstackDb, uuid: string, vdiRef: string | undefined): Promise<void> {
   const host = db.hostRef;

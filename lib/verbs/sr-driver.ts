@@ -35,7 +35,7 @@ import { scanSrDetailed } from '../sr/scan.js';
 import { toolstackDbFor } from './xapi-endpoint.js';
 import { noteOnBoot } from '../sr/on-boot.js';
 import type { ToolstackDb } from '../sr/xapi-sync.js';
-import { tagActive, toolstackSeesServing, untagActive, withPaused } from '../sr/xapi-pause.js';
+import { tagActive, toolstackSeesServing, untagActive, waitUnpaused, withPaused } from '../sr/xapi-pause.js';
 import { XapiError } from '../xapi/errors.js';
 import { roleOf, requireMaster } from '../sr/pool-role.js';
 import { parseVdiSize } from '../sr/sizes.js';
@@ -523,7 +523,7 @@ function xapiErrorsAsSmErrors(verb: string, fn: Verb): Verb {
  * the verb and outside the SR lock: an activation that waits for a paused or
  * relinking VDI must not keep the SR locked meanwhile. Tagged before the
  * activate, as the established SM, and untagged again if the activate fails;
- * untagged after a deactivate.
+ * a deactivate waits while the VDI is paused, and untags after.
  */
 function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
   return async (req) => {
@@ -532,6 +532,7 @@ function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
     if (!db) return fn(req);
     const vdi = requireUuid(req.vdi_uuid, 'vdi_uuid', 'VDIUnavailable');
     if (which === 'deactivate') {
+      await waitUnpaused(db, vdi, req.vdi_ref);
       const result = await fn(req);
       await untagActive(db, vdi, req.vdi_ref);
       return result;

@@ -13,7 +13,7 @@ import path from 'node:path';
 import test from 'ava';
 import { encodeMethodCall, parseMethodResponse } from '../../lib/smapi/index.js';
 import { MiB, pattern } from '../helpers/model.js';
-import { openNbd } from '../helpers/nbd-vdi.js';
+import { isServed, openNbd } from '../helpers/nbd-vdi.js';
 import { callDriver, createArgs, makeSmEnv, poolHost, readSmlog, REPO, request, run, SESSION_SECRET, sleep, smVhd, waitFor, xml, type SmEnv } from '../helpers/sm.js';
 import { activations, imagePath, readTree } from '../helpers/sr-state.js';
 import { XapiStandin } from '../helpers/xapi-standin.js';
@@ -199,5 +199,26 @@ test('a VDI active on B that the toolstack does not record as served there is st
     t.deepEqual(p.pluginRuns, [], 'no host was asked to pause');
     await p.onB('vdi_deactivate', { ...vdiArgs(V), session_ref: '' });
     await p.onB('vdi_detach', { ...vdiArgs(V), session_ref: '' });
+  });
+});
+
+test("B's vdi_deactivate waits while the master holds the VDI paused, and goes on once it is unpaused", async (t) => {
+  await withPool(async (p) => {
+    const { uuid: V } = (await xml(p.a, 'vdi_create', { args: createArgs(8 * MiB) })) as { uuid: string };
+    await activeOnB(p, V);
+    // The master's pause in the database, as its withPaused sets it before asking the hosts.
+    const sm = p.xapi.vdiByUuid(V)!.sm_config as Record<string, string>;
+    sm.paused = 'true';
+    let done = false;
+    const deactivate = p.onB('vdi_deactivate', vdiArgs(V)).finally(() => (done = true));
+    await sleep(3000);
+    t.false(done, 'not deactivated while paused');
+    t.true(isServed(p.b, V), 'B still serves the VDI for the master to unpause');
+    delete sm.paused;
+    await deactivate;
+    t.false(isServed(p.b, V), 'deactivated once unpaused');
+    t.false(`host_${OTHER_HOST_REF}` in sm, "B's tag goes with the deactivate");
+    t.regex(readSmlog(p.b), new RegExp(`XenAPI: VDI ${V} is paused: deactivation waits`));
+    await p.onB('vdi_detach', vdiArgs(V));
   });
 });
