@@ -4,29 +4,14 @@
 // before the coalesced image goes; the leaf-coalesce holds it `paused` on B
 // for the merge. B's writer sees no error and reads every acknowledged write,
 // and B's datapath holds no removed image open afterwards.
-import fs from 'node:fs';
 import test from 'ava';
 import { MiB, pattern } from '../helpers/model.js';
 import { openNbd } from '../helpers/nbd-vdi.js';
 import { datapathPids, gc, readSmlog, waitFor, xml } from '../helpers/sm.js';
 import { readTree } from '../helpers/sr-state.js';
-import { activeOnB, createOnA, OTHER_HOST_REF, vdiArgs, withPool } from './pool-world.js';
+import { activeOnB, createOnA, openImages, OTHER_HOST_REF, vdiArgs, withPool } from './pool-world.js';
 
 const BLOCK = 64 * 1024;
-
-/** The image files a process holds open in `dir`, as /proc shows them (" (deleted)" when removed). */
-function openImages(pid: number, dir: string): string[] {
-  return fs
-    .readdirSync(`/proc/${pid}/fd`)
-    .map((fd) => {
-      try {
-        return fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-      } catch {
-        return '';
-      }
-    })
-    .filter((target) => target.startsWith(dir) && /\.vhd( \(deleted\))?$/.test(target));
-}
 
 test("A's GC relinks and leaf-coalesces a chain B writes to: B refreshed, then paused for the merge, through the plugin; no write lost", async (t) => {
   await withPool(async (p) => {

@@ -93,3 +93,18 @@ export async function exportRaw(ctx: SmEnv, uuid: string): Promise<Buffer> {
 export async function createOnA(p: Pool, size: number): Promise<string> {
   return ((await xml(p.a, 'vdi_create', { args: createArgs(size) })) as { uuid: string }).uuid;
 }
+
+/** The image files a process holds open in `dir`, as /proc shows them (" (deleted)" when removed). */
+export function openImages(pid: number, dir: string): string[] {
+  return fs
+    .readdirSync(`/proc/${pid}/fd`)
+    .map((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        return '';
+      }
+    })
+    .filter((target) => target.startsWith(dir) && /\.vhd( \(deleted\))?$/.test(target));
+}
+
