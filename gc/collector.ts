@@ -102,12 +102,13 @@ async function collectHeld(ctx: GcContext): Promise<void> {
         break;
       }
       // Active on another host: merged while that host holds it paused, when the toolstack can reach it there.
-      if (ctx.toolstack && (await seesServing(ctx, l.uuid, holder.host))) {
+      if (ctx.toolstack && repo.backend.reopensAcrossHosts && (await seesServing(ctx, l.uuid, holder.host))) {
         leaf = l;
         pausedOn = holder.host;
         break;
       }
-      log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active on host ${holder.host}${ctx.toolstack ? ', which the toolstack does not record as serving it' : ''}`);
+      const why = !ctx.toolstack ? '' : repo.backend.reopensAcrossHosts ? ', which the toolstack does not record as serving it' : ', whose datapath cannot reopen a chain changed here (LVM)';
+      log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active on host ${holder.host}${why}`);
       skipped.add(l.uuid);
     }
     const candidate = leaf && (await firstWithSpace(ctx, nodes, [{ chain: [leaf.uuid], parent: leaf.parent! }], skipped));

@@ -622,11 +622,16 @@ async function checkSrMetadata(repo: Repository, sr: string) {
 async function refuseActiveElsewhere(repo: Repository, vdi: string, db?: ToolstackDb, vdiRef?: string): Promise<void> {
   const holder = (await poolActivations(repo.backend)).get(vdi);
   if (!holder || holder.host === hostId()) return;
-  if (db && (await toolstackSeesServing(db, vdi, vdiRef, holder.host))) {
+  const canReopen = repo.backend.reopensAcrossHosts;
+  if (db && canReopen && (await toolstackSeesServing(db, vdi, vdiRef, holder.host))) {
     getLog().info(`VDI ${vdi} is active on host ${holder.host}: paused there through the toolstack`);
     return;
   }
-  const why = db ? ', which the toolstack does not record as serving it' : ' (no toolstack to pause it there)';
+  const why = !canReopen
+    ? ' (its datapath there cannot reopen a chain changed here: the SR is LVM)'
+    : db
+      ? ', which the toolstack does not record as serving it'
+      : ' (no toolstack to pause it there)';
   throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}${why}`);
 }
 
