@@ -616,8 +616,9 @@ async function checkSrMetadata(repo: Repository, sr: string) {
  * host pauses its own; another host's is paused through the toolstack (the
  * tapdisk-pause plugin, xapi-pause.ts), which reaches the hosts its
  * `host_<ref>` keys name. So a VDI active on another host is refused
- * (VDIInUse) standalone, and with a toolstack unless it records that host
- * as serving the VDI.
+ * (VDIInUse) standalone, with a toolstack that does not record that host as
+ * serving the VDI, and on a backend whose images the other host cannot
+ * reopen after a change made here (LVM: backend.reopensAcrossHosts).
  */
 async function refuseActiveElsewhere(repo: Repository, vdi: string, db?: ToolstackDb, vdiRef?: string): Promise<void> {
   const holder = (await poolActivations(repo.backend)).get(vdi);
