@@ -16,6 +16,7 @@ import type { Nodes } from './plan.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
 import { tellToolstack } from './toolstack.js';
+import { relinked, tagRelinking } from '../lib/sr/xapi-pause.js';
 
 type CoalesceJournal = Extract<Journal, { kind: 'coalesce' }>;
 type RelinkJournal = Extract<Journal, { kind: 'relink' }>;
@@ -67,8 +68,21 @@ async function settleParent(ctx: GcContext, j: CoalesceJournal): Promise<void> {
 async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> {
   const { nodes } = await ctx.repo.tree();
   const readers = [...new Set([...j.children, ...subtreeOf(nodes, j.vdi)])];
+  // With a toolstack, the VDIs among them are tagged `relinking` (no host activates them meanwhile),
+  // and another host serving one refreshes its datapath before X goes (the established `_reload`).
+  const db = ctx.toolstack;
+  const tagged = db ? await tagRelinking(db, readers.filter((u) => nodes.get(u)?.hidden === false)) : new Map<string, string>();
+  const refreshElsewhere = async () => {
+    if (!db || tagged.size === 0) return;
+    try {
+      const refreshed = await relinked(db, tagged);
+      if (refreshed.length > 0) ctx.log.info(`Refreshed on the hosts serving them (VDI@host): ${refreshed.join(', ')}`);
+    } catch (err) {
+      ctx.log.warn(`XenAPI: relinking tags not cleared (${(err as Error).message})`);
+    }
+  };
   await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], () =>
-    withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkHeld(ctx, j)),
+    withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkHeld(ctx, j, refreshElsewhere)),
   );
 }
 
@@ -84,7 +98,8 @@ function subtreeOf(nodes: Nodes, top: string): string[] {
   return out;
 }
 
-async function relinkHeld(ctx: GcContext, j: RelinkJournal): Promise<void> {
+/** `afterRelink`: once every child names P, before X goes (other hosts still reading through X reopen first). */
+async function relinkHeld(ctx: GcContext, j: RelinkJournal, afterRelink: () => Promise<void>): Promise<void> {
   const { repo, log } = ctx;
   log.info(`Relinking ${j.children.length} children of ${short(j.vdi)} onto ${short(j.parent)}`);
   for (const child of j.children) {
@@ -95,6 +110,7 @@ async function relinkHeld(ctx: GcContext, j: RelinkJournal): Promise<void> {
     faultPoint('relink-child');
   }
   faultPoint('relink-done');
+  await afterRelink();
   const removes = j.removes ?? [j.vdi];
   await repo.backend.discardImages(removes);
   faultPoint('coalesced-discarded');

@@ -16,6 +16,8 @@ import { underSrLock, type GcContext } from './context.js';
 import { TreeLogger } from './gc-log.js';
 import { leafCoalesce, recoverLeaf } from './leaf-coalesce.js';
 import { liveLeafCoalesce } from './live-leaf-coalesce.js';
+import { pausedLeafCoalesce } from './paused-leaf-coalesce.js';
+import { toolstackSeesServing, unpauseAllLeftBehind } from '../lib/sr/xapi-pause.js';
 import { coalesceRun, findCoalesceable, findGarbage, findLeafCoalesceable, type Nodes } from './plan.js';
 import { coalesceExtraSpace } from './space.js';
 import { tellToolstack } from './toolstack.js';
@@ -26,6 +28,9 @@ export async function recoverGcJournals(ctx: GcContext): Promise<void> {
     // Under the SR lock, as in a verb: a vdi_activate in progress is never mistaken for a stale hold.
     await ctx.repo.backend.settleHolds(vdiActiveHere(ctx.repo.uuid));
     await recoverSrJournals(ctx.repo);
+    // Every pause is taken under the SR lock, which this run holds: a `paused` now was left by a killed verb or run.
+    const db = ctx.toolstack;
+    if (db) await unpauseAllLeftBehind(db).catch((err: Error) => ctx.log.warn(`XenAPI: paused VDIs not checked (${err.message})`));
   });
   // Images a killed run had discarded but not yet deleted (verbs leave the trash to the collector: it may take seconds).
   await ctx.repo.backend.emptyTrash();
@@ -82,22 +87,36 @@ async function collectHeld(ctx: GcContext): Promise<void> {
     }
     const leaves = findLeafCoalesceable(nodes, skip);
     const here = hostId();
-    const leaf = leaves.find((l) => {
+    let leaf: (typeof leaves)[number] | undefined;
+    let pausedOn: string | undefined;
+    for (const l of leaves) {
       if (records.get(l.uuid)?.on_boot === 'reset') {
         // Merging it would move the VDI's reset point (its parent) and leave the next boot nothing to reset to.
         if (!skipped.has(l.uuid)) log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI resets on boot`);
         skipped.add(l.uuid);
-        return false;
+        continue;
       }
-      if (!active.has(l.uuid) || activations.get(l.uuid)!.host === here) return true; // active here: coalesced live
-      log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active on host ${activations.get(l.uuid)!.host}`);
+      const holder = activations.get(l.uuid);
+      if (!holder || holder.host === here) {
+        leaf = l; // active here: coalesced live
+        break;
+      }
+      // Active on another host: merged while that host holds it paused, when the toolstack can reach it there.
+      if (ctx.toolstack && repo.backend.reopensAcrossHosts && (await seesServing(ctx, l.uuid, holder.host))) {
+        leaf = l;
+        pausedOn = holder.host;
+        break;
+      }
+      const why = !ctx.toolstack ? '' : repo.backend.reopensAcrossHosts ? ', which the toolstack does not record as serving it' : ', whose datapath cannot reopen a chain changed here (LVM)';
+      log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active on host ${holder.host}${why}`);
       skipped.add(l.uuid);
-      return false;
-    });
+    }
     const candidate = leaf && (await firstWithSpace(ctx, nodes, [{ chain: [leaf.uuid], parent: leaf.parent! }], skipped));
-    if (candidate) {
-      const merge = active.has(leaf.uuid) ? liveLeafCoalesce : leafCoalesce;
-      if ((await merge(ctx, leaf.uuid, candidate.parent)) === 'skipped') skipped.add(leaf.uuid);
+    if (leaf && candidate) {
+      const outcome = pausedOn
+        ? await pausedLeafCoalesce(ctx, leaf.uuid, candidate.parent, pausedOn)
+        : await (active.has(leaf.uuid) ? liveLeafCoalesce : leafCoalesce)(ctx, leaf.uuid, candidate.parent);
+      if (outcome === 'skipped') skipped.add(leaf.uuid);
       continue;
     }
     break;
@@ -106,6 +125,16 @@ async function collectHeld(ctx: GcContext): Promise<void> {
 }
 
 type Candidate = { chain: string[]; parent: string };
+
+/** Whether the toolstack records `host` as serving the VDI (it can pause it there); a failure to ask is a no. */
+async function seesServing(ctx: GcContext, vdi: string, host: string): Promise<boolean> {
+  try {
+    return await toolstackSeesServing(ctx.toolstack!, vdi, undefined, host);
+  } catch (err) {
+    ctx.log.warn(`XenAPI: cannot tell whether host ${host} serves VDI ${vdi} (${(err as Error).message})`);
+    return false;
+  }
+}
 
 /**
  * The first candidate the SR has room to coalesce; the others are logged and

@@ -79,10 +79,11 @@ export async function swapIntoParent(ctx: GcContext, j: LeafJournal): Promise<vo
 /**
  * Under the SR lock: why L cannot (or can no longer) be swapped with P, if
  * anything. `liveHere`: L may be (and, for a live leaf-coalesce, stays) active on this host.
+ * `pausedOn`: L may be active on that host, which holds it paused (paused-leaf-coalesce.ts).
  */
-export async function whyNot(ctx: GcContext, j: LeafJournal, copied = false, liveHere = false): Promise<string | undefined> {
+export async function whyNot(ctx: GcContext, j: LeafJournal, copied = false, liveHere = false, pausedOn?: string): Promise<string | undefined> {
   const holder = (await poolActivations(ctx.repo.backend)).get(j.vdi);
-  if (holder && !(liveHere && holder.host === hostId())) return `the VDI ${copied ? 'became' : 'is'} active on host ${holder.host}`;
+  if (holder && !(liveHere && holder.host === hostId()) && holder.host !== pausedOn) return `the VDI ${copied ? 'became' : 'is'} active on host ${holder.host}`;
   const { nodes } = await ctx.repo.tree();
   const leaf = nodes.get(j.vdi);
   const parent = nodes.get(j.parent);

@@ -9,6 +9,7 @@
  * sr_scan (it forgets gone images and rewrites a stale `vhd-parent`).
  */
 import type { SMLog } from '../lib/log/index.js';
+import { hostId } from '../lib/sr/host-id.js';
 import { listeningXapiSocket } from '../lib/sr/xapi-socket.js';
 import type { ToolstackDb } from '../lib/sr/xapi-sync.js';
 import type { GcContext } from './context.js';
@@ -28,8 +29,13 @@ export async function openGcToolstack(sr: string, log: SMLog): Promise<GcToolsta
   try {
     const session = await loginAsRoot(socket);
     log.info(`XenAPI: keeping the toolstack database in step through ${socket}`);
+    // This host's ref: the pause protocol asks the other hosts' plugins, and pauses this host's datapath itself.
+    const hostRef = await session.hostByUuid(hostId()).catch((err: Error) => {
+      log.warn(`XenAPI: this host (${hostId()}) is not known to the toolstack (${err.message}): its datapath is asked through the plugin too`);
+      return undefined;
+    });
     return {
-      db: new ToolstackDb(session, sr, {}),
+      db: new ToolstackDb(session, sr, hostRef ? { hostRef } : {}),
       close: () => session.logout().catch((err: Error) => log.warn(`XenAPI: logout failed: ${err.message}`)),
     };
   } catch (err) {

@@ -51,6 +51,14 @@ export interface StorageBackend {
    */
   readonly canRewriteImages: boolean;
   /**
+   * Whether another host that reopens an image by its path finds what this
+   * host renamed, replaced or removed (a shared file system: yes). LVM: no,
+   * each host's device nodes stay as that host activated them, so a chain
+   * changed here must not be reopened there (not yet done: the
+   * established on-slave LV refresh).
+   */
+  readonly reopensAcrossHosts: boolean;
+  /**
    * The image became a read-only parent (a snapshot's hidden base): gives back
    * the room it does not use. LVM: deflate the LV. Files: nothing to do.
    */

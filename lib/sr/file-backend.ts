@@ -149,6 +149,7 @@ export class FileBackend implements StorageBackend {
   async prepareWrite(): Promise<void> {}
 
   readonly canRewriteImages = true;
+  readonly reopensAcrossHosts = true;
 
   /** A file holds only what was written. */
   async settleReadOnly(): Promise<void> {}

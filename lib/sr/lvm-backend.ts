@@ -276,6 +276,7 @@ export class LvmBackend implements StorageBackend {
 
   /** An LV cannot hold a second copy of itself to rename over it. */
   readonly canRewriteImages = false;
+  readonly reopensAcrossHosts = false;
 
   async settleReadOnly(uuid: string): Promise<void> {
     await this.deflate(uuid);

@@ -57,6 +57,21 @@ async function tryTag(db: ToolstackDb, ref: string, host: string, writable: bool
   }
 }
 
+/**
+ * vdi_deactivate waits while the master holds the VDI paused (the established
+ * `_deactivate_locked` does): the master's unpause reopens this host's
+ * datapath, which must still be there to reopen. Tries as activation does.
+ */
+export async function waitUnpaused(db: ToolstackDb, uuid: string, vdiRef: string | undefined, attempts = TAG_ATTEMPTS, delayMs = 1000): Promise<void> {
+  const ref = await db.refOf(uuid, vdiRef);
+  if (!ref) return;
+  for (let attempt = 1; (await db.xapi.vdiSmConfig(ref)).paused !== undefined; attempt++) {
+    if (attempt >= attempts) throw new SMError('VDIUnavailable', `VDI ${uuid} stays paused (${attempts} tries): not deactivated`);
+    if (attempt === 1) getLog().info(`XenAPI: VDI ${uuid} is paused: deactivation waits`);
+    await new Promise((r) => setTimeout(r, delayMs));
+  }
+}
+
 /** vdi_deactivate (or a failed activate): this host no longer serves the VDI. */
 export async function untagActive(db: ToolstackDb, uuid: string, vdiRef: string | undefined): Promise<void> {
   const host = db.hostRef;
@@ -73,19 +88,36 @@ export async function untagActive(db: ToolstackDb, uuid: string, vdiRef: string 
  * the verb, not through the plugin. `paused` goes again only when every host
  * unpaused, as the established SM does; the next sr_scan clears one left behind.
  */
-export async function withPaused<T>(db: ToolstackDb, uuid: string, vdiRef: string | undefined, fn: () => Promise<T>): Promise<T> {
+export async function withPaused<T>(db: ToolstackDb, uuid: string, vdiRef: string | undefined, fn: () => Promise<T>, opts: { failfast?: boolean } = {}): Promise<T> {
   const ref = await db.refOf(uuid, vdiRef);
   if (!ref) return fn();
-  const hosts = await pause(db, uuid, ref);
+  const failfast = opts.failfast === true;
+  const hosts = await pause(db, uuid, ref, failfast);
   let result: T;
   try {
     result = await fn();
   } catch (err) {
-    await unpause(db, uuid, ref, hosts).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
+    await unpause(db, uuid, ref, hosts, failfast).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
     throw err;
   }
-  await unpause(db, uuid, ref, hosts);
+  await unpause(db, uuid, ref, hosts, failfast);
   return result;
+}
+
+/**
+ * Whether the toolstack records `hostUuid` (a pool host's INSTALLATION_UUID,
+ * as our SR's activation records name hosts) as serving the VDI: its
+ * `host_<ref>` key is what the pause protocol follows to reach that host's
+ * datapath. Without it, a pause would miss the host, so the caller refuses.
+ */
+export async function toolstackSeesServing(db: ToolstackDb, uuid: string, vdiRef: string | undefined, hostUuid: string): Promise<boolean> {
+  const ref = await db.refOf(uuid, vdiRef);
+  if (!ref) return false;
+  const host = await db.xapi.hostByUuid(hostUuid).catch((err: unknown) => {
+    if (err instanceof XapiFailure && (err.code === 'UUID_INVALID' || err.code === 'HANDLE_INVALID')) return undefined;
+    throw err;
+  });
+  return host !== undefined && (await db.xapi.vdiSmConfig(ref))[`host_${host}`] !== undefined;
 }
 
 /** A `paused` a killed verb left (seen by a scan, under the SR lock): the hosts serving the VDI are asked to unpause, and it goes. */
@@ -101,15 +133,15 @@ function otherHostsOf(db: ToolstackDb, sm: Record<string, string>): string[] {
     .filter((h) => h !== db.hostRef);
 }
 
-const pluginArgs = (db: ToolstackDb, uuid: string) => ({ sr_uuid: db.srUuid, vdi_uuid: uuid, failfast: 'False' });
+const pluginArgs = (db: ToolstackDb, uuid: string, failfast = false) => ({ sr_uuid: db.srUuid, vdi_uuid: uuid, failfast: failfast ? 'True' : 'False' });
 
 /** Returns the hosts paused; on any failure, those are unpaused again and `paused` removed. */
-async function pause(db: ToolstackDb, uuid: string, ref: string): Promise<string[]> {
+async function pause(db: ToolstackDb, uuid: string, ref: string, failfast = false): Promise<string[]> {
   await db.xapi.vdiAddToSmConfig(ref, 'paused', 'true'); // MAP_DUPLICATE_KEY: paused by someone else, the verb fails
   const paused: string[] = [];
   try {
     for (const host of otherHostsOf(db, await db.xapi.vdiSmConfig(ref))) {
-      const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'pause', pluginArgs(db, uuid));
+      const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'pause', pluginArgs(db, uuid, failfast));
       if (answer !== 'True') throw new XapiPluginFailure(`failed to pause VDI ${uuid} on host ${host}: the plugin answered ${JSON.stringify(answer)}`);
       paused.push(host);
     }
@@ -121,12 +153,81 @@ async function pause(db: ToolstackDb, uuid: string, ref: string): Promise<string
   }
 }
 
-async function unpause(db: ToolstackDb, uuid: string, ref: string, hosts: string[]): Promise<void> {
+async function unpause(db: ToolstackDb, uuid: string, ref: string, hosts: string[], failfast = false): Promise<void> {
   const failed: string[] = [];
   for (const host of hosts) {
-    const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'unpause', pluginArgs(db, uuid)).catch((err: Error) => err.message);
+    const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'unpause', pluginArgs(db, uuid, failfast)).catch((err: Error) => err.message);
     if (answer !== 'True') failed.push(`${host} (${answer})`);
   }
   if (failed.length) throw new XapiPluginFailure(`failed to unpause VDI ${uuid} on ${failed.join(', ')}: it stays paused`);
   await db.xapi.vdiRemoveFromSmConfig(ref, 'paused');
+}
+
+/**
+ * Every `paused` of the SR's VDIs left by a killed verb or collector run: the
+ * hosts serving them are asked to unpause, and it goes. Only where no pause
+ * can be in progress: under the SR lock (verbs pause under it, and so does
+ * the collector), as sr_scan does.
+ */
+export async function unpauseAllLeftBehind(db: ToolstackDb): Promise<number> {
+  let n = 0;
+  for (const [ref, rec] of Object.entries(await db.xapi.vdisOfSr(await db.srRef()))) {
+    if (rec.sm_config?.paused === undefined) continue;
+    await unpauseLeftBehind(db, rec.uuid, ref, rec.sm_config);
+    n++;
+  }
+  return n;
+}
+
+/**
+ * The collector's relink (the established `_tagChildrenForRelink`): each VDI
+ * whose chain is rewritten gets `relinking`, so no host activates it
+ * meanwhile; an activation in progress (`activating`) is waited for. Returns
+ * the refs tagged, for relinked().
+ */
+export async function tagRelinking(db: ToolstackDb, uuids: readonly string[], attempts = TAG_ATTEMPTS, delayMs = 1000): Promise<Map<string, string>> {
+  const tagged = new Map<string, string>();
+  try {
+    for (const uuid of uuids) {
+      const ref = await db.refOf(uuid);
+      if (!ref) continue;
+      for (let attempt = 1; ; attempt++) {
+        if ((await db.xapi.vdiSmConfig(ref)).activating === undefined) {
+          await db.xapi.vdiRemoveFromSmConfig(ref, 'relinking');
+          await db.xapi.vdiAddToSmConfig(ref, 'relinking', 'True');
+          // An activation that began between the read and the tag sees it and backs off; one that tagged first is waited for.
+          if ((await db.xapi.vdiSmConfig(ref)).activating === undefined) break;
+          await db.xapi.vdiRemoveFromSmConfig(ref, 'relinking');
+        }
+        if (attempt >= attempts) throw new SMError('SMGeneral', `VDI ${uuid} stays being activated (${attempts} tries): not relinked`);
+        await new Promise((r) => setTimeout(r, delayMs));
+      }
+      tagged.set(uuid, ref);
+    }
+    return tagged;
+  } catch (err) {
+    await relinked(db, tagged, false).catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * After the relink (the established `_reload`): per VDI, `relinking` goes and
+ * every other host serving it refreshes its datapath (pause, then reopen its
+ * leaf, now on the new chain). A host that cannot is logged and left to the
+ * next pause; the images are already right. `refresh` false: untag only.
+ * Returns the hosts refreshed, as "vdi@host".
+ */
+export async function relinked(db: ToolstackDb, tagged: Map<string, string>, refresh = true): Promise<string[]> {
+  const done: string[] = [];
+  for (const [uuid, ref] of tagged) {
+    await db.xapi.vdiRemoveFromSmConfig(ref, 'relinking');
+    if (!refresh) continue;
+    for (const host of otherHostsOf(db, await db.xapi.vdiSmConfig(ref))) {
+      const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'refresh', pluginArgs(db, uuid)).catch((err: Error) => err.message);
+      if (answer === 'True') done.push(`${uuid}@${host}`);
+      else getLog().warn(`XenAPI: VDI ${uuid} not refreshed on host ${host} (${answer}): it reads its old chain until its next pause`);
+    }
+  }
+  return done;
 }

@@ -35,7 +35,7 @@ import { scanSrDetailed } from '../sr/scan.js';
 import { toolstackDbFor } from './xapi-endpoint.js';
 import { noteOnBoot } from '../sr/on-boot.js';
 import type { ToolstackDb } from '../sr/xapi-sync.js';
-import { tagActive, untagActive, withPaused } from '../sr/xapi-pause.js';
+import { tagActive, toolstackSeesServing, untagActive, waitUnpaused, withPaused } from '../sr/xapi-pause.js';
 import { XapiError } from '../xapi/errors.js';
 import { roleOf, requireMaster } from '../sr/pool-role.js';
 import { parseVdiSize } from '../sr/sizes.js';
@@ -145,8 +145,8 @@ function boolArg(value: string | undefined): boolean {
 
 export function srDriver(type: SrType): Driver {
   const resize = onVdi(async (repo, vdi, sr, req) => {
-    await refuseActiveElsewhere(repo, vdi);
     const db = await toolstackDbFor(req, sr);
+    await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
     const before = db ? (await repo.info(vdi).catch(wrap('VDIResize'))).virtualSize : 0;
     await pausedEverywhere(db, vdi, req, async () => {
       await withPausedServing(repo, sr, vdi, () => resizeVdi(repo, vdi, parseVdiSize(req.args[0]), Number(req.args[0])).then(() => growLogToImage(repo, vdi)), () => recoverSrJournals(repo)).catch(wrap('VDIResize'));
@@ -396,8 +396,8 @@ export function srDriver(type: SrType): Driver {
 
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
-      await refuseActiveElsewhere(repo, vdi);
       const db = await toolstackDbFor(req, sr);
+      await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async () => {
           const snap = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode), () => recoverSrJournals(repo)).catch(wrap('VDISnapshot'));
@@ -408,8 +408,8 @@ export function srDriver(type: SrType): Driver {
     }),
 
     vdi_clone: onVdi(async (repo, vdi, sr, req) => {
-      await refuseActiveElsewhere(repo, vdi);
       const db = await toolstackDbFor(req, sr);
+      await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async () => {
           const clone = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone'), () => recoverSrJournals(repo)).catch(wrap('VDIClone'));
@@ -523,7 +523,7 @@ function xapiErrorsAsSmErrors(verb: string, fn: Verb): Verb {
  * the verb and outside the SR lock: an activation that waits for a paused or
  * relinking VDI must not keep the SR locked meanwhile. Tagged before the
  * activate, as the established SM, and untagged again if the activate fails;
- * untagged after a deactivate.
+ * a deactivate waits while the VDI is paused, and untags after.
  */
 function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
   return async (req) => {
@@ -532,6 +532,7 @@ function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
     if (!db) return fn(req);
     const vdi = requireUuid(req.vdi_uuid, 'vdi_uuid', 'VDIUnavailable');
     if (which === 'deactivate') {
+      await waitUnpaused(db, vdi, req.vdi_ref);
       const result = await fn(req);
       await untagActive(db, vdi, req.vdi_ref);
       return result;
@@ -612,12 +613,28 @@ async function checkSrMetadata(repo: Repository, sr: string) {
 }
 
 /**
- * Snapshot, clone and resize change the VDI's chain under its datapath, which
- * only this host can pause: a VDI active on another host is refused (VDIInUse).
+ * Snapshot, clone and resize change the VDI's chain under its datapath. This
+ * host pauses its own; another host's is paused through the toolstack (the
+ * tapdisk-pause plugin, xapi-pause.ts), which reaches the hosts its
+ * `host_<ref>` keys name. So a VDI active on another host is refused
+ * (VDIInUse) standalone, with a toolstack that does not record that host as
+ * serving the VDI, and on a backend whose images the other host cannot
+ * reopen after a change made here (LVM: backend.reopensAcrossHosts).
  */
-async function refuseActiveElsewhere(repo: Repository, vdi: string): Promise<void> {
+async function refuseActiveElsewhere(repo: Repository, vdi: string, db?: ToolstackDb, vdiRef?: string): Promise<void> {
   const holder = (await poolActivations(repo.backend)).get(vdi);
-  if (holder && holder.host !== hostId()) throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}`);
+  if (!holder || holder.host === hostId()) return;
+  const canReopen = repo.backend.reopensAcrossHosts;
+  if (db && canReopen && (await toolstackSeesServing(db, vdi, vdiRef, holder.host))) {
+    getLog().info(`VDI ${vdi} is active on host ${holder.host}: paused there through the toolstack`);
+    return;
+  }
+  const why = !canReopen
+    ? ' (its datapath there cannot reopen a chain changed here: the SR is LVM)'
+    : db
+      ? ', which the toolstack does not record as serving it'
+      : ' (no toolstack to pause it there)';
+  throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}${why}`);
 }
 
 /** Keeps SM errors as they are; anything else becomes the verb's own error code. */
