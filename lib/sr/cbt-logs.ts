@@ -102,7 +102,8 @@ export async function rotateForSnapshot(repo: Repository, vdi: string, snap: str
 
 /** An uncommitted snapshot's rotation undone: the VDI's log as it was (its marks are the snapshot's log's). */
 export async function rollBackRotation(repo: Repository, vdi: string, snap: string, links: { parent: string; child: string }): Promise<void> {
-  if (!(await hasCbtLog(repo, snap))) return; // not rotated yet: the VDI's log is untouched
+  // Not rotated yet: the VDI's log is untouched; what the snapshot's log left half made (LVM: its LV being written) goes.
+  if (!(await hasCbtLog(repo, snap))) return requireStore(repo).remove(snap);
   const moved = await readStored(repo, snap);
   await writeStored(repo, vdi, { ...moved, parent: links.parent, child: links.child });
   if (links.parent !== NIL_UUID && (await hasCbtLog(repo, links.parent))) {

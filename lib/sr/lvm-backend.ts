@@ -53,6 +53,7 @@ export class LvmBackend implements StorageBackend {
   private sizes: Map<string, number> | undefined;
   /** Sizes of the log LVs in the same listing, by LV name. */
   private logSizes: Map<string, number> | undefined;
+  private listing: Promise<string[]> | undefined;
   readonly cbtLogs: LvmCbtLogs;
   private readonly holds: LvHolds;
   /** This process's hold while withImagesActive() calls are open (nested ones join it). */
@@ -72,7 +73,7 @@ export class LvmBackend implements StorageBackend {
     this.cbtLogs = new LvmCbtLogs({
       lvm: this.lvm,
       vg,
-      lvSizes: async () => this.logSizes ?? (await this.listImages(), this.logSizes!),
+      lvSizes: () => this.logListing(),
       forgetListing: () => this.forgetListing(),
       hold: (names, activate) => this.requireScope('a changed-block log').add(names, activate),
       joinVdiHold: (vdi, name) => this.holds.joinVdi(vdi, [name]),
@@ -110,6 +111,13 @@ export class LvmBackend implements StorageBackend {
   forgetListing(): void {
     this.sizes = undefined;
     this.logSizes = undefined;
+  }
+
+  /** The log LVs' sizes: from the last listing, or one listing shared by every caller waiting for it (a scan asks for many at once). */
+  private async logListing(): Promise<Map<string, number>> {
+    // Again if something forgot the listing meanwhile (an LV made or removed).
+    while (!this.logSizes) await (this.listing ??= this.listImages().finally(() => (this.listing = undefined)));
+    return this.logSizes;
   }
 
   /** Image work must run inside withImagesActive(), or what it activates would never be released. */

@@ -43,12 +43,24 @@ const env = () => ({ ...process.env, SM_ROOT: smRoot, SM_GC: 'off', ORIGINATOR: 
 const dc = () => ({ SRmaster: 'true', target: ADDR, targetIQN: IQN, SCSIid: scsiId });
 const vdiArgs = (u: string, args: string[] = []) => ({ vdi_uuid: u, vdi_location: u, args });
 
+const argvOf = (verb: string, extra: Record<string, unknown>) => [
+  encodeMethodCall(verb, [{ host_ref: 'OpaqueRef:host-1', session_ref: 'OpaqueRef:session-1', command: verb, args: [], sr_uuid: SR, ...extra, device_config: dc() }]),
+];
+
 async function ok(verb: string, extra: Record<string, unknown> = {}): Promise<unknown> {
-  const argv = [encodeMethodCall(verb, [{ host_ref: 'OpaqueRef:host-1', session_ref: 'OpaqueRef:session-1', command: verb, args: [], sr_uuid: SR, ...extra, device_config: dc() }])];
-  const r = await pexec(DRIVER, argv, { env: env(), maxBuffer: 64 * MiB });
+  const r = await pexec(DRIVER, argvOf(verb, extra), { env: env(), maxBuffer: 64 * MiB });
   const response = parseMethodResponse(r.stdout);
   if (response.kind === 'fault') assert.fail(`${verb} failed: ${response.faultCode} ${response.faultString}`);
   return response.value;
+}
+
+/** The verb run with SM_FAULT=point: it must kill itself there. */
+async function killedAt(point: string, verb: string, extra: Record<string, unknown>): Promise<void> {
+  const signal = await pexec(DRIVER, argvOf(verb, extra), { env: { ...env(), SM_FAULT: point } }).then(
+    () => undefined,
+    (e: { signal?: string }) => e.signal,
+  );
+  assert.equal(signal, 'SIGKILL', `${verb} should die at ${point}`);
 }
 
 const uuidOf = (value: unknown) => (value as { uuid: string }).uuid;
@@ -67,6 +79,9 @@ async function logLvs(): Promise<Map<string, { size: number; active: boolean }>>
   }
   return out;
 }
+
+/** The SR's log LVs, made or being made, by name. */
+const lvNames = async () => (await (await srLvm()).lvs(VG)).map((l) => l.name).filter((n) => n.includes('.cbtlog')).sort();
 
 const activeLvNames = async () => (await (await srLvm()).lvs(VG)).filter((l) => l.active && l.name !== 'MGT').map((l) => l.name).sort();
 
@@ -99,8 +114,15 @@ async function writeAll(vdi: string, writes: [number, number][]): Promise<number
   return [...new Set(writes.flatMap(([o, l]) => touched(o, l)))].sort((a, b) => a - b);
 }
 
+interface ScannedVdi {
+  uuid: string;
+  type: string;
+  virtual_size: number;
+  cbt_enabled: boolean;
+}
+
 /** sr_scan through JSON-RPC, which returns the VDI records. */
-async function scanJson(): Promise<{ uuid: string; type: string; virtual_size: number }[]> {
+async function scanJson(): Promise<ScannedVdi[]> {
   const request = { jsonrpc: '2.0', id: 1, method: 'sr_scan', params: { host_ref: 'OpaqueRef:host-1', command: 'sr_scan', args: [], sr_uuid: SR, device_config: dc() } };
   const child = execFile(DRIVER, ['--json'], { env: env(), maxBuffer: 64 * MiB });
   child.stdin!.end(JSON.stringify(request));
@@ -110,7 +132,7 @@ async function scanJson(): Promise<{ uuid: string; type: string; virtual_size: n
     child.on('error', reject);
     child.on('close', () => resolve(out));
   });
-  const reply = JSON.parse(stdout) as { result?: { uuid: string; type: string; virtual_size: number }[]; error?: unknown };
+  const reply = JSON.parse(stdout) as { result?: ScannedVdi[]; error?: unknown };
   assert.equal(reply.error, undefined, `sr_scan: ${JSON.stringify(reply.error)}`);
   return reply.result!;
 }
@@ -150,7 +172,12 @@ describe('lvmoiscsi-cbt', { timeout: 900_000 }, () => {
     assert.ok(info.capabilities.includes('VDI_CONFIG_CBT'), 'LVMoISCSISR advertises VDI_CONFIG_CBT');
 
     const V = uuidOf(await ok('vdi_create', { args: [String(SIZE), 'tracked', '', '', 'false', '', '', 'false'] }));
+    // Killed with the new log written under its temporary name: no log yet, and the next enable makes it whole.
+    await killedAt('cbt-log-lv-written', 'vdi_enable_cbt', vdiArgs(V));
+    assert.deepEqual(await lvNames(), [`${V}.cbtlog.tmp`], 'only the half-made log LV');
+    assert.ok((await scanJson()).find((v) => v.uuid === V)?.cbt_enabled === false, 'scan: CBT not enabled');
     await ok('vdi_enable_cbt', vdiArgs(V));
+    assert.deepEqual(await lvNames(), [`${V}.cbtlog`], 'enabled again: the log LV, the leftover gone');
     let logs = await logLvs();
     assert.deepEqual([...logs.keys()], [V], 'enable: the VDI has its log LV');
     assert.equal(logs.get(V)!.size, logLvBytes(SIZE), 'sized for the log of the virtual size, rounded up to the extent');
@@ -166,8 +193,17 @@ describe('lvmoiscsi-cbt', { timeout: 900_000 }, () => {
     assert.equal((await readLogLv(V)).consistent, false, 'held open by the datapath');
 
     // Known blocks: whole blocks, a write across a boundary, a small one, the last block.
-    await writeAll(V, [[0, BLOCK], [5 * BLOCK, 2 * BLOCK], [17 * BLOCK + 60 * 1024, 8 * 1024], [1023 * BLOCK + 512, 512]]);
+    const A = await writeAll(V, [[0, BLOCK], [5 * BLOCK, 2 * BLOCK], [17 * BLOCK + 60 * 1024, 8 * 1024], [1023 * BLOCK + 512, 512]]);
+    // A snapshot killed while its log LV is being made: rolled back by the next verb, the VDI's log untouched.
+    await killedAt('cbt-log-lv-written', 'vdi_snapshot', vdiArgs(V));
+    await ok('sr_scan');
+    assert.deepEqual(await lvNames(), [`${V}.cbtlog`], "the rollback removed the snapshot's half-made log LV");
+    assert.equal((await logLvs()).get(V)!.active, true, "the VDI's log is still its datapath's");
     const S1 = uuidOf(await ok('vdi_snapshot', vdiArgs(V)));
+    const s1Log = await readLogLv(S1);
+    assert.deepEqual(setBlocks(s1Log.bitmap), A, "S1's log: the blocks written before it, none missed across the killed snapshot");
+    assert.equal(s1Log.child, V, 'S1 -> V');
+    assert.equal((await readLogLv(V)).parent, S1, 'V <- S1');
     logs = await logLvs();
     assert.ok(logs.has(S1) && !logs.get(S1)!.active, 'the snapshot has the log (its LV inactive)');
     assert.equal(logs.get(V)!.active, true, "the VDI's new log stays active for its datapath");
