@@ -69,9 +69,9 @@ export async function startTracking(repo: Repository, uuid: string, size: number
 /** The VDI's log goes; its snapshots' logs stay (they still answer between themselves). */
 export async function stopTracking(repo: Repository, uuid: string): Promise<boolean> {
   const store = requireStore(repo);
-  if (!(await store.has(uuid))) return false;
-  await store.remove(uuid);
-  return true;
+  const had = await store.has(uuid);
+  await store.remove(uuid); // also what a killed enable left half made
+  return had;
 }
 
 /** The links of the VDI's log before a snapshot rotates it: recorded in the snapshot's journal. */
