@@ -48,13 +48,13 @@ interface HolderRecord {
 }
 
 const VDI_HOLDER = /^vdi-([0-9a-f-]{36})\.json$/;
+const TEMP_HOLDER = /^tmp-\d+-[0-9a-f]+\.json$/;
 const LOG_KEY = /^([0-9a-f-]{36})\.cbtlog(\.tmp)?$/;
 
 /** What a holder may name: an image's uuid, or a changed-block log's LV name. */
 export function isHoldKey(key: string): boolean {
   return isUuid(key) || isUuid(LOG_KEY.exec(key)?.[1] ?? '');
 }
-const TEMP_HOLDER = /^tmp-\d+-[0-9a-f]+\.json$/;
 
 export const lvHoldDir = (sr: string): string => runStateDir('lvhold', sr);
 
