@@ -48,7 +48,9 @@ const argvOf = (verb: string, extra: Record<string, unknown>) => [
 ];
 
 async function ok(verb: string, extra: Record<string, unknown> = {}): Promise<unknown> {
+  const start = performance.now();
   const r = await pexec(DRIVER, argvOf(verb, extra), { env: env(), maxBuffer: 64 * MiB });
+  console.log(`LVMCBT TIME ${verb} ${(performance.now() - start).toFixed(0)}ms`);
   const response = parseMethodResponse(r.stdout);
   if (response.kind === 'fault') assert.fail(`${verb} failed: ${response.faultCode} ${response.faultString}`);
   return response.value;
