@@ -143,7 +143,7 @@ async function changed(from: string, to: string): Promise<number[]> {
   return setBlocks(fromXapiBase64(String(await ok('vdi_list_changed_blocks', vdiArgs(from, [to])))));
 }
 
-describe('lvmoiscsi-cbt', { timeout: 900_000 }, () => {
+describe('lvmoiscsi-cbt', { timeout: 1_800_000 }, () => {
   let tgt: Tgt | undefined;
   let iscsid: Daemon | undefined;
 
