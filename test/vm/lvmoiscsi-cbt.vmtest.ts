@@ -150,7 +150,7 @@ describe('lvmoiscsi-cbt', { timeout: 1_800_000 }, () => {
   before(async () => {
     smRoot = await mkdtemp('/tmp/smroot-lvmcbt-');
     tgt = await Tgt.start(ADDR, PORT, `${OUT}/tgtd-lvmcbt.log`);
-    await tgt.addTarget(1, IQN, [await sparseFile('/tmp/lun-lvmcbt.img', 256 * MiB)]);
+    await tgt.addTarget(1, IQN, [await sparseFile('/tmp/lun-lvmcbt.img', 512 * MiB)]);
     iscsid = startDaemon('iscsid', ['-f'], `${OUT}/iscsid-lvmcbt.log`);
     await until('iscsid', async () => (await readFile('/proc/net/unix', 'utf8')).includes('ISCSIADM_ABSTRACT_NAMESPACE'));
     // The LUN's SCSIid, from the probe's LUN list.
