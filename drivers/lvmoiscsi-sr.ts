@@ -201,6 +201,7 @@ async function withLun<T>(cfg: Config, fn: (device: string, lvm: Lvm) => Promise
 
 export const lvmoiscsiSrType: SrType = {
   driver: 'LVMoISCSISR',
+  changedBlockTracking: true,
   info: {
     name: 'LVHD over iSCSI',
     description: 'SR plugin which represents disks as VHDs on Logical Volumes within a Volume Group created on an iSCSI LUN',

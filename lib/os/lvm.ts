@@ -19,6 +19,8 @@ const DEFAULT_TIMEOUT_MS = 120_000;
 export const vgNameForSr = (srUuid: string): string => `VG_XenStorage-${srUuid}`;
 export const vhdLvName = (vdiUuid: string): string => `VHD-${vdiUuid}`;
 export const rawLvName = (vdiUuid: string): string => `LV-${vdiUuid}`;
+/** A VDI's changed-block log, named as the established LVHD names it. */
+export const cbtLogLvName = (vdiUuid: string): string => `${vdiUuid}.cbtlog`;
 export const MGT_LV = 'MGT';
 
 export interface LvInfo {

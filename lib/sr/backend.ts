@@ -3,6 +3,7 @@
  * delete and the GC are written once over this interface; a directory of files
  * and an LVM volume group are two implementations.
  */
+import type { CbtLog } from '../cbt/log-format.js';
 import type { RecordMedium } from './records.js';
 
 /** A VDI active on some host of the pool: who activated it, how, and when. */
@@ -64,11 +65,11 @@ export interface StorageBackend {
    */
   settleReadOnly(uuid: string): Promise<void>;
   /**
-   * Where the VDI's changed-block log lives (`<sr>/<uuid>.cbtlog` on File and
-   * NFS SRs, in blktap's format). Absent: this SR type does not track changed
-   * blocks (no VDI_CONFIG_CBT).
+   * The VDIs' changed-block logs, in blktap's format (DESIGN item 10):
+   * `<sr>/<uuid>.cbtlog` files on File and NFS SRs, LVs `<uuid>.cbtlog` on
+   * LVM. Absent: this SR type does not track changed blocks (no VDI_CONFIG_CBT).
    */
-  cbtLogPath?(uuid: string): string;
+  readonly cbtLogs?: CbtLogStore;
   /** Bytes the image occupies on the storage. */
   physicalSize(uuid: string): Promise<number>;
   /** What the storage holds that is neither an image nor the SR's own structures (sr_delete refuses to destroy it). */
@@ -115,4 +116,28 @@ export interface StorageBackend {
   listActivations(): Promise<Map<string, Activation>>;
   writeActivation(vdi: string, activation: Activation): Promise<void>;
   removeActivation(vdi: string): Promise<void>;
+}
+
+/**
+ * Where an SR keeps its changed-block logs. The chain of logs along a VDI's
+ * snapshots is cbt-logs.ts's, written once over this: a log is read and
+ * written at a path (lib/cbt/log-file.ts: a file, or a device rewritten in place).
+ */
+export interface CbtLogStore {
+  /** Whether the VDI has a log (LVM: its LV exists, active or not). */
+  has(uuid: string): Promise<boolean>;
+  /**
+   * The path of an existing log, for reading and writing. LVM: its LV
+   * activated and held until the current withImagesActive() ends (the
+   * datapath's hold on an active VDI keeps its own log's LV beyond that).
+   */
+  path(uuid: string): Promise<string>;
+  /**
+   * Writes the log durably. A new log appears whole or not at all; an
+   * existing one is replaced (files: atomically; LVM: in place, the LV grown
+   * first when the log outgrew it).
+   */
+  write(uuid: string, log: CbtLog): Promise<void>;
+  /** Removes the log (and what an interrupted write left of it). Nothing to do when absent. */
+  remove(uuid: string): Promise<void>;
 }

@@ -11,34 +11,27 @@
  */
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
-import {
-  changedBetween,
-  createLog,
-  growTo,
-  logExists,
-  mergeBitmap,
-  NIL_UUID,
-  readLog,
-  removeLog,
-  settleInconsistent,
-  updateLog,
-  writeLog,
-  type CbtLog,
-} from '../cbt/index.js';
+import { changedBetween, growTo, mergeBitmap, newLog, NIL_UUID, readLog, settleInconsistent, type CbtLog } from '../cbt/index.js';
 import { poolActivations } from './activation.js';
+import type { CbtLogStore } from './backend.js';
 import { withPausedServing } from './datapath.js';
 import { faultPoint } from './fault.js';
 import { hostId } from './host-id.js';
 import type { Repository } from './repository.js';
 
-/** The log's path, or undefined when this SR type tracks no changes. */
-export function cbtLogPath(repo: Repository, uuid: string): string | undefined {
-  return repo.backend.cbtLogPath?.(uuid);
+function requireStore(repo: Repository): CbtLogStore {
+  const store = repo.backend.cbtLogs;
+  if (store === undefined) throw new SMError('Unimplemented', `SR ${repo.uuid} does not track changed blocks`);
+  return store;
 }
 
 export async function hasCbtLog(repo: Repository, uuid: string): Promise<boolean> {
-  const path = cbtLogPath(repo, uuid);
-  return path !== undefined && (await logExists(path));
+  return (await repo.backend.cbtLogs?.has(uuid)) === true;
+}
+
+/** The path of the VDI's existing log (LVM: its LV active for the verb). */
+export function cbtLogPath(repo: Repository, uuid: string): Promise<string> {
+  return requireStore(repo).path(uuid);
 }
 
 /** The log the datapath marks for this VDI, when it tracks changes. */
@@ -46,17 +39,21 @@ export async function trackedLog(repo: Repository, uuid: string): Promise<string
   return (await hasCbtLog(repo, uuid)) ? cbtLogPath(repo, uuid) : undefined;
 }
 
-function requirePath(repo: Repository, uuid: string): string {
-  const path = cbtLogPath(repo, uuid);
-  if (path === undefined) throw new SMError('Unimplemented', `SR ${repo.uuid} does not track changed blocks`);
-  return path;
+const readStored = async (repo: Repository, uuid: string): Promise<CbtLog> => readLog(await cbtLogPath(repo, uuid));
+const writeStored = (repo: Repository, uuid: string, log: CbtLog): Promise<void> => requireStore(repo).write(uuid, log);
+
+/** Reads, changes and writes back a log (the SR lock keeps other verbs out). */
+async function updateStored(repo: Repository, uuid: string, change: (log: CbtLog) => void): Promise<CbtLog> {
+  const log = await readStored(repo, uuid);
+  change(log);
+  await writeStored(repo, uuid, log);
+  return log;
 }
 
 async function readVdiLog(repo: Repository, uuid: string): Promise<CbtLog> {
-  const path = requirePath(repo, uuid);
-  if (!(await logExists(path))) throw new SMError('VDIUnavailable', `VDI ${uuid} has no changed-block log (CBT is not enabled on it)`);
+  if (!(await requireStore(repo).has(uuid))) throw new SMError('VDIUnavailable', `VDI ${uuid} has no changed-block log (CBT is not enabled on it)`);
   try {
-    return await readLog(path);
+    return await readStored(repo, uuid);
   } catch (err) {
     throw new SMError('VDIUnavailable', `changed-block log of VDI ${uuid} cannot be read: ${(err as Error).message}`);
   }
@@ -64,18 +61,17 @@ async function readVdiLog(repo: Repository, uuid: string): Promise<CbtLog> {
 
 /** A new empty log for a disk of `size` bytes; an existing one is kept (enabling twice changes nothing). */
 export async function startTracking(repo: Repository, uuid: string, size: number): Promise<boolean> {
-  const path = requirePath(repo, uuid);
-  if (await logExists(path)) return false;
-  await createLog(path, size);
+  if (await requireStore(repo).has(uuid)) return false;
+  await writeStored(repo, uuid, newLog(size));
   return true;
 }
 
 /** The VDI's log goes; its snapshots' logs stay (they still answer between themselves). */
 export async function stopTracking(repo: Repository, uuid: string): Promise<boolean> {
-  const path = requirePath(repo, uuid);
-  if (!(await logExists(path))) return false;
-  await removeLog(path);
-  return true;
+  const store = requireStore(repo);
+  const had = await store.has(uuid);
+  await store.remove(uuid); // also what a killed enable left half made
+  return had;
 }
 
 /** The links of the VDI's log before a snapshot rotates it: recorded in the snapshot's journal. */
@@ -95,26 +91,27 @@ export async function rotateForSnapshot(repo: Repository, vdi: string, snap: str
   const log = await readVdiLog(repo, vdi);
   // Left open by a datapath that died: every block counts as changed in the snapshot's log.
   if (settleInconsistent(log)) getLog().warn(`VDI ${vdi}: its changed-block log was not closed cleanly; the snapshot ${snap} lists every block as changed`);
-  await writeLog(requirePath(repo, snap), { ...log, child: vdi });
+  await writeStored(repo, snap, { ...log, child: vdi });
   faultPoint('cbt-snapshot-log-written');
   if (log.parent !== NIL_UUID && (await hasCbtLog(repo, log.parent))) {
-    await updateLog(requirePath(repo, log.parent), (p) => (p.child = snap));
+    await updateStored(repo, log.parent, (p) => (p.child = snap));
     faultPoint('cbt-parent-relinked');
   }
-  await writeLog(requirePath(repo, vdi), { parent: snap, child: log.child, consistent: true, size: log.size, bitmap: Buffer.alloc(log.bitmap.length) });
+  await writeStored(repo, vdi, { parent: snap, child: log.child, consistent: true, size: log.size, bitmap: Buffer.alloc(log.bitmap.length) });
 }
 
 /** An uncommitted snapshot's rotation undone: the VDI's log as it was (its marks are the snapshot's log's). */
 export async function rollBackRotation(repo: Repository, vdi: string, snap: string, links: { parent: string; child: string }): Promise<void> {
-  if (!(await hasCbtLog(repo, snap))) return; // not rotated yet: the VDI's log is untouched
-  const moved = await readLog(requirePath(repo, snap));
-  await writeLog(requirePath(repo, vdi), { ...moved, parent: links.parent, child: links.child });
+  // Not rotated yet: the VDI's log is untouched; what the snapshot's log left half made (LVM: its LV being written) goes.
+  if (!(await hasCbtLog(repo, snap))) return requireStore(repo).remove(snap);
+  const moved = await readStored(repo, snap);
+  await writeStored(repo, vdi, { ...moved, parent: links.parent, child: links.child });
   if (links.parent !== NIL_UUID && (await hasCbtLog(repo, links.parent))) {
-    await updateLog(requirePath(repo, links.parent), (p) => {
+    await updateStored(repo, links.parent, (p) => {
       if (p.child === snap) p.child = vdi;
     });
   }
-  await removeLog(requirePath(repo, snap));
+  await requireStore(repo).remove(snap);
 }
 
 /**
@@ -124,12 +121,12 @@ export async function rollBackRotation(repo: Repository, vdi: string, snap: stri
  */
 export async function mergeOutLog(repo: Repository, uuid: string): Promise<void> {
   if (!(await hasCbtLog(repo, uuid))) return;
-  const log = await readLog(requirePath(repo, uuid));
+  const log = await readStored(repo, uuid);
   const childHasLog = log.child !== NIL_UUID && (await hasCbtLog(repo, log.child));
   if (childHasLog) {
     // The child may be the VDI itself, served here: its datapath holds the log, so it is paused meanwhile.
     await withPausedServing(repo, repo.uuid, log.child, () =>
-      updateLog(requirePath(repo, log.child), (c) => {
+      updateStored(repo, log.child, (c) => {
         mergeBitmap(log, c);
         c.parent = log.parent;
       }),
@@ -137,9 +134,9 @@ export async function mergeOutLog(repo: Repository, uuid: string): Promise<void>
     faultPoint('cbt-log-merged');
   }
   if (log.parent !== NIL_UUID && (await hasCbtLog(repo, log.parent))) {
-    await updateLog(requirePath(repo, log.parent), (p) => (p.child = childHasLog ? log.child : NIL_UUID));
+    await updateStored(repo, log.parent, (p) => (p.child = childHasLog ? log.child : NIL_UUID));
   }
-  await removeLog(requirePath(repo, uuid));
+  await requireStore(repo).remove(uuid);
   getLog().info(`VDI ${uuid}: changed-block log ${childHasLog ? `merged into ${log.child}'s` : 'removed'}`);
 }
 
@@ -150,7 +147,7 @@ export async function mergeOutLog(repo: Repository, uuid: string): Promise<void>
  */
 export async function refuseMergeIntoRemote(repo: Repository, uuid: string): Promise<void> {
   if (!(await hasCbtLog(repo, uuid))) return;
-  const { child } = await readLog(requirePath(repo, uuid));
+  const { child } = await readStored(repo, uuid);
   if (child === NIL_UUID) return;
   const holder = (await poolActivations(repo.backend)).get(child);
   if (holder && holder.host !== hostId()) {
@@ -161,11 +158,10 @@ export async function refuseMergeIntoRemote(repo: Repository, uuid: string): Pro
 /** After a resize: the log covers the new size (new blocks unchanged so far). */
 export async function growLog(repo: Repository, uuid: string, size: number): Promise<void> {
   if (!(await hasCbtLog(repo, uuid))) return;
-  const path = requirePath(repo, uuid);
-  const log = await readLog(path);
+  const log = await readStored(repo, uuid);
   if (log.size >= size) return;
   growTo(log, size);
-  await writeLog(path, log);
+  await writeStored(repo, uuid, log);
 }
 
 /** As growLog, to the image's virtual size now (after vdi_resize). */
@@ -175,7 +171,7 @@ export async function growLogToImage(repo: Repository, uuid: string): Promise<vo
 
 /** The blocks changed from snapshot `from` to `to` (bitmap of 64 KiB blocks, LSB first). */
 export async function changedBlocks(repo: Repository, from: string, to: string) {
-  requirePath(repo, from);
+  requireStore(repo);
   await readVdiLog(repo, from);
   await readVdiLog(repo, to);
   try {

@@ -14,13 +14,13 @@ import { createFileDurably, sweepAtomicTemps, syncDir, writeFileAtomic, writeFil
 import { listActivationsIn, removeActivationIn, writeActivationIn } from './activation-dir.js';
 import type { Activation, StorageBackend } from './backend.js';
 import { faultPoint } from './fault.js';
+import { FileCbtLogs } from './file-cbt-logs.js';
 import { isUuid } from './ids.js';
 import type { RecordMedium } from './records.js';
 import { mapLimit } from '../util/map-limit.js';
 import { readSmallFile } from '../util/small-reads.js';
 
 const VHD_SUFFIX = '.vhd';
-const CBT_LOG_SUFFIX = '.cbtlog';
 /** A VDI's CBT log, or the temp file of its replacement (lib/cbt/log-file.ts). */
 const CBT_LOG_NAME = /^([0-9a-f-]{36})\.cbtlog(\.tmp)?$/;
 const META_DIR = '.sm';
@@ -44,6 +44,7 @@ export async function clearInterruptedCreate(dir: string): Promise<void> {
 
 export class FileBackend implements StorageBackend {
   readonly recordMedium: RecordMedium;
+  readonly cbtLogs: FileCbtLogs;
 
   constructor(
     readonly srUuid: string,
@@ -51,16 +52,12 @@ export class FileBackend implements StorageBackend {
     readonly dir: string,
   ) {
     this.recordMedium = new FileRecordMedium(join(dir, META_DIR));
+    this.cbtLogs = new FileCbtLogs(dir);
   }
 
   imagePath(uuid: string): string {
     if (!isUuid(uuid)) throw new Error(`not a uuid: ${uuid}`); // callers validate; this guards the path
     return join(this.dir, uuid + VHD_SUFFIX);
-  }
-
-  cbtLogPath(uuid: string): string {
-    if (!isUuid(uuid)) throw new Error(`not a uuid: ${uuid}`);
-    return join(this.dir, uuid + CBT_LOG_SUFFIX);
   }
 
   async listImages(): Promise<string[]> {

@@ -79,7 +79,8 @@ export async function hostPause(action: HostPauseAction, args: HostPauseArgs): P
         // The leaf as the SR has it now: the master may have renamed or relinked images.
         const repo = new Repository(await attachedBackend(sr));
         const leaf = repo.imagePath(vdi);
-        const { pausedMs } = await controlCall(control, await unpauseRequest(repo, vdi));
+        // Inside a hold: finding an LVM SR's changed-block log activates its LV if need be (held by the VDI's activation beyond).
+        const { pausedMs } = await repo.backend.withImagesActive([], async () => controlCall(control, await unpauseRequest(repo, vdi)));
         await clearPoolPause(sr, vdi);
         getLog().info(`tapdisk-pause ${action}: VDI ${vdi} unpaused on ${leaf} after ${pausedMs} ms paused`);
       }

@@ -9,7 +9,9 @@
  * - `tmp-<pid>-<id>.json`: a process's hold for the duration of some work
  *   (a verb, a GC run). Valid while that process runs (pid and start time, so a
  *   reused pid does not keep a dead holder alive).
- * An image's refcount is the number of holders naming it. It is derived from
+ * A holder names an image by its uuid and a changed-block log by its LV's
+ * name (`<uuid>.cbtlog`, and `<uuid>.cbtlog.tmp` while it is being made).
+ * An LV's refcount is the number of holders naming it. It is derived from
  * the files, never stored, so no count can drift; a holder that nothing backs
  * any more is dropped by settle(), so none can keep an LV active forever.
  *
@@ -47,6 +49,12 @@ interface HolderRecord {
 
 const VDI_HOLDER = /^vdi-([0-9a-f-]{36})\.json$/;
 const TEMP_HOLDER = /^tmp-\d+-[0-9a-f]+\.json$/;
+const LOG_KEY = /^([0-9a-f-]{36})\.cbtlog(\.tmp)?$/;
+
+/** What a holder may name: an image's uuid, or a changed-block log's LV name. */
+export function isHoldKey(key: string): boolean {
+  return isUuid(key) || isUuid(LOG_KEY.exec(key)?.[1] ?? '');
+}
 
 export const lvHoldDir = (sr: string): string => runStateDir('lvhold', sr);
 
@@ -126,6 +134,16 @@ export class LvHolds {
       holders.set(name, { lvs: [...chain] });
       await this.deactivateUnheld(dropped, holders);
       await this.write(name, { lvs: [...new Set(chain)] });
+    });
+  }
+
+  /** Adds `keys` to the hold of VDI `vdi` when it is held here (an LV made for an active VDI: its log). */
+  async joinVdi(vdi: string, keys: readonly string[]): Promise<void> {
+    await this.locked(async () => {
+      const name = `vdi-${vdi}.json`;
+      const h = (await this.holders()).get(name);
+      const fresh = keys.filter((k) => !h?.lvs.includes(k));
+      if (h && fresh.length > 0) await this.write(name, { ...h, lvs: [...h.lvs, ...fresh] });
     });
   }
 
@@ -252,7 +270,7 @@ export class TempHold {
 
   /** Holds `uuids` and activates those not active; with `activate: false` only names them (an LV about to be created active). */
   async add(uuids: readonly string[], activate = true): Promise<void> {
-    const valid = uuids.filter((u) => isUuid(u));
+    const valid = uuids.filter((u) => isHoldKey(u));
     if (valid.length === 0) return;
     // Already ours and active: nobody else deactivates what this hold names, so no lock is needed.
     if (valid.every((u) => this.held.has(u)) && (!activate || (await this.holds.allActive(valid)))) return;

@@ -3,7 +3,8 @@
  * LV `VHD-<uuid>` holding a VHD (metadata at the start, the footer in the LV's
  * last sector), thick (inflated) while writable, deflated to what it uses once
  * read-only (lvm-sizes.ts); SR metadata and journals live in the `MGT` LV
- * (mgt-volume.ts). Every LVM command is confined to the SR's devices (lib/os/lvm).
+ * (mgt-volume.ts); a VDI's changed-block log is its own small LV `<uuid>.cbtlog`
+ * (lvm-cbt-logs.ts). Every LVM command is confined to the SR's devices (lib/os/lvm).
  *
  * Activation, as the established LVHD does it: sr_attach activates only the
  * MGT LV; a VHD LV is active only while something holds it (lv-holds.ts):
@@ -17,7 +18,7 @@ import { open, readdir } from 'node:fs/promises';
 import { runTool } from '../os/run.js';
 import { existsSync } from 'node:fs';
 import { getLog } from '../log/index.js';
-import { isNotFound, Lvm, MGT_LV, roundUpToExtent, vhdLvName } from '../os/lvm.js';
+import { cbtLogLvName, isNotFound, Lvm, MGT_LV, roundUpToExtent, vhdLvName } from '../os/lvm.js';
 import { BLOCK_SIZE, FileIO, VhdImage } from '../vhd/index.js';
 import { FOOTER_SIZE, HEADER_OFFSET, HEADER_SIZE } from '../vhd/format/constants.js';
 import { decodeFooter } from '../vhd/format/footer.js';
@@ -26,6 +27,7 @@ import { listActivationsIn, removeActivationIn, writeActivationIn } from './acti
 import type { Activation, StorageBackend } from './backend.js';
 import { isUuid } from './ids.js';
 import { LvHolds, type TempHold } from './lv-holds.js';
+import { LvmCbtLogs } from './lvm-cbt-logs.js';
 import { MgtRecordArea, MgtRecordMedium } from './mgt-records.js';
 import type { RecordMedium } from './records.js';
 import { SMError } from '../errors/sm-error.js';
@@ -38,11 +40,21 @@ import { deflatedSizeFor, thickSizeFor } from './lvm-sizes.js';
 
 const JOURNAL_NAME = /^[a-z]+-[0-9a-f-]{36}$/;
 const VHD_LV = /^VHD-([0-9a-f-]{36})$/;
+/** A changed-block log's LV, or one being made (lvm-cbt-logs.ts). */
+const CBT_LV = /^([0-9a-f-]{36})\.cbtlog(\.tmp)?$/;
+const isCbtLv = (name: string): boolean => isUuid(CBT_LV.exec(name)?.[1] ?? '');
+
+/** An LV as holds name it (lv-holds.ts): an image by its uuid, a log by its LV name. */
+const lvNameOf = (key: string): string => (isUuid(key) ? vhdLvName(key) : key);
 
 export class LvmBackend implements StorageBackend {
   readonly lvm: Lvm;
   /** lvs output of the last listing, so a scan asks LVM once, not once per image. */
   private sizes: Map<string, number> | undefined;
+  /** Sizes of the log LVs in the same listing, by LV name. */
+  private logSizes: Map<string, number> | undefined;
+  private listing: Promise<string[]> | undefined;
+  readonly cbtLogs: LvmCbtLogs;
   private readonly holds: LvHolds;
   /** This process's hold while withImagesActive() calls are open (nested ones join it). */
   private scope: { open: number; hold: TempHold } | undefined;
@@ -57,6 +69,14 @@ export class LvmBackend implements StorageBackend {
       active: () => this.activeImages(),
       activate: (uuids) => this.switchLvs(uuids, true),
       deactivate: (uuids) => this.switchLvs(uuids, false),
+    });
+    this.cbtLogs = new LvmCbtLogs({
+      lvm: this.lvm,
+      vg,
+      lvSizes: () => this.logListing(),
+      forgetListing: () => this.forgetListing(),
+      hold: (names, activate) => this.requireScope('a changed-block log').add(names, activate),
+      joinVdiHold: (vdi, name) => this.holds.joinVdi(vdi, [name]),
     });
   }
 
@@ -74,8 +94,10 @@ export class LvmBackend implements StorageBackend {
     }
   }
 
+  /** The VDI's chain, and its changed-block log when it has one: the datapath marks it while the VDI is active. */
   async holdVdi(vdi: string, chain: readonly string[]): Promise<void> {
-    await this.holds.holdVdi(vdi, chain);
+    const log = (await this.cbtLogs.has(vdi)) ? [cbtLogLvName(vdi)] : [];
+    await this.holds.holdVdi(vdi, [...chain, ...log]);
   }
 
   async releaseVdi(vdi: string): Promise<void> {
@@ -88,6 +110,14 @@ export class LvmBackend implements StorageBackend {
 
   forgetListing(): void {
     this.sizes = undefined;
+    this.logSizes = undefined;
+  }
+
+  /** The log LVs' sizes: from the last listing, or one listing shared by every caller waiting for it (a scan asks for many at once). */
+  private async logListing(): Promise<Map<string, number>> {
+    // Again if something forgot the listing meanwhile (an LV made or removed).
+    while (!this.logSizes) await (this.listing ??= this.listImages().finally(() => (this.listing = undefined)));
+    return this.logSizes;
   }
 
   /** Image work must run inside withImagesActive(), or what it activates would never be released. */
@@ -100,21 +130,23 @@ export class LvmBackend implements StorageBackend {
     await this.requireScope(what).add(uuids);
   }
 
-  /** Images whose LV is active: LVM keeps a /dev/<vg>/<lv> node for each active LV. */
+  /** Images and logs whose LV is active (as holds name them): LVM keeps a /dev/<vg>/<lv> node for each active LV. */
   private async activeImages(): Promise<Set<string>> {
     const names = await readdir(`/dev/${this.vg}`).catch(() => [] as string[]);
-    return new Set(names.map((n) => VHD_LV.exec(n)?.[1]).filter((u): u is string => u !== undefined && isUuid(u)));
+    const images = names.map((n) => VHD_LV.exec(n)?.[1]).filter((u): u is string => u !== undefined && isUuid(u));
+    return new Set([...images, ...names.filter(isCbtLv)]);
   }
 
   /** One lvchange for all; an LV gone meanwhile (removed by a verb) is skipped. */
   private async switchLvs(uuids: string[], active: boolean): Promise<void> {
     try {
-      await this.lvm.setActive(this.vg, uuids.map(vhdLvName), active);
+      await this.lvm.setActive(this.vg, uuids.map(lvNameOf), active);
     } catch (e) {
       if (!isNotFound(e)) throw e;
-      this.sizes = undefined;
+      this.forgetListing();
       const present = new Set(await this.listImages());
-      await this.lvm.setActive(this.vg, uuids.filter((u) => present.has(u)).map(vhdLvName), active);
+      const logs = this.logSizes!;
+      await this.lvm.setActive(this.vg, uuids.map(lvNameOf).filter((n) => logs.has(n) || present.has(VHD_LV.exec(n)?.[1] ?? '')), active);
     }
     getLog().debug(`SR ${this.srUuid}: ${active ? 'activated' : 'deactivated'} ${uuids.map((u) => u.slice(0, 8)).join(' ')}`);
   }
@@ -131,11 +163,14 @@ export class LvmBackend implements StorageBackend {
   async listImages(): Promise<string[]> {
     const lvs = await this.lvm.lvs(this.vg);
     const sizes = new Map<string, number>();
+    const logSizes = new Map<string, number>();
     for (const lv of lvs) {
       const m = VHD_LV.exec(lv.name);
       if (m && isUuid(m[1]!)) sizes.set(m[1]!, lv.sizeBytes);
+      else if (isCbtLv(lv.name)) logSizes.set(lv.name, lv.sizeBytes);
     }
     this.sizes = sizes;
+    this.logSizes = logSizes;
     return [...sizes.keys()].sort();
   }
 
@@ -282,10 +317,10 @@ export class LvmBackend implements StorageBackend {
     await this.deflate(uuid);
   }
 
-  /** LVs other than the images and MGT (journals live in MGT). */
+  /** LVs other than the images, the changed-block logs and MGT (journals live in MGT). */
   async foreignEntries(): Promise<string[]> {
     const lvs = await this.lvm.lvs(this.vg);
-    return lvs.map((lv) => lv.name).filter((n) => n !== MGT_LV && !(VHD_LV.test(n) && isUuid(n.slice(4)))).sort();
+    return lvs.map((lv) => lv.name).filter((n) => n !== MGT_LV && !(VHD_LV.test(n) && isUuid(n.slice(4))) && !isCbtLv(n)).sort();
   }
 
   async destroy(): Promise<void> {

@@ -4,7 +4,6 @@
  */
 import { imageInfo, readImageRemains, readImageSummary, VhdError, type ImageInfo, type ImageSummary } from '../vhd/index.js';
 import { SMError } from '../errors/sm-error.js';
-import { stat } from 'node:fs/promises';
 import { mapLimit } from '../util/map-limit.js';
 import type { StorageBackend } from './backend.js';
 import { isUuid, requireUuid } from './ids.js';
@@ -76,8 +75,7 @@ export class Repository {
   async requireVdiOrLog(value: unknown): Promise<string> {
     const uuid = requireUuid(value, 'vdi_uuid', 'VDIUnavailable');
     if (await this.backend.hasImage(uuid)) return uuid;
-    const log = this.backend.cbtLogPath?.(uuid);
-    if (log !== undefined && (await stat(log).catch(() => undefined))) return uuid;
+    if (await this.backend.cbtLogs?.has(uuid)) return uuid;
     throw new SMError('VDIMissing', uuid);
   }
 

@@ -100,7 +100,7 @@ export async function scanSrDetailed(repo: Repository): Promise<ScanDetail> {
 
 /** A cbt_metadata VDI: its data destroyed, its changed-block log kept (the size is the log's). */
 async function scannedLogOnly(repo: Repository, rec: VdiRecord): Promise<ScannedVdi> {
-  const size = await readLog(cbtLogPath(repo, rec.uuid)!).then(
+  const size = await cbtLogPath(repo, rec.uuid).then(readLog).then(
     (l) => l.size,
     () => 0,
   );

@@ -482,7 +482,7 @@ export function srDriver(type: SrType): Driver {
       return null;
     },
 
-    // VDI_CONFIG_CBT: only where the backend keeps changed-block logs (File, NFS).
+    // VDI_CONFIG_CBT: where the backend keeps changed-block logs (File, NFS: files; LVMoISCSI: LVs).
     ...(type.changedBlockTracking ? cbtVerbs({ onVdi, onVdiOrLog, refuseActiveElsewhere, kickGc }) : {}),
   };
   for (const verb of MASTER_ONLY) if (verbs[verb]) verbs[verb] = masterOnly(verb, verbs[verb]!);

@@ -6,7 +6,7 @@ import type { DriverInfo, Request } from '../smapi/index.js';
 import type { BackendSpec } from '../sr/attach-record.js';
 
 export interface SrType {
-  /** Whether its backend keeps CBT logs (StorageBackend.cbtLogPath): the CBT verbs and VDI_CONFIG_CBT. */
+  /** Whether its backend keeps CBT logs (StorageBackend.cbtLogs): the CBT verbs and VDI_CONFIG_CBT. */
   readonly changedBlockTracking?: boolean;
   /** Executable name, e.g. `FileSR`. */
   readonly driver: string;

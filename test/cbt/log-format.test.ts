@@ -136,3 +136,23 @@ const util = cbtUtil();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('readLog reads the header, then exactly the bitmap it announces: what follows (an LV is larger than its log) is ignored; a cut log is refused', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cbt-read-'));
+  try {
+    const log = newLog(70 * CBT_BLOCK_SIZE + 1, { parent: P });
+    setBlocks(log.bitmap, 3, 70);
+    const bytes = encodeLog(log);
+    const padded = path.join(dir, 'padded');
+    fs.writeFileSync(padded, Buffer.concat([bytes, Buffer.alloc(4096, 0xff)])); // as an extent past the log holds anything
+    t.deepEqual(await readLog(padded), log);
+    const cut = path.join(dir, 'cut');
+    fs.writeFileSync(cut, bytes.subarray(0, bytes.length - 1));
+    await t.throwsAsync(readLog(cut), { instanceOf: CbtLogError, message: /cut short/ });
+    const short = path.join(dir, 'short');
+    fs.writeFileSync(short, bytes.subarray(0, 20));
+    await t.throwsAsync(readLog(short), { instanceOf: CbtLogError, message: /shorter than its header/ });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

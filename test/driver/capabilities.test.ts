@@ -227,5 +227,7 @@ for (const driver of ['NFSSR', 'LVMoISCSISR']) {
     // Whatever the SR type adds beyond FileSR's list would have no run here.
     t.deepEqual(caps.filter((c) => !file.includes(c)), []);
     if (driver === 'LVMoISCSISR') t.false(caps.includes('THIN_PROVISIONING'), 'thick provisioned');
+    // Logs as files on NFS, as LVs on LVM: the same verbs over the backend's log store (the VM tier runs them on LVM).
+    t.true(caps.includes('VDI_CONFIG_CBT'), 'tracks changed blocks');
   });
 }

@@ -186,3 +186,28 @@ test('settle(all) at sr_attach: active LVs nobody holds are deactivated; reset f
   await resetLvHolds(sr);
   t.deepEqual(await holds.counts(), new Map());
 });
+
+test("a changed-block log's LV is held by its LV name like an image: with the VDI's chain, by a verb's hold, and joined to an active VDI's hold", async (t) => {
+  const { holds, active } = world();
+  const [a, base, b] = ids(3);
+  const logA = `${a!}.cbtlog`;
+  const logB = `${b!}.cbtlog`;
+  await holds.holdVdi(a!, [a!, base!, logA]);
+  t.deepEqual(await active(), sorted([a!, base!, logA]), 'vdi_activate: the chain and the log the datapath marks');
+  const work = holds.temp();
+  await work.add([logB, `${logB}.tmp`, 'not-a-key', `${b!}.vhd`]);
+  t.deepEqual(await active(), sorted([a!, base!, logA, logB, `${logB}.tmp`]), 'only images and log LVs are held');
+  await holds.joinVdi(b!, [logB]); // b is not active here: no holder is made for it
+  await holds.joinVdi(a!, [`${a!}.cbtlog`]); // already named: unchanged
+  await work.release();
+  t.deepEqual(await active(), sorted([a!, base!, logA]), "the verb's logs go with its hold");
+  await work.add([logB]);
+  await holds.holdVdi(b!, [b!]);
+  await holds.joinVdi(b!, [logB]); // enabled while b is active: its datapath keeps the log
+  await work.release();
+  t.true((await active()).includes(logB), "a log joined to the active VDI's hold outlives the verb");
+  await holds.releaseVdi(a!);
+  await holds.releaseVdi(b!);
+  t.deepEqual(await active(), [], 'deactivated with their VDIs');
+  t.deepEqual(readdirSync(lvHoldDir(holds.sr)), [], 'no holder left');
+});
