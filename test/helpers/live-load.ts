@@ -1,8 +1,8 @@
 // Active VDIs under load for the live GC tests: attach + activate, and NBD
 // clients writing through the datapath's socket, the model updated on each
 // acknowledgement.
-import { pattern } from './model.js';
-import { openNbd, type NbdVdiClient } from './nbd-vdi.js';
+import { pattern, type SparseDisk } from './model.js';
+import { openNbd, type NbdPlace, type NbdVdiClient } from './nbd-vdi.js';
 import type { World } from './world.js';
 
 const vdiArgs = (vdi: string, extra: Record<string, unknown> = {}) => ({ vdi_uuid: vdi, vdi_location: vdi, ...extra });
@@ -17,12 +17,18 @@ export async function deactivate(w: World, vdi: string): Promise<void> {
   await w.s.call('vdi_detach', vdiArgs(vdi));
 }
 
+/** Where the writers connect and whose models they keep: a World, or an SR in the VM tier. */
+export interface LoadedVdis {
+  ctx: NbdPlace;
+  models: Map<string, SparseDisk>;
+}
+
 /**
  * `clients` connections writing 4 KiB at pseudo-random places of `size` bytes,
  * each in its own stripe of 4 KiB pages (no two clients write the same page, so
  * the model's order is the acknowledgement order). The model takes a write once acknowledged.
  */
-export async function writeLoad(w: World, vdi: string, size: number, clients: number) {
+export async function writeLoad(w: LoadedVdis, vdi: string, size: number, clients: number) {
   const conns: NbdVdiClient[] = [];
   for (let i = 0; i < clients; i++) conns.push(await openNbd(w.ctx, vdi));
   let stop = false;

@@ -8,13 +8,16 @@ import path from 'node:path';
 import { CMD, RawClient } from '../nbd/helpers.js';
 import { run, type RunResult, type SmEnv } from './sm.js';
 
-export const nbdSocket = (ctx: SmEnv, vdi: string, sr = ctx.sr) => path.join(ctx.root, 'run', 'blktap-control', 'nbd', sr, vdi);
+/** Where a served VDI's socket is: the SM_ROOT, a short directory for links, the SR (a test's SmEnv, or a guest's SR). */
+export type NbdPlace = Pick<SmEnv, 'root' | 'base' | 'sr'>;
+
+export const nbdSocket = (ctx: NbdPlace, vdi: string, sr = ctx.sr) => path.join(ctx.root, 'run', 'blktap-control', 'nbd', sr, vdi);
 
 /** Whether the VDI is served here (its link exists). */
-export const isServed = (ctx: SmEnv, vdi: string, sr = ctx.sr) => fs.existsSync(nbdSocket(ctx, vdi, sr));
+export const isServed = (ctx: NbdPlace, vdi: string, sr = ctx.sr) => fs.existsSync(nbdSocket(ctx, vdi, sr));
 
 /** A short path that leads to the VDI's socket. */
-export function shortSocket(ctx: SmEnv, vdi: string, sr = ctx.sr): string {
+export function shortSocket(ctx: NbdPlace, vdi: string, sr = ctx.sr): string {
   const link = path.join(ctx.base, `n-${randomBytes(3).toString('hex')}`);
   fs.symlinkSync(nbdSocket(ctx, vdi, sr), link);
   return link;
@@ -24,13 +27,13 @@ export const qemuUri = (socket: string, vdi: string) => `nbd:unix:${socket}:expo
 export const libnbdUri = (socket: string, vdi: string) => `nbd+unix:///${vdi}?socket=${socket}`;
 
 /** qemu-io on the served VDI with these commands. */
-export function qemuIo(ctx: SmEnv, vdi: string, commands: string[], sr = ctx.sr): Promise<RunResult> {
+export function qemuIo(ctx: NbdPlace, vdi: string, commands: string[], sr = ctx.sr): Promise<RunResult> {
   const sock = shortSocket(ctx, vdi, sr);
   return run('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), qemuUri(sock, vdi)], { timeoutMs: 60_000 }).finally(() => fs.rmSync(sock, { force: true }));
 }
 
 /** A raw NBD connection to the served VDI (simple replies). */
-export async function openNbd(ctx: SmEnv, vdi: string, sr = ctx.sr): Promise<NbdVdiClient> {
+export async function openNbd(ctx: NbdPlace, vdi: string, sr = ctx.sr): Promise<NbdVdiClient> {
   const sock = shortSocket(ctx, vdi, sr);
   try {
     return new NbdVdiClient(await RawClient.open(sock, vdi));
@@ -77,7 +80,7 @@ export class NbdVdiClient {
 }
 
 /** Writes through the datapath, then flushes: what a guest's acknowledged, flushed write is. */
-export async function writeServed(ctx: SmEnv, vdi: string, offset: number, data: Buffer, sr = ctx.sr): Promise<void> {
+export async function writeServed(ctx: NbdPlace, vdi: string, offset: number, data: Buffer, sr = ctx.sr): Promise<void> {
   const c = await openNbd(ctx, vdi, sr);
   try {
     await c.write(offset, data);

@@ -15,7 +15,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { randomBytes, randomUUID } from 'node:crypto';
 import * as iscsi from '../../lib/os/iscsi.js';
-import { Lvm } from '../../lib/os/lvm.js';
+import { Lvm, type LvInfo } from '../../lib/os/lvm.js';
 import { encodeMethodCall, parseMethodResponse, type MethodResponse } from '../../lib/smapi/index.js';
 import { deflatedSizeFor, thickSizeFor } from '../../lib/sr/lvm-sizes.js';
 import { BLOCK_SIZE, readImageSummary, VhdImage } from '../../lib/vhd/index.js';
@@ -25,6 +25,7 @@ import { batRoomFor } from '../../lib/sr/sizes.js';
 import { OUT, requireGuest, sparseFile, startDaemon, until } from './support/guest.js';
 import type { Daemon } from './support/guest.js';
 import { fileSystemOverKernelNbd } from './support/kernel-nbd.js';
+import { relinkUnderActiveLeaf, seedScenarioLive, type LiveSr } from './support/live-gc.js';
 import { Tgt } from './support/tgt.js';
 
 requireGuest();
@@ -136,16 +137,25 @@ async function assertActive(want: string[], what: string): Promise<void> {
 }
 
 /**
- * Every VHD LV of the SR, as lvs and the VHD inside it tell. The inactive ones
- * are activated for the read and deactivated again, so the state is as it was.
+ * Runs `fn` with every VHD LV of the SR (from lvs) active at its path. The
+ * inactive ones are activated for it and deactivated again, so the state is as it was.
  */
-async function vhdLvs(): Promise<Map<string, VhdLv>> {
+async function withEveryLvActive<T>(fn: (lvs: LvInfo[]) => Promise<T>): Promise<T> {
   const lvm = await srLvm();
   const lvs = (await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-'));
   const inactive = lvs.filter((l) => !l.active).map((l) => l.name);
   await lvm.setActive(VG, inactive, true);
-  const out = new Map<string, VhdLv>();
   try {
+    return await fn(lvs);
+  } finally {
+    await lvm.setActive(VG, inactive, false);
+  }
+}
+
+/** Every VHD LV of the SR, as lvs and the VHD inside it tell. */
+async function vhdLvs(): Promise<Map<string, VhdLv>> {
+  return withEveryLvActive(async (lvs) => {
+    const out = new Map<string, VhdLv>();
     for (const lv of lvs) {
       const uuid = lv.name.slice(4);
       const image = await VhdImage.open(lvPath(uuid));
@@ -163,17 +173,15 @@ async function vhdLvs(): Promise<Map<string, VhdLv>> {
         await image.close();
       }
     }
-  } finally {
-    await lvm.setActive(VG, inactive, false);
-  }
-  return out;
+    return out;
+  });
 }
 
 /** Thick provisioning: hidden (read-only) images deflated to what they use, every other one fully inflated. */
-async function assertProvisioning(): Promise<void> {
+async function assertProvisioning(what = 'thick provisioning'): Promise<void> {
   for (const [u, lv] of await vhdLvs()) {
     const want = lv.hidden ? deflatedSizeFor(lv.used) : lv.thick;
-    assert.equal(lv.size, want, `LV of ${lv.hidden ? 'hidden' : 'visible'} ${u} (uses ${lv.used} bytes)`);
+    assert.equal(lv.size, want, `${what}: LV of ${lv.hidden ? 'hidden' : 'visible'} ${u} (uses ${lv.used} bytes)`);
   }
 }
 const SIZE = 64 * MiB;
@@ -604,6 +612,29 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     for (const u of [snapshot, v]) await ok('vdi_delete', vdiArgs(u), full());
     await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env() });
     assert.equal((await lvm.lvs(VG)).filter((l) => l.name.startsWith('VHD-')).length, before, 'its base collected by the GC');
+  });
+
+  /** This SR as the live GC scenarios reach it (support/live-gc.ts). */
+  const liveSr = (): LiveSr => ({
+    sr: SR,
+    smRoot,
+    ok: async (verb, extra) => (await ok(verb, extra, full())).value,
+    gc: async () => {
+      const start = performance.now();
+      await pexec('node', [SM_GC, '-u', SR, '-g'], { env: env(), maxBuffer: 64 * MiB });
+      timing('sm-gc -g (live)', performance.now() - start);
+    },
+    withImages: (fn) => withEveryLvActive((lvs) => fn(new Map(lvs.map((lv) => [lv.name.slice(4), lvPath(lv.name.slice(4))])))),
+    // The parent that took the copy was inflated for it; it ends deflated (still a base copy) or as the inflated leaf.
+    assertSpace: (what) => assertProvisioning(what),
+  });
+
+  it('live GC, the seed scenario: an active VDI written through NBD, its only snapshot deleted, sm-gc -g: one thick LV, never deactivated, exact bytes', async () => {
+    await seedScenarioLive(liveSr());
+  });
+
+  it('live GC, a hidden node under an active leaf: coalesced (base LV inflated, then deflated) and relinked under the running datapath; then leaf-coalesced live', async () => {
+    await relinkUnderActiveLeaf(liveSr());
   });
 
   it('sr_delete refuses a non-empty SR, then deletes the VG once the VDIs are gone', async () => {

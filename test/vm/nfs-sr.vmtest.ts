@@ -14,6 +14,7 @@ import { MiB, SparseDisk, pattern } from '../helpers/model.js';
 import { FILE_SR, REPO, SM_GC, SM_VHD, createArgs, node, run, type RunResult } from '../helpers/sm.js';
 import { OUT, requireGuest } from './support/guest.js';
 import { fileSystemOverKernelNbd } from './support/kernel-nbd.js';
+import { relinkUnderActiveLeaf, seedScenarioLive, type LiveSr } from './support/live-gc.js';
 import { NfsServer } from './support/nfs-server.js';
 
 requireGuest();
@@ -199,6 +200,26 @@ describe('lifecycle', () => {
     process.stdout.write(`nfs-sr: images before GC ${before}, after ${afterGc}\n`);
     assert.ok(afterGc < before, 'the GC removed the garbage/coalesced the chain');
     for (const u of [V, S]) await compare(u, 'after the GC');
+  });
+
+  /** This SR as the live GC scenarios reach it (support/live-gc.ts). */
+  const liveSr = (): LiveSr => ({
+    sr,
+    smRoot: root,
+    ok: async (verb, extra) => ok(await nfsCall(verb, V3, extra), verb),
+    gc: async () => {
+      const g = await node(SM_GC, ['-u', sr, '-g'], { env, timeoutMs: 300_000 });
+      assert.equal(g.code, 0, `sm-gc -g: ${g.stderr}`);
+    },
+    withImages: async (fn) => fn(new Map(readdirSync(mount).filter((n) => n.endsWith('.vhd')).map((n) => [n.slice(0, -'.vhd'.length), join(mount, n)]))),
+  });
+
+  it('live GC, the seed scenario: an active VDI written through NBD, its only snapshot deleted, sm-gc -g: one image, never deactivated, exact bytes', async () => {
+    await seedScenarioLive(liveSr());
+  });
+
+  it('live GC, a hidden node under an active leaf: coalesced and relinked under the running datapath; then leaf-coalesced live', async () => {
+    await relinkUnderActiveLeaf(liveSr());
   });
 
   it('ext4 on the /dev/nbdN of vdi_attach (an SR of its own on the same export), through detach/attach and a snapshot while mounted', async () => {
