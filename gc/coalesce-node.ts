@@ -68,7 +68,8 @@ async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> 
   const { nodes } = await ctx.repo.tree();
   const readers = [...new Set([...j.children, ...subtreeOf(nodes, j.vdi)])];
   await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], () =>
-    withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkHeld(ctx, j)),
+    // The relinked children and P (written by the copy) are opened again; the rest stays open.
+    withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkHeld(ctx, j), 'a relink', [...j.children, j.parent]),
   );
 }
 
