@@ -119,7 +119,7 @@ async function pauseStall(): Promise<void> {
     const t0 = Date.now();
     const loadBefore = loadavg();
 
-    const snaps: Array<Window & { pauseMs?: number; flushedBeforeMs?: number; drainMs?: number; settleMs?: number; openMs?: number; opened?: string }> = [];
+    const snaps: Array<Window & { pauseMs?: number; flushedBeforeMs?: number; drainMs?: number; settleMs?: number; openMs?: number; opened?: string; verbSteps: Record<string, number> }> = [];
     for (let k = 0; k < SNAPSHOTS; k++) {
       await sleepUntil(t0 + WARMUP_MS + k * SLOT_MS);
       const logBefore = readFileSync(smlog, 'utf8').length;
@@ -136,6 +136,7 @@ async function pauseStall(): Promise<void> {
         pauseMs: m ? Number(m[1]) : undefined,
         ...(held ? { flushedBeforeMs: Number(held[1]), drainMs: Number(held[2]), settleMs: Number(held[3]) } : {}),
         ...(opened ? { openMs: Number(opened[3]), opened: `${opened[1]} of ${opened[2]}` } : {}),
+        verbSteps: Object.fromEntries([...(/snapshot made .*\((checks [^)]*)\)/.exec(logged)?.[1] ?? '').matchAll(/([a-z ]+) (\d+) ms/g)].map((x) => [x[1].trim(), Number(x[2])])),
       });
     }
     const loadAfter = loadavg();
@@ -174,6 +175,7 @@ async function pauseStall(): Promise<void> {
       ['  of which: requests held, in flight drained, leaf flushed (SMlog)', f(defined(snaps.map((x) => x.drainMs)))],
       ['  of which: leaf settled (batmap) (SMlog)', f(defined(snaps.map((x) => x.settleMs)))],
       ['  of which: the new chain opened at the unpause (SMlog)', `${f(defined(snaps.map((x) => x.openMs)))}; images opened: ${snaps[snaps.length - 1].opened ?? '?'} (last snapshot)`],
+      ['  the verb\'s steps meanwhile (SMlog), p50', Object.keys(snaps[0].verbSteps).map((k) => `${k} ${p50(snaps.map((x) => x.verbSteps[k] ?? 0)).toFixed(0)} ms`).join(', ')],
       ['vdi_snapshot call', f(calls)],
       [`baseline: the same load, ${baselines.length} windows of the same lengths without a snapshot, longest I/O latency`, f(base)],
       ['baseline: longest gap without a completion', f(quiet.map((d) => d.maxGapMs))],
