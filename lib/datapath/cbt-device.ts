@@ -19,7 +19,7 @@ import { CBT_HEADER_SIZE, type CbtLog } from '../cbt/log-format.js';
 import { growTo, readLog, settleInconsistent, writeLog } from '../cbt/log-file.js';
 import { DeviceError, type BlockDevice, type WriteOptions, type ZeroOptions } from '../nbd/block-device.js';
 import { PassthroughDevice } from '../nbd/passthrough-device.js';
-import type { VhdImage } from '../vhd/index.js';
+import type { ChainOptions, VhdImage } from '../vhd/index.js';
 import { openVhdDevice, type VhdDevice } from './vhd-device.js';
 
 /**
@@ -189,7 +189,7 @@ export async function openServedDevice(
   writable: boolean,
   cbtLog?: string,
   scrub = true,
-  reuse?: (parentPath: string) => Promise<VhdImage | undefined>,
+  reuse?: ChainOptions['reuse'],
 ): Promise<ServedDevice> {
   if (!writable) return openVhdDevice(path, { reuse });
   const chain = await openVhdDevice(path, { writable: true, scrub, reuse });

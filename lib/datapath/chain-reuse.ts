@@ -18,35 +18,40 @@
 import { fileIdentity, FileIO, type VhdImage } from '../vhd/index.js';
 
 export interface ImageReuse {
-  /** ChainOptions.reuse: the open image that is the file at `parentPath`, if one may be taken over. */
-  take(parentPath: string): Promise<VhdImage | undefined>;
+  /**
+   * ChainOptions.reuse: the open image that is the file at `parentPath`, if
+   * one may be taken over, and the images below it in the paused chain as far
+   * as they may be too (their headers are unchanged, so they are still its
+   * ancestors: no lookup by name needed).
+   */
+  take(parentPath: string): Promise<readonly VhdImage[] | undefined>;
   /** The images taken so far (the paused chain must not close these). */
   readonly taken: ReadonlySet<VhdImage>;
 }
 
 export async function reuseOpenImages(open: readonly VhdImage[], except: readonly string[]): Promise<ImageReuse> {
-  const byFile = new Map<string, VhdImage>();
-  for (const image of open) {
-    if (image.io instanceof FileIO && !image.io.isDevice) byFile.set(image.io.identity, image);
-  }
+  const excepted = new Set<string>();
   for (const path of except) {
     const id = await fileIdentity(path);
-    if (id !== undefined) byFile.delete(id);
+    if (id !== undefined) excepted.add(id);
   }
   const taken = new Set<VhdImage>();
+  const allowed = (image: VhdImage | undefined): image is VhdImage =>
+    image !== undefined && image.io instanceof FileIO && !image.io.isDevice && !excepted.has(image.io.identity) && !taken.has(image);
   return {
     taken,
     async take(parentPath) {
-      if (byFile.size === 0) return undefined;
       const id = await fileIdentity(parentPath);
-      const image = id === undefined ? undefined : byFile.get(id);
-      if (!image) return undefined;
-      byFile.delete(id!);
-      const io = image.io as FileIO;
-      io.seal();
-      if (io.path !== parentPath) io.renamedTo(parentPath);
-      taken.add(image);
-      return image;
+      const at = open.findIndex((i) => i.io instanceof FileIO && i.io.identity === id);
+      if (id === undefined || !allowed(open[at])) return undefined;
+      const run: VhdImage[] = [];
+      for (let k = at; allowed(open[k]); k++) run.push(open[k]);
+      (run[0].io as FileIO).renamedTo(parentPath);
+      for (const image of run) {
+        (image.io as FileIO).seal();
+        taken.add(image);
+      }
+      return run;
     },
   };
 }

@@ -9,7 +9,7 @@
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../nbd/block-device.js';
 import { DeviceError } from '../nbd/block-device.js';
 import { SECTOR } from '../vhd/format/constants.js';
-import { scrubUnmarkedSectors, VhdChain, VhdError, type ParentResolver, type VhdImage } from '../vhd/index.js';
+import { scrubUnmarkedSectors, VhdChain, VhdError, type ChainOptions, type ParentResolver, type VhdImage } from '../vhd/index.js';
 import { chainExtents, heldSectors } from './extents.js';
 import { LeafWriter } from './leaf-writer.js';
 
@@ -25,7 +25,7 @@ export interface VhdDeviceOptions {
    */
   scrub?: boolean;
   /** Parents already open (a chain kept across a pause): see ChainOptions.reuse. */
-  reuse?: (parentPath: string) => Promise<VhdImage | undefined>;
+  reuse?: ChainOptions['reuse'];
 }
 
 /** The device for the chain ending at `leafPath`; a read-only one has no write, flush or zero member. */

@@ -19,11 +19,14 @@ export interface ChainOptions {
   /** Refuse chains deeper than this (a loop guard as much as a limit). */
   maxDepth?: number;
   /**
-   * A parent already open elsewhere, to take instead of opening `parentPath`
-   * again (undefined: open it). Such an image is the caller's until the chain
-   * owns it: a failed open leaves it open.
+   * Images already open elsewhere, to take instead of opening `parentPath`
+   * again: the image that is that file, followed by as many of its ancestors
+   * as the caller vouches for, in order (a chain opened before, unchanged
+   * since); their links are checked here, by uuid. Empty or undefined: open
+   * it. Such images are the caller's until the chain owns them: a failed
+   * open leaves them open.
    */
-  reuse?: (parentPath: string) => Promise<VhdImage | undefined>;
+  reuse?: (parentPath: string) => Promise<readonly VhdImage[] | undefined>;
 }
 
 export class VhdChain {
@@ -48,16 +51,19 @@ export class VhdChain {
       while (image.isDifferencing) {
         if (images.length >= maxDepth) throw new VhdError('chain', `chain deeper than ${maxDepth}`, leafPath);
         const parentPath = await resolver(image);
-        if (seen.has(resolve(parentPath))) throw new VhdError('chain', `parent loop at ${parentPath}`, leafPath);
-        seen.add(resolve(parentPath));
-        const reused = await opts.reuse?.(parentPath);
-        const parent = reused ?? (await VhdImage.open(parentPath, false));
-        images.push(parent);
-        if (!reused) opened.push(parent);
-        if (!parent.footer.uuid.equals(image.header.parentUuid)) {
-          throw new VhdError('chain', `parent ${parentPath} has uuid ${parent.uuid}, expected ${image.parentUuid}`, image.path);
+        const reused = (await opts.reuse?.(parentPath)) ?? [];
+        const parents = reused.length > 0 ? reused : [await VhdImage.open(parentPath, false)];
+        if (reused.length === 0) opened.push(parents[0]);
+        for (const parent of parents) {
+          if (images.length >= maxDepth) throw new VhdError('chain', `chain deeper than ${maxDepth}`, leafPath);
+          if (seen.has(resolve(parent.path))) throw new VhdError('chain', `parent loop at ${parent.path}`, leafPath);
+          seen.add(resolve(parent.path));
+          images.push(parent);
+          if (!image.isDifferencing || !parent.footer.uuid.equals(image.header.parentUuid)) {
+            throw new VhdError('chain', `parent ${parent.path} has uuid ${parent.uuid}, expected ${image.parentUuid}`, image.path);
+          }
+          image = parent;
         }
-        image = parent;
       }
       return new VhdChain(images, opts.durable ?? false, new Set(images.filter((i) => !opened.includes(i))));
     } catch (err) {

@@ -12,7 +12,7 @@ import test from 'ava';
 import { readImageSummary, VhdChain } from '../../lib/vhd/index.js';
 import { MiB, pattern, SparseDisk } from '../helpers/model.js';
 import { openNbd, type NbdVdiClient } from '../helpers/nbd-vdi.js';
-import { callDriver, readSmlog, request, smVhd, type SmEnv } from '../helpers/sm.js';
+import { callDriver, gc, readSmlog, request, smVhd, type SmEnv } from '../helpers/sm.js';
 import { checkProblems, imagePath, journals, listImages, readMetadata } from '../helpers/sr-state.js';
 import { withWorld, type World } from '../helpers/world.js';
 
@@ -157,6 +157,38 @@ test('a snapshot under writers keeps the old leaf open as the new parent: it is 
       model.write(0, content);
       w.models.set(uuid, model);
     }
+    await w.check(t);
+  });
+});
+
+test('a relink under a served VDI: the parent written by the coalesce is opened again, the rest kept; the datapath reads the coalesced data through the same connection', async (t) => {
+  await withWorld(async (w, ctx) => {
+    const V = await w.create('V', SIZE);
+    // Three layers with data of their own: B0 (0-2 MiB), B1 (2-4 MiB, coalesced into B0), V (5-6 MiB).
+    await w.fill('V', 0, 2 * MiB);
+    await w.snapshot('V', 'S0');
+    await w.fill('V', 2 * MiB, 2 * MiB);
+    await w.snapshot('V', 'S1');
+    await w.fill('V', 5 * MiB, MiB);
+    await w.delete('S0');
+    await w.delete('S1');
+    // Read-only: the GC then relinks V but leaves its leaf alone (a live leaf-coalesce would reopen everything after).
+    await w.s.call('vdi_attach', vdiArgs(V, { args: ['false'] }));
+    await w.s.call('vdi_activate', vdiArgs(V, { args: ['false'] }));
+    const c = await openNbd(ctx, V);
+    t.true((await c.read(0, SIZE)).equals(w.models.get(V)!.read(0, SIZE)), 'reads as the model before the GC');
+    const before = readSmlog(ctx).length;
+    await gc(ctx);
+    const log = readSmlog(ctx).slice(before);
+    t.regex(log, new RegExp(`VDI ${V}: datapath paused for a relink`));
+    t.true((await c.read(0, SIZE)).equals(w.models.get(V)!.read(0, SIZE)), 'the same connection reads the coalesced data after the GC');
+    // The relink's unpause: V's leaf opened, and B0 (the parent coalesced into) opened again rather than kept.
+    const relinked = /datapath: VDI \S+ unpaused on .* ms paused \((\d+) of (\d+) images opened in \d+ ms, the rest kept open\)/.exec(log);
+    t.truthy(relinked, log);
+    t.deepEqual(relinked && [Number(relinked[1]), Number(relinked[2])], [2, 2], 'leaf and coalesced parent opened, nothing stale kept');
+    c.close();
+    await w.s.call('vdi_deactivate', vdiArgs(V));
+    await w.s.call('vdi_detach', vdiArgs(V));
     await w.check(t);
   });
 });
