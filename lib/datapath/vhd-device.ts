@@ -72,7 +72,7 @@ export class VhdDevice implements BlockDevice {
    * them over instead of opening them again. What changes the chain next (a
    * snapshot renames the leaf and sets its hidden flag) finds it as a close
    * leaves it; nothing here writes to it again: close() and release() only
-   * close handles.
+   * close handles. (A chain of block devices is closed here: see below.)
    */
   settle(): Promise<void> {
     if (this.settling) return this.settling;
@@ -86,6 +86,9 @@ export class VhdDevice implements BlockDevice {
       } finally {
         refused();
       }
+      // LVM renames, resizes and removes logical volumes while a VDI is paused (lvremove refuses an open
+      // one), and they are never taken over (chain-reuse.ts): a chain on devices is closed here, as before.
+      if (this.chain.images.some((i) => i.io.isDevice)) await (this.released = this.chain.close());
     })();
     return this.settling;
   }
