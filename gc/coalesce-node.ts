@@ -82,7 +82,8 @@ async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> 
     }
   };
   await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], () =>
-    withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkHeld(ctx, j, refreshElsewhere)),
+    // The relinked children and P (written by the copy) are opened again; the rest stays open.
+    withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkHeld(ctx, j, refreshElsewhere), 'a relink', [...j.children, j.parent]),
   );
 }
 

@@ -188,7 +188,7 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
     return withServedPaused(repo, repo.uuid, [j.vdi], async () => {
       const started = Date.now();
       faultPoint('live-leaf-paused');
-      // Paused: the datapath flushed and closed the leaf, so every write acknowledged is in the record or already copied.
+      // Paused: the datapath flushed and settled the leaf, so every write acknowledged is in the record or already copied.
       pending.add(await writtenSince(record));
       if (pending.bytes > 2 * FINAL_BYTES) {
         return `${(pending.bytes / MiB).toFixed(1)} MiB were written just before the pause, more than a pause may copy; the next run tries again`;
@@ -200,6 +200,6 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
       await swapIntoParent(ctx, j);
       log.info(`Live leaf-coalesce of ${short(j.vdi)}: final step (${(r.bytesCopied / MiB).toFixed(1)} MiB in ${blocks} blocks) and swap took ${Date.now() - started} ms paused`);
       return 'done' as const;
-    }, 'a live leaf-coalesce');
+    }, 'a live leaf-coalesce', [j.parent]); // P, written by the copy, becomes the leaf; what lies below it stays open
   });
 }

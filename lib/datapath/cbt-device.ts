@@ -19,7 +19,16 @@ import { CBT_HEADER_SIZE, type CbtLog } from '../cbt/log-format.js';
 import { growTo, readLog, settleInconsistent, writeLog } from '../cbt/log-file.js';
 import { DeviceError, type BlockDevice, type WriteOptions, type ZeroOptions } from '../nbd/block-device.js';
 import { PassthroughDevice } from '../nbd/passthrough-device.js';
-import { openVhdDevice } from './vhd-device.js';
+import type { ChainOptions, VhdImage } from '../vhd/index.js';
+import { openVhdDevice, type VhdDevice } from './vhd-device.js';
+
+/**
+ * What a served VDI reads and writes: its chain (a VhdDevice), behind its CBT
+ * log when it has one. A pause settles it (final on disk, images kept open);
+ * the chain opened after the pause may take its images over, and release()
+ * closes the rest.
+ */
+export type ServedDevice = BlockDevice & Pick<VhdDevice, 'settle' | 'release' | 'abandon' | 'images'>;
 
 export class CbtDevice extends PassthroughDevice {
   /** Bytes of the bitmap changed since the last write to the file, [lo, hi). */
@@ -29,20 +38,22 @@ export class CbtDevice extends PassthroughDevice {
   private running: Promise<void> | undefined;
   private queued: Promise<void> | undefined;
   private closed = false;
+  /** Set by settle(): the log is consistent on disk and is never written by this device again. */
+  private settling: Promise<void> | undefined;
   /** A mark that could not be made durable: from then on no write passes (it could go unlisted). */
   private broken: Error | undefined;
 
   private constructor(
-    inner: BlockDevice,
+    private readonly chain: VhdDevice,
     private readonly logPath: string,
     private readonly log: CbtLog,
     private readonly fh: FileHandle,
   ) {
-    super(inner);
+    super(chain);
   }
 
   /** Wraps `inner` (a writable chain) with its log at `logPath`, marked inconsistent before the first write. */
-  static async open(inner: BlockDevice, logPath: string): Promise<CbtDevice> {
+  static async open(inner: VhdDevice, logPath: string): Promise<CbtDevice> {
     const log = await readLog(logPath);
     settleInconsistent(log); // left open by a datapath that died
     growTo(log, inner.size); // a resize the verbs did not reach the log with
@@ -67,8 +78,55 @@ export class CbtDevice extends PassthroughDevice {
     return super.trim(offset, length, opts);
   }
 
+  get images(): readonly VhdImage[] {
+    return this.chain.images;
+  }
+
+  /**
+   * For a pause: the chain settled (VhdDevice.settle), the marks durable, then
+   * the log marked consistent, as a close leaves it (a snapshot's rotation
+   * reads it next). Nothing writes the log again: close() and release() only
+   * close handles.
+   */
+  settle(): Promise<void> {
+    this.settling ??= (async () => {
+      await this.chain.settle();
+      await this.queued;
+      await this.running;
+      this.log.consistent = true;
+      await writeLog(this.logPath, this.log);
+    })();
+    return this.settling;
+  }
+
+  /** After settle(): the log's handle and the chain's images not in `keep` closed, nothing written. */
+  async release(keep?: ReadonlySet<VhdImage>): Promise<void> {
+    if (!this.settling) throw new Error('release needs a settled device (settle() first)');
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.chain.release(keep);
+    } finally {
+      await this.fh.close();
+    }
+  }
+
+  /** Never served (its opener gave up): the log consistent again, the chain abandoned (VhdDevice.abandon). */
+  async abandon(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.chain.abandon();
+    } finally {
+      await this.fh.close();
+    }
+    this.log.consistent = true;
+    await writeLog(this.logPath, this.log);
+  }
+
   /** The image flushed and closed first; only then the log says it is complete. */
   override async close(): Promise<void> {
+    if (this.settling) return this.release();
     if (this.closed) return;
     this.closed = true;
     try {
@@ -122,15 +180,24 @@ export class CbtDevice extends PassthroughDevice {
   }
 }
 
-/** The device a served VDI reads and writes: its chain, behind its CBT log when it is writable and has one. */
-export async function openServedDevice(path: string, writable: boolean, cbtLog?: string, scrub = true): Promise<BlockDevice> {
-  if (!writable) return openVhdDevice(path);
-  const chain = await openVhdDevice(path, { writable: true, scrub });
+/**
+ * The device a served VDI reads and writes: its chain, behind its CBT log when
+ * it is writable and has one. `reuse`: parents already open (ChainOptions.reuse).
+ */
+export async function openServedDevice(
+  path: string,
+  writable: boolean,
+  cbtLog?: string,
+  scrub = true,
+  reuse?: ChainOptions['reuse'],
+): Promise<ServedDevice> {
+  if (!writable) return openVhdDevice(path, { reuse });
+  const chain = await openVhdDevice(path, { writable: true, scrub, reuse });
   if (cbtLog === undefined) return chain;
   try {
     return await CbtDevice.open(chain, cbtLog);
   } catch (err) {
-    await chain.close();
+    await chain.abandon();
     throw err;
   }
 }

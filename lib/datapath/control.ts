@@ -10,14 +10,20 @@ export type ControlRequest =
   | { op: 'serve'; vdi: string; path: string; socket: string; writable: boolean; cbtlog?: string }
   /** Stop serving: connections drained and closed, the image flushed and closed, the link removed. */
   | { op: 'stop'; vdi: string }
-  /** Hold new requests, drain the ones in flight, close the image (its files are then consistent and closed). */
+  /**
+   * Flush, then hold new requests, drain the ones in flight, flush again and settle the image: its files
+   * are then final on disk (as a close leaves them) and kept open, never written through again.
+   */
   | { op: 'pause'; vdi: string }
   /**
    * Open the chain ending at `path` (a snapshot's new leaf), with its CBT log `cbtlog` (absent: none),
    * switch to it, release the held requests.
    * `scrubbed`: the leaf has no data under clear bits (see VhdDeviceOptions.scrub): no scan at the open.
+   * `reuse`: images of the paused chain still in the new one (the same files) are taken over, not opened
+   * again (lib/datapath/chain-reuse.ts), except the files named in `except` (written into while paused);
+   * absent: the whole chain is opened again.
    */
-  | { op: 'unpause'; vdi: string; path: string; scrubbed?: boolean; cbtlog?: string }
+  | { op: 'unpause'; vdi: string; path: string; scrubbed?: boolean; cbtlog?: string; reuse?: { except: string[] } }
   /** Start recording which blocks clients write (durable first: see DatapathService.trackWrites). */
   | { op: 'track-start'; vdi: string }
   /** The sectors written since track-start or the previous dirty-since of that `token`, as [first sector, count] runs. */
@@ -44,8 +50,30 @@ export interface ServedVdi {
 }
 
 export type ControlReply =
-  | { ok: true; pid: number; served?: ServedVdi[]; pausedMs?: number; wasServed?: boolean; exiting?: boolean; token?: string; blockSize?: number; written?: [number, number][] }
+  | {
+      ok: true;
+      pid: number;
+      served?: ServedVdi[];
+      pausedMs?: number;
+      /** pause: how long each step took (PauseSteps). */
+      steps?: PauseSteps;
+      wasServed?: boolean;
+      exiting?: boolean;
+      token?: string;
+      blockSize?: number;
+      written?: [number, number][];
+    }
   | { ok: false; pid: number; error: string };
+
+/** The steps of a pause, in milliseconds. */
+export interface PauseSteps {
+  /** The flush before anything is held (clients still run meanwhile). */
+  flushedBeforeMs: number;
+  /** Requests held, those in flight drained, flushed again: from here on clients wait. */
+  drainedMs: number;
+  /** The leaf's batmap (and CBT log) made final. */
+  settledMs: number;
+}
 
 /** Nobody answers on the control socket (never started, or the process died). */
 export class DatapathUnreachable extends Error {

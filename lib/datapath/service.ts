@@ -13,9 +13,10 @@ import { mkdir, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { NbdServer, PausableDevice, type NbdLogger } from '../nbd/index.js';
 import { BLOCK_SIZE } from '../vhd/index.js';
-import type { ServedVdi } from './control.js';
+import type { PauseSteps, ServedVdi } from './control.js';
 import { faultPoint } from '../sr/fault.js';
-import { openServedDevice } from './cbt-device.js';
+import { openServedDevice, type ServedDevice } from './cbt-device.js';
+import { reuseOpenImages, type ImageReuse } from './chain-reuse.js';
 import { DirtyTrackingDevice, type SectorRuns } from './dirty-tracking-device.js';
 
 export interface ServiceLog {
@@ -34,6 +35,8 @@ interface Served {
   cbtLog?: string;
   server: NbdServer;
   device: PausableDevice;
+  /** What `device` passes requests to now: the chain (behind its CBT log). */
+  chain: ServedDevice;
   /** Above the pausable device: records which blocks clients wrote (live leaf-coalesce). */
   written: DirtyTrackingDevice;
   since: string;
@@ -75,7 +78,7 @@ export class DatapathService {
       await device.close();
       throw err;
     }
-    this.served.set(vdi, { vdi, path, socket, listening, writable, ...(cbtLog && writable ? { cbtLog } : {}), server, device, written, since: new Date().toISOString() });
+    this.served.set(vdi, { vdi, path, socket, listening, writable, ...(cbtLog && writable ? { cbtLog } : {}), server, device, chain: inner, written, since: new Date().toISOString() });
     this.log.info(`datapath: VDI ${vdi} served ${writable ? 'read-write' : 'read-only'} from ${path}${cbtLog && writable ? ` tracking changes in ${cbtLog}` : ''} on ${socket} (${device.size} bytes, opened in ${Date.now() - started} ms)`);
   }
 
@@ -94,39 +97,63 @@ export class DatapathService {
     return true;
   }
 
-  /** Holds new requests, drains those in flight, closes the image. Resolves to nothing once its files are closed. */
-  async pause(vdi: string): Promise<void> {
+  /**
+   * Flushes while clients still run (most dirty pages of the leaf are written
+   * back before anyone waits), then holds new requests, drains those in
+   * flight, flushes again and settles the chain: its files are final on disk,
+   * as a close leaves them, and stay open for the unpause to take over.
+   */
+  async pause(vdi: string): Promise<PauseSteps> {
     const s = this.require(vdi);
-    if (s.pausedAt === undefined) s.pausedAt = Date.now();
+    const started = Date.now();
+    if (!s.device.paused && s.device.flush) await s.device.flush();
+    const flushed = Date.now();
+    if (s.pausedAt === undefined) s.pausedAt = flushed;
     await s.device.pause();
-    await s.device.current.close();
-    this.log.info(`datapath: VDI ${vdi} paused (drained and closed in ${Date.now() - s.pausedAt} ms)`);
+    const drained = Date.now();
+    faultPoint('datapath-pause-drained');
+    await s.chain.settle();
+    const steps = { flushedBeforeMs: flushed - started, drainedMs: drained - flushed, settledMs: Date.now() - drained };
+    this.log.info(`datapath: VDI ${vdi} paused (flushed beforehand in ${steps.flushedBeforeMs} ms; then drained and flushed in ${steps.drainedMs} ms, settled in ${steps.settledMs} ms; images kept open)`);
+    return steps;
   }
 
   /**
    * Opens the chain at `path` (the VDI's leaf now), with its CBT log `cbtLog`
    * (a snapshot's new one; absent: tracking disabled), switches to it and
    * releases the held requests; returns how long it was paused. `scrubbed`:
-   * the leaf needs no scan for data under clear bits.
+   * the leaf needs no scan for data under clear bits. `reuse`: the paused
+   * chain's images that are still in the new chain are taken over, but for
+   * the files named in `except` (chain-reuse.ts); absent: all opened again.
    */
-  async unpause(vdi: string, path: string, scrubbed = false, cbtLog?: string): Promise<number> {
+  async unpause(vdi: string, path: string, scrubbed = false, cbtLog?: string, reuse?: { except: readonly string[] }): Promise<number> {
     const s = this.require(vdi);
     if (!s.device.paused) return 0;
     await s.device.pause(); // a pause still draining finishes first
-    const next = await openServedDevice(path, s.writable, cbtLog, !scrubbed);
+    // A pause whose settle failed said so; what it could not write stays unwritten, the handles still go below.
+    await s.chain.settle().catch((err: Error) => this.log.warn(`datapath: VDI ${vdi}: unpausing a chain that did not settle: ${err.message}`));
+    const started = Date.now();
+    const kept: ImageReuse | undefined = reuse ? await reuseOpenImages(s.chain.images, reuse.except) : undefined;
+    const next = await openServedDevice(path, s.writable, cbtLog, !scrubbed, kept?.take);
     const grew = next.size > s.device.size ? ` (size ${s.device.size} -> ${next.size} bytes for new connections)` : '';
     try {
       s.device.refresh(next, { grow: true });
     } catch (err) {
-      await next.close();
+      await next.abandon();
       throw err;
     }
+    faultPoint('datapath-unpause-refreshed');
+    const old = s.chain;
+    s.chain = next;
     s.path = path;
     s.cbtLog = s.writable ? cbtLog : undefined;
     s.device.unpause();
     const ms = Date.now() - (s.pausedAt ?? Date.now());
     s.pausedAt = undefined;
-    this.log.info(`datapath: VDI ${vdi} unpaused on ${path} after ${ms} ms paused${grew}`);
+    const opened = `${next.images.length - (kept?.taken.size ?? 0)} of ${next.images.length} images opened in ${Date.now() - started} ms`;
+    // Clients run again; the paused chain's other handles close meanwhile (nothing is written).
+    await old.release(kept?.taken).catch((err: Error) => this.log.warn(`datapath: VDI ${vdi}: closing the images of the chain before the pause: ${err.message}`));
+    this.log.info(`datapath: VDI ${vdi} unpaused on ${path} after ${ms} ms paused (${opened}${kept ? ', the rest kept open' : ''})${grew}`);
     return ms;
   }
 

@@ -107,10 +107,9 @@ async function main(argv: string[]): Promise<number> {
         return { ...ok, wasServed };
       }
       case 'pause':
-        await service.pause(req.vdi);
-        return ok;
+        return { ...ok, steps: await service.pause(req.vdi) };
       case 'unpause':
-        return { ...ok, pausedMs: await service.unpause(req.vdi, req.path, req.scrubbed === true, req.cbtlog) };
+        return { ...ok, pausedMs: await service.unpause(req.vdi, req.path, req.scrubbed === true, req.cbtlog, req.reuse) };
       case 'track-start':
         return { ...ok, ...(await service.trackWrites(req.vdi)) };
       case 'dirty-since':

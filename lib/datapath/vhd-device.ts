@@ -9,7 +9,7 @@
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../nbd/block-device.js';
 import { DeviceError } from '../nbd/block-device.js';
 import { SECTOR } from '../vhd/format/constants.js';
-import { scrubUnmarkedSectors, VhdChain, VhdError, type ParentResolver } from '../vhd/index.js';
+import { scrubUnmarkedSectors, VhdChain, VhdError, type ChainOptions, type ParentResolver, type VhdImage } from '../vhd/index.js';
 import { chainExtents, heldSectors } from './extents.js';
 import { LeafWriter } from './leaf-writer.js';
 
@@ -24,6 +24,8 @@ export interface VhdDeviceOptions {
    * partial block a writable open makes is skipped (an unpause stays short).
    */
   scrub?: boolean;
+  /** Parents already open (a chain kept across a pause): see ChainOptions.reuse. */
+  reuse?: ChainOptions['reuse'];
 }
 
 /** The device for the chain ending at `leafPath`; a read-only one has no write, flush or zero member. */
@@ -40,19 +42,68 @@ export class VhdDevice implements BlockDevice {
   private inFlight = 0;
   private drained: (() => void) | undefined;
   private closing: Promise<void> | undefined;
+  /** Set by settle(): the images are final on disk and nothing is written through this device again. */
+  private settling: Promise<void> | undefined;
+  private released: Promise<void> | undefined;
 
   protected constructor(protected readonly chain: VhdChain) {
     this.size = chain.virtualSize;
   }
 
   static async open(leafPath: string, opts: VhdDeviceOptions = {}): Promise<VhdDevice> {
-    const chain = await VhdChain.open(leafPath, { resolver: opts.resolver, maxDepth: opts.maxDepth, writable: false });
+    const chain = await VhdChain.open(leafPath, { resolver: opts.resolver, maxDepth: opts.maxDepth, writable: false, reuse: opts.reuse });
     return new VhdDevice(chain);
   }
 
   /** The images, leaf first (for callers that report on the chain). */
   get paths(): string[] {
     return this.chain.images.map((i) => i.path);
+  }
+
+  /** The open images, leaf first: what a chain opened after a pause may take over (see release). */
+  get images(): readonly VhdImage[] {
+    return this.chain.images;
+  }
+
+  /**
+   * For a pause: waits for the calls in flight, makes the leaf final on disk
+   * (every write durable, BAT and batmap written) and refuses every call from
+   * then on, but keeps the images open, so the chain after the pause can take
+   * them over instead of opening them again. What changes the chain next (a
+   * snapshot renames the leaf and sets its hidden flag) finds it as a close
+   * leaves it; nothing here writes to it again: close() and release() only
+   * close handles. (A chain of block devices is closed here: see below.)
+   */
+  settle(): Promise<void> {
+    if (this.settling) return this.settling;
+    if (this.closing) return this.closing; // closed already: nothing is left to write
+    let refused!: () => void;
+    this.closing = new Promise<void>((r) => (refused = r)); // track() refuses new calls from now on
+    this.settling = (async () => {
+      try {
+        if (this.inFlight > 0) await new Promise<void>((r) => (this.drained = r));
+        await this.finish();
+      } finally {
+        refused();
+      }
+      // LVM renames, resizes and removes logical volumes while a VDI is paused (lvremove refuses an open
+      // one), and they are never taken over (chain-reuse.ts): a chain on devices is closed here, as before.
+      if (this.chain.images.some((i) => i.io.isDevice)) await (this.released = this.chain.close());
+    })();
+    return this.settling;
+  }
+
+  /**
+   * After settle(): closes the handles of every image but those in `keep`
+   * (taken over by another chain), writing nothing. Once only.
+   */
+  release(keep: ReadonlySet<VhdImage> = new Set()): Promise<void> {
+    if (!this.settling) return Promise.reject(new Error('release needs a settled device (settle() first)'));
+    this.released ??= this.settling
+      .catch(() => undefined) // a failed settle was reported to its caller; the handles still go
+      .then(() => Promise.all(this.chain.images.filter((i) => !keep.has(i)).map((i) => i.close())))
+      .then(() => undefined);
+    return this.released;
   }
 
   read(buf: Buffer, offset: number): Promise<void> {
@@ -69,8 +120,15 @@ export class VhdDevice implements BlockDevice {
     });
   }
 
+  /** A device its opener gave up on before serving it: closes only the images it did not take over (VhdChain.abandon). */
+  async abandon(): Promise<void> {
+    this.closing ??= Promise.resolve();
+    await this.chain.abandon();
+  }
+
   /** Waits for the calls in flight, makes the leaf consistent and durable, closes every image. */
   close(): Promise<void> {
+    if (this.settling) return this.release(); // made final by settle(): only the handles are left
     this.closing ??= (async () => {
       if (this.inFlight > 0) await new Promise<void>((r) => (this.drained = r));
       try {
@@ -113,11 +171,11 @@ export class WritableVhdDevice extends VhdDevice {
    * zeroed here, before any write (reads never saw it).
    */
   static override async open(leafPath: string, opts: VhdDeviceOptions = {}): Promise<WritableVhdDevice> {
-    const chain = await VhdChain.open(leafPath, { resolver: opts.resolver, maxDepth: opts.maxDepth, writable: true });
+    const chain = await VhdChain.open(leafPath, { resolver: opts.resolver, maxDepth: opts.maxDepth, writable: true, reuse: opts.reuse });
     try {
       if (opts.scrub !== false) await scrubUnmarkedSectors(chain.leaf);
     } catch (err) {
-      await chain.close();
+      await chain.abandon();
       throw err;
     }
     return new WritableVhdDevice(chain);

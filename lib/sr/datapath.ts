@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readlink, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { controlCall, DatapathUnreachable, type ServedVdi } from '../datapath/control.js';
+import { controlCall, DatapathUnreachable, type PauseSteps, type ServedVdi } from '../datapath/control.js';
 import { openVhdDevice } from '../datapath/vhd-device.js';
 import { getLog } from '../log/index.js';
 import { connectNbd, disconnectNbd, freeNbdDevice, kernelNbdMissing, nbdConnected, waitNbdReleased } from '../os/nbd-client.js';
@@ -25,10 +25,26 @@ import { datapathControlPath, nbdSocketPath } from './paths.js';
 import type { Repository } from './repository.js';
 import { trackedLog } from './cbt-logs.js';
 
-/** The unpause request of a VDI: on its leaf as it is now, with its changed-block log if it has one. */
-export async function unpauseRequest(repo: Repository, vdi: string) {
+/**
+ * The unpause request of a VDI: on its leaf as it is now, with its changed-block log if it has one.
+ * `reuse`: the images of the paused chain still in the new one are kept open (lib/datapath/chain-reuse.ts),
+ * but for those of `changed` (uuids whose image was written while paused); absent: the chain is opened again.
+ */
+export async function unpauseRequest(repo: Repository, vdi: string, reuse?: { changed: readonly string[] }) {
   const cbtlog = await trackedLog(repo, vdi);
-  return { op: 'unpause' as const, vdi, path: repo.imagePath(vdi), ...(cbtlog ? { cbtlog } : {}) };
+  return {
+    op: 'unpause' as const,
+    vdi,
+    path: repo.imagePath(vdi),
+    ...(cbtlog ? { cbtlog } : {}),
+    ...(reuse ? { reuse: { except: reuse.changed.map((u) => repo.imagePath(u)) } } : {}),
+  };
+}
+
+/** The SMlog words for a pause reply's steps. */
+function pauseSteps(steps: PauseSteps | undefined): string {
+  if (!steps) return '';
+  return ` (flushed beforehand in ${steps.flushedBeforeMs} ms; held: drained and flushed in ${steps.drainedMs} ms, settled in ${steps.settledMs} ms)`;
 }
 
 const START_TIMEOUT_MS = 15_000;
@@ -142,9 +158,12 @@ async function cleanUpDead(repo: Repository, sr: string, vdi: string, writable: 
 
 /**
  * Runs `fn` (a change of the VDI's chain) with the VDI's datapath paused and
- * its image closed when it is served here; always unpauses afterwards, on
- * the VDI's leaf as it is then (the new leaf after a snapshot, the old one
- * after a rollback). Clients see latency, never an error.
+ * its images settled (final on disk, kept open) when it is served here;
+ * always unpauses afterwards, on the VDI's leaf as it is then (the new leaf
+ * after a snapshot, the old one after a rollback). Clients see latency, never
+ * an error. `fn` changes the leaf only (in place, or renames it to be the new
+ * leaf's parent; its footer's hidden flag may change): the images below it are
+ * kept open across the pause, and only what is new is opened.
  */
 export async function withPausedServing<T>(
   repo: Repository,
@@ -155,46 +174,56 @@ export async function withPausedServing<T>(
   onFailure?: () => Promise<unknown>,
 ): Promise<T> {
   if (!(await settleServing(repo, sr, vdi))) return fn();
-  // Paused for the pool already (image closed): the master's unpause reopens it at the leaf then.
+  // Paused for the pool already (images settled): the master's unpause opens the chain at the leaf then.
   if (await isPoolPaused(sr, vdi)) return fn();
   const control = datapathControlPath(sr);
   const started = Date.now();
-  await controlCall(control, { op: 'pause', vdi }).catch((err: Error) => {
+  const { steps } = await controlCall(control, { op: 'pause', vdi }).catch((err: Error) => {
     throw new SMError('VDIInUse', `VDI ${vdi}: its datapath could not pause: ${err.message}`);
   });
-  getLog().info(`VDI ${vdi}: datapath paused (drained and closed in ${Date.now() - started} ms)`);
+  getLog().info(`VDI ${vdi}: datapath paused in ${Date.now() - started} ms${pauseSteps(steps)}`);
   try {
     return await fn();
   } catch (err) {
     await onFailure?.().catch((e: Error) => getLog().warn(`VDI ${vdi}: settling after a failed change: ${e.message}`));
     throw err;
   } finally {
-    const { pausedMs } = await controlCall(control, await unpauseRequest(repo, vdi));
+    const { pausedMs } = await controlCall(control, await unpauseRequest(repo, vdi, { changed: [] }));
     getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
   }
 }
 
 /**
- * The GC's relink: the VDIs of `vdis` served here are paused (images closed)
+ * The GC's relink: the VDIs of `vdis` served here are paused (images settled)
  * while `fn` rewrites their parent and removes the image they read through,
  * then unpaused on their leaves, which now read through the new parent.
- * Their leaves were closed cleanly by the pause (a live leaf-coalesce scrubs
- * the image that becomes the leaf beforehand), so the reopen skips the scrub.
+ * Their leaves were settled by the pause (a live leaf-coalesce scrubs the
+ * image that becomes the leaf beforehand), so the reopen skips the scrub.
+ * `changed`: the images `fn` writes into (relinked children, the parent
+ * coalesced into): opened again at the unpause; every other image still in
+ * a chain is kept open.
  */
-export async function withServedPaused<T>(repo: Repository, sr: string, vdis: readonly string[], fn: () => Promise<T>, reason = 'a relink'): Promise<T> {
+export async function withServedPaused<T>(
+  repo: Repository,
+  sr: string,
+  vdis: readonly string[],
+  fn: () => Promise<T>,
+  reason = 'a relink',
+  changed: readonly string[] = [],
+): Promise<T> {
   const control = datapathControlPath(sr);
   const paused: string[] = [];
   try {
     for (const s of await servedHere(sr)) {
       if (!vdis.includes(s.vdi)) continue;
-      await controlCall(control, { op: 'pause', vdi: s.vdi });
+      const { steps } = await controlCall(control, { op: 'pause', vdi: s.vdi });
       paused.push(s.vdi);
-      getLog().info(`VDI ${s.vdi}: datapath paused for ${reason}`);
+      getLog().info(`VDI ${s.vdi}: datapath paused for ${reason}${pauseSteps(steps)}`);
     }
     return await fn();
   } finally {
     for (const vdi of paused) {
-      const { pausedMs } = await controlCall(control, { ...(await unpauseRequest(repo, vdi)), scrubbed: true });
+      const { pausedMs } = await controlCall(control, { ...(await unpauseRequest(repo, vdi, { changed })), scrubbed: true });
       getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
     }
   }

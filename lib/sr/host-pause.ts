@@ -73,7 +73,7 @@ export async function hostPause(action: HostPauseAction, args: HostPauseArgs): P
         const started = Date.now();
         if (action === 'pause') await markPoolPause(sr, vdi);
         await controlCall(control, { op: 'pause', vdi });
-        getLog().info(`tapdisk-pause ${action}: VDI ${vdi} paused (drained and closed in ${Date.now() - started} ms)`);
+        getLog().info(`tapdisk-pause ${action}: VDI ${vdi} paused (drained and settled in ${Date.now() - started} ms)`);
       }
       if (action === 'unpause' || action === 'refresh') {
         // The leaf as the SR has it now: the master may have renamed or relinked images.

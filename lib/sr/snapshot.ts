@@ -22,12 +22,19 @@ export const MAX_CHAIN_DEPTH = 30;
 
 export type SnapshotMode = 'double' | 'single' | 'clone';
 
-export async function snapshotVdi(repo: Repository, uuid: string, mode: SnapshotMode): Promise<string> {
+/**
+ * `checked`: the record snapshotAllowed() returned, when the caller ran it
+ * beforehand (before pausing the VDI's datapath: reading a long chain takes
+ * a while, and nothing it reads changes under the SR lock the verb holds).
+ */
+export async function snapshotVdi(repo: Repository, uuid: string, mode: SnapshotMode, checked?: VdiRecord): Promise<string> {
+  const record = checked ?? (await snapshotAllowed(repo, uuid));
   // The images it makes are released with this hold unless the VDI's activation holds them.
-  return repo.backend.withImagesActive([uuid], () => snapshotActive(repo, uuid, mode));
+  return repo.backend.withImagesActive([uuid], () => snapshotActive(repo, uuid, mode, record));
 }
 
-async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode): Promise<string> {
+/** The checks of a snapshot that read only what verbs change (the VDI's record, its chain's depth, the SR's space); its record. */
+export async function snapshotAllowed(repo: Repository, uuid: string): Promise<VdiRecord> {
   const record = await repo.vdiRecord(uuid);
   if (!record) throw new SMError('VDIMissing', `${uuid} has no metadata record`);
   const depth = await repo.chainDepthOf(uuid);
@@ -36,6 +43,11 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
   }
   const { free } = await repo.backend.space();
   if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
+  return record;
+}
+
+async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode, record: VdiRecord): Promise<string> {
+  const steps = stepTimer();
 
   // A damaged footer or header fails here, before anything is journaled (a failing
   // rollback would block every verb on the SR). The rest of the snapshot, and its
@@ -48,7 +60,9 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
   // A clone starts no history of its own: only snapshots carry the VDI's changed-block log on.
   const cbt = mode === 'clone' ? undefined : await logLinksBeforeSnapshot(repo, uuid);
   const journal: Journal = { kind: 'snapshot', vdi: uuid, base, snap, mode, ...(cbt ? { cbt } : {}) };
+  steps.lap('checks');
   await beginJournal(repo.backend, journal);
+  steps.lap('journal');
 
   // The steps below are made durable together by one barrier before the commit.
   await repo.backend.renameImage(uuid, base, false);
@@ -64,6 +78,7 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
     snapPath && setImageHidden(basePath, true, { sync: false }).then(() => faultPoint('snapshot-base-hidden')),
   ]);
   if (cbt) await rotateForSnapshot(repo, uuid, snap);
+  steps.lap('images');
   const barrier = repo.backend.flushImages(snap === base ? [uuid, base] : [uuid, snap, base]);
 
   const now = snapshotTime();
@@ -91,10 +106,12 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
   // Staged while the barrier runs and committed after it; the snapshot's own record last: it is the commit.
   await repo.records.putVdis(records, { after: barrier });
   faultPoint('snapshot-metadata-written');
+  steps.lap('barrier and records');
   await settleBase(repo, base);
   await endJournal(repo.backend, journal);
+  steps.lap('journal ended');
   // Names every image involved, so `sm log --vdi` finds the new VDI and its base copy.
-  getLog().info(`VDI ${uuid}: ${mode} snapshot made ${snap}${snap === base ? ' (the old image itself)' : `, base copy ${base}`}`);
+  getLog().info(`VDI ${uuid}: ${mode} snapshot made ${snap}${snap === base ? ' (the old image itself)' : `, base copy ${base}`} (${steps.summary()})`);
   return snap;
 }
 
@@ -134,6 +151,20 @@ async function settleBase(repo: Repository, base: string): Promise<void> {
   } catch (e) {
     getLog().warn(`base copy ${base} keeps its full size: ${e instanceof Error ? e.message : String(e)}`);
   }
+}
+
+/** Milliseconds per step, for the SMlog line (a snapshot of an active VDI runs while its datapath is paused). */
+function stepTimer() {
+  let last = Date.now();
+  const laps: string[] = [];
+  return {
+    lap(name: string) {
+      const now = Date.now();
+      laps.push(`${name} ${now - last} ms`);
+      last = now;
+    },
+    summary: () => laps.join(', '),
+  };
 }
 
 /** `20261122T01:37:00Z`, the toolstack's snapshot_time format. */

@@ -40,7 +40,7 @@ import { XapiError } from '../xapi/errors.js';
 import { roleOf, requireMaster } from '../sr/pool-role.js';
 import { parseVdiSize } from '../sr/sizes.js';
 import type { SrType } from './sr-type.js';
-import { snapshotVdi, type SnapshotMode } from '../sr/snapshot.js';
+import { snapshotAllowed, snapshotVdi, type SnapshotMode } from '../sr/snapshot.js';
 import { createVdi } from '../sr/vdi-create.js';
 import { deleteVdi } from '../sr/vdi-delete.js';
 import { resizeVdi } from '../sr/vdi-resize.js';
@@ -400,7 +400,10 @@ export function srDriver(type: SrType): Driver {
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async () => {
-          const snap = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode), () => recoverSrJournals(repo)).catch(wrap('VDISnapshot'));
+          // Checked before the pause: a refused snapshot never stalls the VDI, an allowed one stalls it less.
+          const snap = await snapshotAllowed(repo, vdi)
+            .then((checked) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, checked), () => recoverSrJournals(repo)))
+            .catch(wrap('VDISnapshot'));
           await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref);
           return snap;
         }),
@@ -412,7 +415,9 @@ export function srDriver(type: SrType): Driver {
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async () => {
-          const clone = await withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone'), () => recoverSrJournals(repo)).catch(wrap('VDIClone'));
+          const clone = await snapshotAllowed(repo, vdi)
+            .then((checked) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', checked), () => recoverSrJournals(repo)))
+            .catch(wrap('VDIClone'));
           await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref);
           return clone;
         }),

@@ -18,38 +18,56 @@ export interface ChainOptions {
   resolver?: ParentResolver;
   /** Refuse chains deeper than this (a loop guard as much as a limit). */
   maxDepth?: number;
+  /**
+   * Images already open elsewhere, to take instead of opening `parentPath`
+   * again: the image that is that file, followed by as many of its ancestors
+   * as the caller vouches for, in order (a chain opened before, unchanged
+   * since); their links are checked here, by uuid. Empty or undefined: open
+   * it. Such images are the caller's until the chain owns them: a failed
+   * open leaves them open.
+   */
+  reuse?: (parentPath: string) => Promise<readonly VhdImage[] | undefined>;
 }
 
 export class VhdChain {
   private constructor(
     readonly images: VhdImage[],
     private readonly durable: boolean,
+    /** The images taken from ChainOptions.reuse rather than opened here. */
+    private readonly reused: ReadonlySet<VhdImage> = new Set(),
   ) {}
 
   static async open(leafPath: string, opts: ChainOptions = {}): Promise<VhdChain> {
     const resolver = opts.resolver ?? siblingResolver;
     const maxDepth = opts.maxDepth ?? 256;
     const images: VhdImage[] = [];
+    const opened: VhdImage[] = [];
     const seen = new Set<string>();
     try {
       let image = await VhdImage.open(leafPath, opts.writable ?? false);
       images.push(image);
+      opened.push(image);
       seen.add(resolve(leafPath));
       while (image.isDifferencing) {
         if (images.length >= maxDepth) throw new VhdError('chain', `chain deeper than ${maxDepth}`, leafPath);
         const parentPath = await resolver(image);
-        if (seen.has(resolve(parentPath))) throw new VhdError('chain', `parent loop at ${parentPath}`, leafPath);
-        seen.add(resolve(parentPath));
-        const parent = await VhdImage.open(parentPath, false);
-        images.push(parent);
-        if (!parent.footer.uuid.equals(image.header.parentUuid)) {
-          throw new VhdError('chain', `parent ${parentPath} has uuid ${parent.uuid}, expected ${image.parentUuid}`, image.path);
+        const reused = (await opts.reuse?.(parentPath)) ?? [];
+        const parents = reused.length > 0 ? reused : [await VhdImage.open(parentPath, false)];
+        if (reused.length === 0) opened.push(parents[0]);
+        for (const parent of parents) {
+          if (images.length >= maxDepth) throw new VhdError('chain', `chain deeper than ${maxDepth}`, leafPath);
+          if (seen.has(resolve(parent.path))) throw new VhdError('chain', `parent loop at ${parent.path}`, leafPath);
+          seen.add(resolve(parent.path));
+          images.push(parent);
+          if (!image.isDifferencing || !parent.footer.uuid.equals(image.header.parentUuid)) {
+            throw new VhdError('chain', `parent ${parent.path} has uuid ${parent.uuid}, expected ${image.parentUuid}`, image.path);
+          }
+          image = parent;
         }
-        image = parent;
       }
-      return new VhdChain(images, opts.durable ?? false);
+      return new VhdChain(images, opts.durable ?? false, new Set(images.filter((i) => !opened.includes(i))));
     } catch (err) {
-      await Promise.all(images.map((i) => i.close()));
+      await Promise.all(opened.map((i) => i.close()));
       throw err;
     }
   }
@@ -66,6 +84,11 @@ export class VhdChain {
 
   async close(): Promise<void> {
     await Promise.all(this.images.map((i) => i.close()));
+  }
+
+  /** A chain given up before anyone used it: closes what it opened itself; the images it reused stay open for their owner. */
+  async abandon(): Promise<void> {
+    await Promise.all(this.images.filter((i) => !this.reused.has(i)).map((i) => i.close()));
   }
 
   /** Reads `buf.length` bytes at virtual byte `offset` (any alignment). */

@@ -522,6 +522,11 @@ export class VhdImage {
     await this.io.sync();
   }
 
+  /** Data (and size) durable, timestamps not: PositionalIO.datasync. */
+  async syncData(): Promise<void> {
+    await (this.io.datasync ? this.io.datasync() : this.io.sync());
+  }
+
   async close(): Promise<void> {
     await this.io.close();
   }

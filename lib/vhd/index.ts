@@ -1,6 +1,6 @@
 /** The VHD library: format codec, images, chains and the algorithms over them. */
 export { VhdError, type VhdErrorKind } from './errors.js';
-export { FileIO, type PositionalIO } from './io.js';
+export { FileIO, fileIdentity, type PositionalIO } from './io.js';
 export { VhdImage, formatUuid, parseUuid, type BlockBuffer, type DiscardStep, type NewBlock } from './image.js';
 export { VhdChain, type ChainOptions } from './chain.js';
 export { createDynamic, createDifferencing, validVirtualSize, type CreateOptions } from './create.js';

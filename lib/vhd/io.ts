@@ -22,17 +22,49 @@ export interface PositionalIO {
   /** Shrinks or grows a file; a device keeps its size. */
   truncate(size: number): Promise<void>;
   sync(): Promise<void>;
+  /**
+   * fdatasync: the data and what reading it back needs (the size), not the
+   * timestamps, so a file only overwritten in place costs no journal commit
+   * (which on ext4 also waits for other files' ordered data). Absent: sync().
+   */
+  datasync?(): Promise<void>;
   close(): Promise<void>;
 }
 
 /** A regular file (or a block device node) opened through fs/promises. */
 export class FileIO implements PositionalIO {
+  /** Set by seal(): this handle writes nothing more. */
+  private sealed = false;
+
   private constructor(
-    readonly path: string,
+    private where: string,
     readonly writable: boolean,
     private readonly fh: FileHandle,
     readonly isDevice: boolean,
+    /** Which file this handle holds, `dev:ino`: it survives a rename, and fileIdentity() of any path naming the file equals it. */
+    readonly identity: string,
   ) {}
+
+  get path(): string {
+    return this.where;
+  }
+
+  /**
+   * The file was renamed to `path` while open (the handle is still the same
+   * file): later messages and parent lookups use the name it has now.
+   */
+  renamedTo(path: string): void {
+    this.where = path;
+  }
+
+  /**
+   * No write or truncate through this handle from now on (they throw): an
+   * image someone else now owns the writes of, kept open only to be read.
+   */
+  seal(): void {
+    this.sealed = true;
+  }
+
 
   static async open(path: string, writable: boolean): Promise<FileIO> {
     let fh: FileHandle;
@@ -43,8 +75,8 @@ export class FileIO implements PositionalIO {
       if (code === 'ENOENT') throw new VhdError('not-found', 'no such file', path);
       throw err;
     }
-    const st = await fh.stat();
-    return new FileIO(path, writable, fh, st.isBlockDevice());
+    const st = await fh.stat({ bigint: true });
+    return new FileIO(path, writable, fh, st.isBlockDevice(), `${st.dev}:${st.ino}`);
   }
 
   /**
@@ -54,7 +86,8 @@ export class FileIO implements PositionalIO {
   static async create(path: string): Promise<FileIO> {
     try {
       const fh = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644);
-      return new FileIO(path, true, fh, false);
+      const st = await fh.stat({ bigint: true });
+      return new FileIO(path, true, fh, false, `${st.dev}:${st.ino}`);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !(await stat(path)).isBlockDevice()) throw err;
       return FileIO.open(path, true);
@@ -73,6 +106,7 @@ export class FileIO implements PositionalIO {
   }
 
   async write(bufs: Buffer | Buffer[], position: number): Promise<void> {
+    this.refuseSealed();
     const list = Array.isArray(bufs) ? bufs : [bufs];
     let total = 0;
     for (const b of list) total += b.length;
@@ -91,6 +125,7 @@ export class FileIO implements PositionalIO {
   }
 
   async truncate(size: number): Promise<void> {
+    this.refuseSealed();
     if (!this.isDevice) await this.fh.truncate(size);
   }
 
@@ -98,9 +133,23 @@ export class FileIO implements PositionalIO {
     await this.fh.sync();
   }
 
+  async datasync(): Promise<void> {
+    await this.fh.datasync();
+  }
+
   async close(): Promise<void> {
     await this.fh.close();
   }
+
+  private refuseSealed(): void {
+    if (this.sealed) throw new VhdError('invalid-argument', 'image sealed read-only: it is no longer written through this handle', this.where);
+  }
+}
+
+/** `dev:ino` of the file at `path` (links followed), as FileIO.identity has it; undefined if there is none. */
+export async function fileIdentity(path: string): Promise<string | undefined> {
+  const st = await stat(path, { bigint: true }).catch(() => undefined);
+  return st ? `${st.dev}:${st.ino}` : undefined;
 }
 
 function skipBytes(list: Buffer[], skip: number): Buffer[] {

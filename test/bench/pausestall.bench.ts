@@ -72,6 +72,7 @@ function stallIn(all: Completion[], w: Window): { maxLatMs: number; maxGapMs: nu
   return { maxLatMs, maxGapMs, completions };
 }
 
+const defined = (xs: Array<number | undefined>) => xs.filter((x): x is number => x !== undefined);
 const sleepUntil = (t: number) => new Promise((r) => setTimeout(r, Math.max(0, t - Date.now())));
 const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 
@@ -118,7 +119,7 @@ async function pauseStall(): Promise<void> {
     const t0 = Date.now();
     const loadBefore = loadavg();
 
-    const snaps: Array<Window & { pauseMs?: number; closeMs?: number }> = [];
+    const snaps: Array<Window & { pauseMs?: number; flushedBeforeMs?: number; drainMs?: number; settleMs?: number; openMs?: number; opened?: string; verbSteps: Record<string, number> }> = [];
     for (let k = 0; k < SNAPSHOTS; k++) {
       await sleepUntil(t0 + WARMUP_MS + k * SLOT_MS);
       const logBefore = readFileSync(smlog, 'utf8').length;
@@ -127,8 +128,16 @@ async function pauseStall(): Promise<void> {
       const to = Date.now();
       const logged = readFileSync(smlog, 'utf8').slice(logBefore);
       const m = /datapath unpaused on .*; paused (\d+) ms/.exec(logged);
-      const closed = /datapath paused \(drained and closed in (\d+) ms\)/.exec(logged);
-      snaps.push({ from, to, pauseMs: m ? Number(m[1]) : undefined, closeMs: closed ? Number(closed[1]) : undefined });
+      const held = /datapath paused in \d+ ms \(flushed beforehand in (\d+) ms; held: drained and flushed in (\d+) ms, settled in (\d+) ms\)/.exec(logged);
+      const opened = /unpaused on .* ms paused \((\d+) of (\d+) images opened in (\d+) ms/.exec(logged);
+      snaps.push({
+        from,
+        to,
+        pauseMs: m ? Number(m[1]) : undefined,
+        ...(held ? { flushedBeforeMs: Number(held[1]), drainMs: Number(held[2]), settleMs: Number(held[3]) } : {}),
+        ...(opened ? { openMs: Number(opened[3]), opened: `${opened[1]} of ${opened[2]}` } : {}),
+        verbSteps: Object.fromEntries([...(/snapshot made .*\((checks [^)]*)\)/.exec(logged)?.[1] ?? '').matchAll(/([a-z ]+) (\d+) ms/g)].map((x) => [x[1].trim(), Number(x[2])])),
+      });
     }
     const loadAfter = loadavg();
     const code = await fioDone;
@@ -162,7 +171,11 @@ async function pauseStall(): Promise<void> {
       ['longest I/O latency during a snapshot call (goal p50 <= 50 ms)', f(stall)],
       ['longest gap without a completion during a snapshot call', f(during.map((d) => d.maxGapMs))],
       ['pause logged by the datapath (SMlog)', `${f(pauses)} (${pauses.length} of ${snaps.length} logged)`],
-      ['  of which: drain, flush and close of the leaf (SMlog)', f(snaps.map((x) => x.closeMs).filter((x): x is number => x !== undefined))],
+      ['  before it, not held: the flush while clients still run (SMlog)', f(defined(snaps.map((x) => x.flushedBeforeMs)))],
+      ['  of which: requests held, in flight drained, leaf flushed (SMlog)', f(defined(snaps.map((x) => x.drainMs)))],
+      ['  of which: leaf settled (batmap) (SMlog)', f(defined(snaps.map((x) => x.settleMs)))],
+      ['  of which: the new chain opened at the unpause (SMlog)', `${f(defined(snaps.map((x) => x.openMs)))}; images opened: ${snaps[snaps.length - 1].opened ?? '?'} (last snapshot)`],
+      ['  the verb\'s steps meanwhile (SMlog), p50', Object.keys(snaps[0].verbSteps).map((k) => `${k} ${p50(snaps.map((x) => x.verbSteps[k] ?? 0)).toFixed(0)} ms`).join(', ')],
       ['vdi_snapshot call', f(calls)],
       [`baseline: the same load, ${baselines.length} windows of the same lengths without a snapshot, longest I/O latency`, f(base)],
       ['baseline: longest gap without a completion', f(quiet.map((d) => d.maxGapMs))],
