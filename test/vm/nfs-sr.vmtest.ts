@@ -9,9 +9,9 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as nfs from '../../lib/os/nfs.js';
-import { encodeMethodCall, parseMethodResponse, type MethodResponse } from '../../lib/smapi/index.js';
 import { MiB, SparseDisk, pattern } from '../helpers/model.js';
-import { FILE_SR, REPO, SM_GC, SM_VHD, createArgs, node, run, type RunResult } from '../helpers/sm.js';
+import { FILE_SR, REPO, SM_GC, SM_VHD, createArgs, node, run } from '../helpers/sm.js';
+import { call, fault, ok } from './support/driver-call.js';
 import { OUT, requireGuest } from './support/guest.js';
 import { fileSystemOverKernelNbd } from './support/kernel-nbd.js';
 import { relinkUnderActiveLeaf, seedScenarioLive, type LiveSr } from './support/live-gc.js';
@@ -25,42 +25,6 @@ const EXPORT = '/srv/smvm-nfssr';
 const OTHER = '/srv/smvm-nfssr-other';
 const V3 = { server: SERVER, serverpath: EXPORT };
 const V41 = { server: SERVER, serverpath: '/', nfsversion: '4.1' };
-
-interface Call extends RunResult {
-  response: MethodResponse;
-}
-
-/** `<driver> '<methodCall>'` with the request struct a toolstack sends. */
-async function call(driver: string, env: NodeJS.ProcessEnv, sr: string, verb: string, dc: Record<string, string>, extra: Record<string, unknown> = {}): Promise<Call> {
-  const params = {
-    host_ref: 'OpaqueRef:host-1',
-    session_ref: 'OpaqueRef:session-1',
-    command: verb,
-    args: [],
-    sr_uuid: sr,
-    sr_ref: 'OpaqueRef:sr-1',
-    subtask_of: `DummyRef:|task|${verb}`,
-    ...extra,
-    device_config: { SRmaster: 'true', ...dc },
-  };
-  const r = await run(driver, [encodeMethodCall(verb, [params])], { env, timeoutMs: 180_000 });
-  assert.equal(r.signal, null, `${verb}: no signal`);
-  assert.equal(r.code, 0, `${verb}: exit 0 (stderr: ${r.stderr})`);
-  assert.ok(r.stdout.startsWith('<?xml') && r.stdout.trimEnd().endsWith('</methodResponse>'), `${verb}: stdout is one methodResponse: ${r.stdout}`);
-  return { ...r, response: parseMethodResponse(r.stdout) };
-}
-
-function ok(r: Call, verb: string): unknown {
-  if (r.response.kind === 'fault') assert.fail(`${verb} failed: ${r.response.faultCode} ${r.response.faultString}\nstderr: ${r.stderr}`);
-  return r.response.value;
-}
-
-function fault(r: Call, code: number, verb: string): string {
-  assert.equal(r.response.kind, 'fault', `${verb} must fail with ${code}`);
-  const f = r.response as { faultCode: number; faultString: string };
-  assert.equal(f.faultCode, code, `${verb}: fault ${f.faultCode} ${f.faultString}`);
-  return f.faultString;
-}
 
 const mountEntry = async (mountpoint: string) => nfs.parseProcMounts(await readFile('/proc/mounts', 'utf8')).find((m) => m.mountpoint === mountpoint);
 

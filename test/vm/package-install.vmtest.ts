@@ -11,9 +11,9 @@ import { existsSync, lstatSync, readFileSync, readdirSync, statSync } from 'node
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { encodeMethodCall, parseMethodResponse } from '../../lib/smapi/index.js';
 import { MiB } from '../helpers/model.js';
 import { REPO, createArgs, run, type RunResult } from '../helpers/sm.js';
+import { call as callDriver, ok } from './support/driver-call.js';
 import { OUT, requireGuest } from './support/guest.js';
 
 requireGuest();
@@ -51,25 +51,7 @@ describe('package-install', { timeout: 900_000 }, () => {
   let smlogBefore = 0;
 
   /** One verb through the installed driver, as xapi runs it. */
-  async function call(verb: string, extra: Record<string, unknown> = {}): Promise<unknown> {
-    const params = {
-      host_ref: 'OpaqueRef:host-1',
-      session_ref: 'OpaqueRef:session-1',
-      command: verb,
-      args: [],
-      sr_uuid: sr,
-      sr_ref: 'OpaqueRef:sr-1',
-      subtask_of: `DummyRef:|task|${verb}`,
-      ...extra,
-      device_config: { SRmaster: 'true', location },
-    };
-    const r = await run(DRIVER, [encodeMethodCall(verb, [params])], { env: XAPI_ENV, timeoutMs: 180_000 });
-    assert.equal(r.code, 0, `${verb}: exit 0 (stderr: ${r.stderr})`);
-    assert.ok(r.stdout.startsWith('<?xml') && r.stdout.trimEnd().endsWith('</methodResponse>'), `${verb}: stdout is one methodResponse: ${r.stdout}`);
-    const response = parseMethodResponse(r.stdout);
-    if (response.kind === 'fault') assert.fail(`${verb} failed: ${response.faultCode} ${response.faultString}`);
-    return response.value;
-  }
+  const call = async (verb: string, extra: Record<string, unknown> = {}) => ok(await callDriver(DRIVER, XAPI_ENV, sr, verb, { location }, extra), verb);
   const vdi = (u: string, args: string[] = []) => ({ vdi_uuid: u, vdi_location: u, vdi_ref: `OpaqueRef:vdi-${u.slice(0, 8)}`, args });
 
   before(async () => {

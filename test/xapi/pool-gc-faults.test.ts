@@ -10,7 +10,7 @@ import { MiB, pattern } from '../helpers/model.js';
 import { openNbd } from '../helpers/nbd-vdi.js';
 import { datapathPids, gc, smGc, xml } from '../helpers/sm.js';
 import { journals, readTree } from '../helpers/sr-state.js';
-import { activeOnB, createOnA, openImages, vdiArgs, withPool } from './pool-world.js';
+import { activeOnB, createOnA, openImages, twoDeletedSnapshots, vdiArgs, withPool } from './pool-world.js';
 
 const POINTS = ['relink-done', 'coalesced-discarded', 'leaf-copied', 'leaf-unhidden', 'leaf-renamed'];
 
@@ -20,13 +20,7 @@ test("A's GC killed at each step on B's chain: the next run unpauses B, finishes
       const V = await createOnA(p, 16 * MiB);
       await activeOnB(p, V);
       const c = await openNbd(p.b, V);
-      await c.write(0, pattern(1, MiB));
-      const { uuid: S1 } = (await xml(p.a, 'vdi_snapshot', vdiArgs(V))) as { uuid: string };
-      await c.write(2 * MiB, pattern(2, MiB));
-      const { uuid: S2 } = (await xml(p.a, 'vdi_snapshot', vdiArgs(V))) as { uuid: string };
-      await c.write(4 * MiB, pattern(3, MiB));
-      await xml(p.a, 'vdi_delete', vdiArgs(S1));
-      await xml(p.a, 'vdi_delete', vdiArgs(S2));
+      await twoDeletedSnapshots(p, c, V);
       p.pluginRuns.length = 0;
 
       const killed = await smGc(p.a, ['-g'], { ...p.a.env, SM_FAULT: point });

@@ -9,7 +9,7 @@ import { MiB, pattern } from '../helpers/model.js';
 import { openNbd } from '../helpers/nbd-vdi.js';
 import { datapathPids, gc, readSmlog, waitFor, xml } from '../helpers/sm.js';
 import { readTree } from '../helpers/sr-state.js';
-import { activeOnB, createOnA, openImages, OTHER_HOST_REF, vdiArgs, withPool } from './pool-world.js';
+import { activeOnB, createOnA, openImages, twoDeletedSnapshots, OTHER_HOST_REF, vdiArgs, withPool } from './pool-world.js';
 
 const BLOCK = 64 * 1024;
 
@@ -19,13 +19,7 @@ test("A's GC relinks and leaf-coalesces a chain B writes to: B refreshed, then p
     await activeOnB(p, V);
     const c = await openNbd(p.b, V);
     // V over b2 over b1, each holding some of the data: b2 is coalesced into b1 (V relinked), then V into b1.
-    await c.write(0, pattern(1, MiB));
-    const { uuid: S1 } = (await xml(p.a, 'vdi_snapshot', vdiArgs(V))) as { uuid: string };
-    await c.write(2 * MiB, pattern(2, MiB));
-    const { uuid: S2 } = (await xml(p.a, 'vdi_snapshot', vdiArgs(V))) as { uuid: string };
-    await c.write(4 * MiB, pattern(3, MiB));
-    await xml(p.a, 'vdi_delete', vdiArgs(S1));
-    await xml(p.a, 'vdi_delete', vdiArgs(S2));
+    await twoDeletedSnapshots(p, c, V);
     const before = await readTree(p.a);
     const b2 = before.get(V)!.parent!;
     const b1 = before.get(b2)!.parent!;

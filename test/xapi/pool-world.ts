@@ -10,6 +10,8 @@ import path from 'node:path';
 import { encodeMethodCall, parseMethodResponse } from '../../lib/smapi/index.js';
 import { createArgs, makeSmEnv, poolHost, REPO, run, SESSION_SECRET, smVhd, xml, type SmEnv } from '../helpers/sm.js';
 import { imagePath } from '../helpers/sr-state.js';
+import { MiB, pattern } from '../helpers/model.js';
+import type { NbdVdiClient } from '../helpers/nbd-vdi.js';
 import { XapiStandin } from '../helpers/xapi-standin.js';
 import { HOST_REF, OTHER_HOST_REF, SR_REF, xapiSocket } from './standin-world.js';
 
@@ -92,6 +94,22 @@ export async function exportRaw(ctx: SmEnv, uuid: string): Promise<Buffer> {
 /** A VDI made on A (the master), its uuid. */
 export async function createOnA(p: Pool, size: number): Promise<string> {
   return ((await xml(p.a, 'vdi_create', { args: createArgs(size) })) as { uuid: string }).uuid;
+}
+
+/**
+ * The chain the GC works on across hosts: B writes 1 MiB at 0 through `c`,
+ * A snapshots, B writes 1 MiB at 2 MiB, A snapshots again, B writes 1 MiB at
+ * 4 MiB (patterns 1, 2, 3), and A deletes both snapshots: V over b2 over b1,
+ * each level holding one of the writes, b2 to coalesce (V relinked), then V.
+ */
+export async function twoDeletedSnapshots(p: Pool, c: NbdVdiClient, V: string): Promise<void> {
+  const snapshots: string[] = [];
+  for (const [i, at] of [0, 2 * MiB].entries()) {
+    await c.write(at, pattern(i + 1, MiB));
+    snapshots.push(((await xml(p.a, 'vdi_snapshot', vdiArgs(V))) as { uuid: string }).uuid);
+  }
+  await c.write(4 * MiB, pattern(3, MiB));
+  for (const S of snapshots) await xml(p.a, 'vdi_delete', vdiArgs(S));
 }
 
 /** The image files a process holds open in `dir`, as /proc shows them (" (deleted)" when removed). */
