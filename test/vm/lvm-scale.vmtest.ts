@@ -50,7 +50,7 @@ const SIZES = (process.env.LVM_SCALE_SIZES ?? '100,1000').split(',').map(Number)
  */
 const END_BY = process.env.LVM_SCALE_END_BY ? Date.parse(process.env.LVM_SCALE_END_BY) : Infinity;
 /** What the rounds and the LVM commands at one size take under TCG, with room to spare. */
-const MEASURE_MS = 12 * 60_000;
+const MEASURE_MS = 9 * 60_000;
 
 let smRoot = '';
 let scsiId = '';
