@@ -173,7 +173,12 @@ describe('lvm-scale', { timeout: 4 * 3600_000 }, () => {
   });
 
   for (const size of SIZES) {
-    it(`filled to ${size} VDIs through vdi_create: vdi_create, vdi_snapshot, vdi_delete p50 of ${ROUNDS}; LVM commands alone`, async () => {
+    it(`filled to ${size} VDIs through vdi_create: vdi_create, vdi_snapshot, vdi_delete p50 of ${ROUNDS}; LVM commands alone`, async (t) => {
+      if (Date.now() > END_BY - MEASURE_MS) {
+        note(`${size}: not measured: LVM_SCALE_END_BY leaves no time (${vdis} VDIs reached)`);
+        t.skip('no time left');
+        return;
+      }
       const t0 = performance.now();
       const from = vdis;
       let last = performance.now();
@@ -218,8 +223,12 @@ describe('lvm-scale', { timeout: 4 * 3600_000 }, () => {
     });
   }
 
-  it('the figures, small against big (same run)', () => {
-    assert.ok(samples.length >= 2, 'two sizes measured');
+  it('the figures, small against big (same run)', (t) => {
+    if (samples.length < 2) {
+      note(`only ${samples.length} size(s) measured: no ratio`);
+      t.skip('fewer than two sizes measured');
+      return;
+    }
     const small = samples[0]!;
     const big = samples[samples.length - 1]!;
     const ratio = (of: (x: Sample) => number) => (of(big) / of(small)).toFixed(2);
