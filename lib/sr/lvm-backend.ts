@@ -176,12 +176,13 @@ export class LvmBackend implements StorageBackend {
 
   /**
    * Whether the LV exists: an active one has its device node; an inactive one is
-   * looked up in the last listing, made once (one lvs for any number of checks).
+   * looked up in the last listing when there is one (a scan, the GC), else alone:
+   * a verb on one VDI asks LVM for that LV, not for a listing as long as the SR.
    */
   async hasImage(uuid: string): Promise<boolean> {
     if (existsSync(this.imagePath(uuid))) return true;
-    if (!this.sizes) await this.listImages();
-    return this.sizes!.has(uuid);
+    if (this.sizes) return this.sizes.has(uuid);
+    return (await this.lvm.lv(this.vg, vhdLvName(uuid))) !== undefined;
   }
 
   private hasMgt(): boolean {

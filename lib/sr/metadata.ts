@@ -26,6 +26,13 @@ export interface VdiRecord {
   on_boot?: 'reset' | 'persist';
   /** The VDI has a changed-block log (cbt-logs.ts); absent in records written before CBT. */
   cbt_enabled?: boolean;
+  /**
+   * Recorded read-only only because, when it was introduced, an unreadable
+   * image whose parent nobody knew might have been its child (vdi_delete
+   * removes a writable VDI without reading the tree). The first scan that
+   * reads every image makes it writable again if it has no child.
+   */
+  children_unknown?: boolean;
 }
 
 /** The layout this version writes and reads. */

@@ -141,11 +141,6 @@ export class Repository {
     return { nodes, broken };
   }
 
-  /** Whether any image names `uuid` as its parent (reads the whole tree). */
-  async hasChildren(uuid: string): Promise<boolean> {
-    return ((await this.tree()).nodes.get(uuid)?.children.length ?? 0) > 0;
-  }
-
   /** The images from `uuid` down to its base, reading only that chain (LVM: activating each as it is reached). */
   async chainOf(uuid: string): Promise<string[]> {
     const chain: string[] = [];

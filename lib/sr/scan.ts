@@ -9,6 +9,7 @@ import { getLog } from '../log/index.js';
 import { mapLimit } from '../util/map-limit.js';
 import { cbtLogPath, hasCbtLog } from './cbt-logs.js';
 import { readJournals } from './journal.js';
+import { introducedVisible, settleChildrenUnknown } from './introduced-record.js';
 import { newVdiRecord, type VdiRecord } from './metadata.js';
 import type { ImageNode, Repository } from './repository.js';
 
@@ -46,6 +47,8 @@ export async function scanSrDetailed(repo: Repository): Promise<ScanDetail> {
   const logged = new Set((await mapLimit(uuids, 64, async (u) => ((await hasCbtLog(repo, u)) ? u : undefined))).filter((u): u is string => !!u));
   const drop: string[] = [];
   const put: VdiRecord[] = [];
+  // An unreadable image whose parent is unknown may be the child of any image: no visible one is introduced writable then.
+  const childrenUnknown = [...nodes.values()].some((n) => n.parentUnknown);
   for (const uuid of [...records.keys(), ...damaged.keys()]) {
     if (!nodes.has(uuid) && !pending.has(uuid) && !logged.has(uuid)) {
       getLog().info(`scan: VDI ${uuid} has no image any more: record dropped`);
@@ -67,9 +70,7 @@ export async function scanSrDetailed(repo: Repository): Promise<ScanDetail> {
     }
     if (!rec) {
       getLog().info(`scan: image ${node.uuid} had no record: introduced${node.hidden ? ' as a base copy' : ''}`);
-      // A visible image with children is a `single` snapshot: writing it would change its children.
-      const readOnly = node.hidden || node.children.length > 0;
-      const made = newVdiRecord(node.uuid, node.hidden ? { managed: false, read_only: true, name_label: 'base copy' } : { read_only: readOnly });
+      const made = node.hidden ? newVdiRecord(node.uuid, { managed: false, read_only: true, name_label: 'base copy' }) : introducedVisible(node, childrenUnknown);
       records.set(node.uuid, made);
       put.push(made);
     } else if (rec.managed === node.hidden) {
@@ -77,8 +78,12 @@ export async function scanSrDetailed(repo: Repository): Promise<ScanDetail> {
       rec.managed = !node.hidden;
       put.push(rec);
     }
-    // A log created or removed by a verb killed before it wrote the record.
     const rec2 = records.get(node.uuid)!;
+    if (rec2.children_unknown && !childrenUnknown) {
+      settleChildrenUnknown(rec2, node);
+      if (!put.includes(rec2)) put.push(rec2);
+    }
+    // A log created or removed by a verb killed before it wrote the record.
     if ((rec2.cbt_enabled ?? false) !== logged.has(node.uuid)) {
       rec2.cbt_enabled = logged.has(node.uuid);
       if (!put.includes(rec2)) put.push(rec2);

@@ -12,8 +12,8 @@ import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
 import { poolActivations } from './activation.js';
 import { faultPoint } from './fault.js';
-import { newVdiRecord } from './metadata.js';
 import type { Repository } from './repository.js';
+import { introducedRecord } from './introduced-record.js';
 
 export async function introduceVdi(repo: Repository, image: string, uuid: string, type: string): Promise<string> {
   if (image !== uuid && (await repo.backend.hasImage(image))) await renameForIntroduce(repo, image, uuid);
@@ -24,9 +24,8 @@ export async function introduceVdi(repo: Repository, image: string, uuid: string
     return uuid;
   }
   const info = await repo.info(uuid);
-  // An image with children is recorded read-only, as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts).
-  const readOnly = info.hidden || (await repo.hasChildren(uuid));
-  await repo.records.putVdis([newVdiRecord(uuid, { managed: !info.hidden, read_only: readOnly, type })]);
+  // Recorded as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts), not even of an image nobody can read now.
+  await repo.records.putVdis([await introducedRecord(repo, uuid, { type })]);
   getLog().info(`VDI ${uuid} introduced from image ${image}${info.hidden ? ' (hidden: a base copy)' : ''}`);
   return uuid;
 }
@@ -38,6 +37,8 @@ async function renameForIntroduce(repo: Repository, image: string, uuid: string)
   const { nodes } = await repo.tree();
   const children = nodes.get(image)?.children ?? [];
   if (children.length > 0) throw new SMError('VDIUnavailable', `image ${image} is the parent of ${children.join(', ')}; it cannot take the uuid ${uuid}`);
+  const unknown = [...nodes.values()].find((n) => n.parentUnknown);
+  if (unknown) throw new SMError('VDIUnavailable', `image ${unknown.uuid} is unreadable (${unknown.unreadable}) and may be a child of ${image}; it cannot take the uuid ${uuid}`);
   await repo.backend.renameImage(image, uuid);
   faultPoint('introduce-renamed');
   getLog().info(`image ${image} renamed to ${uuid} to be introduced under that uuid`);

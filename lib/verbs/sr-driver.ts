@@ -28,7 +28,8 @@ import { hostId } from '../sr/host-id.js';
 import { abandonLeafCoalesce } from '../sr/journal.js';
 import { kickGc } from '../sr/gc-trigger.js';
 import { requireUuid } from '../sr/ids.js';
-import { newSrRecord, newVdiRecord } from '../sr/metadata.js';
+import { newSrRecord } from '../sr/metadata.js';
+import { introducedRecord } from '../sr/introduced-record.js';
 import { recoverSrJournals } from '../sr/recovery.js';
 import { Repository } from '../sr/repository.js';
 import { scanSrDetailed } from '../sr/scan.js';
@@ -429,8 +430,8 @@ export function srDriver(type: SrType): Driver {
     vdi_resize_online: resize,
 
     vdi_update: onVdi(async (repo, vdi, sr, req) => {
-      // An image with children is recorded read-only, as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts).
-      if (!(await repo.records.hasVdi(vdi))) await repo.records.putVdis([newVdiRecord(vdi, { read_only: await repo.hasChildren(vdi) })]);
+      // Recorded as sr_scan records it: a writable VDI is never a parent (vdi-delete.ts).
+      if (!(await repo.records.hasVdi(vdi))) await repo.records.putVdis([await introducedRecord(repo, vdi)]);
       const db = await toolstackDbFor(req, sr);
       const ref = await db?.refOf(vdi, req.vdi_ref);
       if (db && ref) await db.update(ref, await db.viewOf(repo, vdi));
