@@ -246,7 +246,7 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
   before(async () => {
     smRoot = await mkdtemp('/tmp/smroot-lvm-');
     tgt = await Tgt.start(ADDR, PORT, `${OUT}/tgtd-lvmsr.log`);
-    await tgt.addTarget(1, IQN, [await sparseFile('/tmp/lun-lvmsr.img', 512 * MiB)]);
+    await tgt.addTarget(1, IQN, [await sparseFile('/tmp/lun-lvmsr.img', 1024 * MiB)]); // sparse: room for the live GC's thick leaves after the lifecycle's VDIs
     await tgt.addTarget(2, CHAP_IQN, [await sparseFile('/tmp/lun-lvmsr-chap.img', 64 * MiB)]);
     await tgt.requireChap(2, 'carol', SECRET);
     iscsid = startDaemon('iscsid', ['-f'], `${OUT}/iscsid-lvmsr.log`);
@@ -273,7 +273,7 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
 
   it('probe without SCSIid: 107 with the LUNs as XML on stderr, and logged out again', async () => {
     const c = await fault('sr_probe', 107, {}, { target: ADDR, targetIQN: IQN });
-    assert.match(c.stderr, /<iscsi-target>\s*<LUN>\s*<vendor>[^<]*<\/vendor>\s*<serial>[^<]*<\/serial>\s*<LUNid>1<\/LUNid>\s*<size>536870912<\/size>/);
+    assert.match(c.stderr, /<iscsi-target>\s*<LUN>\s*<vendor>[^<]*<\/vendor>\s*<serial>[^<]*<\/serial>\s*<LUNid>1<\/LUNid>\s*<size>1073741824<\/size>/);
     const m = /<SCSIid>([^<]+)<\/SCSIid>/.exec(c.stderr);
     assert.ok(m, 'a SCSIid in the LUN list');
     scsiId = m[1]!;
