@@ -160,7 +160,8 @@ describe('package-install', { timeout: 900_000 }, () => {
     assert.deepEqual(ours.filter(present), [], 'every path the package brought is gone (its directories too, now empty)');
     assert.deepEqual(readdirSync('/var/lib/dpkg/info').filter((f) => f.startsWith('xcp-sm.')), [], "dpkg's info files are gone");
     const ps = await tool('ps', ['-eo', 'pid,args'], 'ps');
-    assert.doesNotMatch(ps.stdout, /xcp-sm|sm-datapath|sm-gc/, 'no datapath or GC of ours runs');
+    // The package's processes run from its own paths (other suites' datapaths run from the checkout).
+    assert.doesNotMatch(ps.stdout, /\/usr\/lib\/xcp-sm|\/opt\/xensource\/sm\/|\/usr\/bin\/sm-/, 'no datapath or GC of the package runs');
     assert.equal(existsSync(`/run/blktap-control/nbd/${sr}`) && readdirSync(`/run/blktap-control/nbd/${sr}`).length > 0, false, 'no VDI socket left');
   });
 });
