@@ -17,11 +17,10 @@ import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
 import { tellToolstack } from './toolstack.js';
 import { relinked, tagRelinking } from '../lib/sr/xapi-pause.js';
+import { short } from './gc-log.js';
 
 type CoalesceJournal = Extract<Journal, { kind: 'coalesce' }>;
 type RelinkJournal = Extract<Journal, { kind: 'relink' }>;
-
-const short = (u: string) => u.slice(0, 8);
 
 /** Collapses `chain` (hidden images from P's child upwards) into P. */
 export async function coalesceNode(ctx: GcContext, chain: string[], p: string): Promise<void> {

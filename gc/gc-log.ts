@@ -6,6 +6,9 @@ import type { Nodes } from './plan.js';
 
 const MiB = 1024 * 1024;
 
+/** A uuid as the GC's log lines name it: its first 8 characters. */
+export const short = (uuid: string): string => uuid.slice(0, 8);
+
 export class TreeLogger {
   private shown = new Map<string, string>(); // root uuid -> rendering last logged
 

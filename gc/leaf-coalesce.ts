@@ -20,10 +20,9 @@ import { copyIntoParent } from './copy-into-parent.js';
 import { tellToolstack } from './toolstack.js';
 import { uuidOfImageName } from '../lib/sr/repository.js';
 import { readImageSummary } from '../lib/vhd/index.js';
+import { short } from './gc-log.js';
 
 type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
-
-const short = (u: string) => u.slice(0, 8);
 
 export async function leafCoalesce(ctx: GcContext, leaf: string, parent: string): Promise<'done' | 'skipped'> {
   const journal: LeafJournal = { kind: 'leaf', vdi: leaf, parent };

@@ -27,11 +27,11 @@ import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
 import { WrittenSectors } from './written-sectors.js';
 import { abandonedMark, swapIntoParent, whyNot } from './leaf-coalesce.js';
+import { short } from './gc-log.js';
 
 type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
 
 const MiB = 1024 * 1024;
-const short = (u: string) => u.slice(0, 8);
 
 /** Rounds after the first full copy before giving up (a VDI writing faster than the copy). */
 const MAX_ROUNDS = Number(process.env.SM_GC_LIVE_ROUNDS ?? 8);

@@ -16,13 +16,12 @@ import { withPaused } from '../lib/sr/xapi-pause.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
 import { swapIntoParent, whyNot } from './leaf-coalesce.js';
+import { short } from './gc-log.js';
 
 type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
 
 /** The most a leaf may hold to be merged while its host waits (the established LIVE_LEAF_COALESCE_MAX_SIZE: 20 MiB). */
 export const PAUSED_LEAF_MAX_BYTES = Number(process.env.SM_GC_PAUSED_LEAF_MAX_MIB ?? 20) * 1048576;
-
-const short = (u: string) => u.slice(0, 8);
 
 export async function pausedLeafCoalesce(ctx: GcContext, leaf: string, parent: string, host: string): Promise<'done' | 'skipped'> {
   const { repo, log } = ctx;
