@@ -3,7 +3,9 @@
  * vdi_disable_cbt, vdi_data_destroy and vdi_list_changed_blocks. The logs
  * themselves are cbt-logs.ts's; here each verb checks its VDI, and changes a
  * served VDI's log with its datapath paused, so the datapath reopens it with
- * the log as it is afterwards (as the established SM pauses tapdisk).
+ * the log as it is afterwards (as the established SM pauses tapdisk). These
+ * verbs run on the SR master; a VDI served by another host is paused there
+ * through the toolstack (the tapdisk-pause plugin), as for a snapshot.
  *
  * Without a XenAPI session the records kept here are the SR's own:
  * `cbt_enabled` in the VDI's record, `type` `cbt_metadata` after a data destroy.
@@ -12,6 +14,7 @@ import { toXapiBase64, countSet } from '../cbt/index.js';
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
 import type { Request, Verb } from '../smapi/index.js';
+import type { ToolstackDb } from '../sr/xapi-sync.js';
 import { poolActivations } from '../sr/activation.js';
 import { readVdiState } from '../sr/attach-record.js';
 import { changedBlocks, hasCbtLog, startTracking, stopTracking } from '../sr/cbt-logs.js';
@@ -27,7 +30,8 @@ type OnVdi = <T>(fn: (repo: Repository, vdi: string, sr: string, req: Request) =
 export interface CbtVerbContext {
   onVdi: OnVdi;
   onVdiOrLog: OnVdi;
-  refuseActiveElsewhere(repo: Repository, vdi: string): Promise<void>;
+  refuseActiveElsewhere(repo: Repository, vdi: string, db?: ToolstackDb, vdiRef?: string): Promise<void>;
+  pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Request, fn: () => Promise<T>): Promise<T>;
   kickGc(sr: string): Promise<unknown>;
 }
 
@@ -38,22 +42,24 @@ async function setCbtEnabled(repo: Repository, vdi: string, enabled: boolean): P
 
 export function cbtVerbs(c: CbtVerbContext): Record<'vdi_enable_cbt' | 'vdi_disable_cbt' | 'vdi_data_destroy' | 'vdi_list_changed_blocks', Verb> {
   return {
-    vdi_enable_cbt: c.onVdi(async (repo, vdi, sr) => {
+    vdi_enable_cbt: c.onVdi(async (repo, vdi, sr, req) => {
       const record = await repo.vdiRecord(vdi);
       if (record?.is_a_snapshot) throw new SMError('VDIUnavailable', `${vdi} is a snapshot: changed-block tracking is enabled on the VDI it was taken of`);
       if (record && (record.read_only || !record.managed)) throw new SMError('VDIUnavailable', `${vdi} is read-only: nothing would be tracked`);
-      await c.refuseActiveElsewhere(repo, vdi);
+      const db = await toolstackDbFor(req, sr);
+      await c.refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       const { virtualSize } = await repo.info(vdi);
-      const made = await withPausedServing(repo, sr, vdi, () => startTracking(repo, vdi, virtualSize));
+      const made = await c.pausedEverywhere(db, vdi, req, () => withPausedServing(repo, sr, vdi, () => startTracking(repo, vdi, virtualSize)));
       faultPoint('cbt-enable-log-created');
       await setCbtEnabled(repo, vdi, true);
       getLog().info(`VDI ${vdi}: changed-block tracking ${made ? 'enabled' : 'was already enabled'}`);
       return null;
     }),
 
-    vdi_disable_cbt: c.onVdi(async (repo, vdi, sr) => {
-      await c.refuseActiveElsewhere(repo, vdi);
-      const removed = await withPausedServing(repo, sr, vdi, () => stopTracking(repo, vdi));
+    vdi_disable_cbt: c.onVdi(async (repo, vdi, sr, req) => {
+      const db = await toolstackDbFor(req, sr);
+      await c.refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
+      const removed = await c.pausedEverywhere(db, vdi, req, () => withPausedServing(repo, sr, vdi, () => stopTracking(repo, vdi)));
       faultPoint('cbt-disable-log-removed');
       await setCbtEnabled(repo, vdi, false);
       getLog().info(`VDI ${vdi}: changed-block tracking ${removed ? 'disabled' : 'was not enabled'}`);

@@ -489,7 +489,7 @@ export function srDriver(type: SrType): Driver {
     },
 
     // VDI_CONFIG_CBT: where the backend keeps changed-block logs (File, NFS: files; LVMoISCSI: LVs).
-    ...(type.changedBlockTracking ? cbtVerbs({ onVdi, onVdiOrLog, refuseActiveElsewhere, kickGc }) : {}),
+    ...(type.changedBlockTracking ? cbtVerbs({ onVdi, onVdiOrLog, refuseActiveElsewhere, pausedEverywhere, kickGc }) : {}),
   };
   for (const verb of MASTER_ONLY) if (verbs[verb]) verbs[verb] = masterOnly(verb, verbs[verb]!);
   verbs.vdi_activate = withActivationTags(verbs.vdi_activate!, 'activate');
@@ -619,7 +619,8 @@ async function checkSrMetadata(repo: Repository, sr: string) {
 }
 
 /**
- * Snapshot, clone and resize change the VDI's chain under its datapath. This
+ * Snapshot, clone, resize and the CBT switches change the VDI's chain (or its
+ * log) under its datapath. This
  * host pauses its own; another host's is paused through the toolstack (the
  * tapdisk-pause plugin, xapi-pause.ts), which reaches the hosts its
  * `host_<ref>` keys name. So a VDI active on another host is refused
