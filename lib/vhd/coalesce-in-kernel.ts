@@ -1,0 +1,100 @@
+/**
+ * The coalesce's data copy made inside the kernel: a batch of child blocks
+ * goes to the parent as byte ranges between the two open files, in one run of
+ * lib/native/copy-ranges, while the bitmaps, the zeros under clear bits, the
+ * footer and (after the caller's barrier) the BAT are written here as for the
+ * copy through this process.
+ */
+import { CopyMethod, copyRanges, copyRangesProgram, CopyRange } from '../native/copy-ranges.js';
+import { forEachSetRun } from './format/bitmap.js';
+import { SECTOR } from './format/constants.js';
+import type { VhdImage } from './image.js';
+
+/** One child block to copy: which runs of its data, and the parent bitmap it gets. */
+export interface RangedBlock {
+  index: number;
+  /** The parent's bitmap once copied (a new block: the child's). */
+  bitmap: Buffer;
+  /** A block the parent does not have yet: appended, and its clear sectors written as zeros. */
+  fresh: boolean;
+  /** Runs of the child's data: its file offset, where it goes in the block, how long. */
+  copies: { src: number; at: number; length: number }[];
+}
+
+let toldWhyNot = false;
+
+/**
+ * The in-kernel copy from `child` into `parent`, when both are regular files
+ * open here and the program is built; undefined otherwise (the caller copies
+ * through this process; a missing program is told once per process).
+ */
+export function inKernelCopyBetween(child: VhdImage, parent: VhdImage, onNotice?: (message: string) => void): InKernelCopy | undefined {
+  const src = child.io.fd;
+  const dst = parent.io.writable ? parent.io.fd : undefined;
+  if (src === undefined || dst === undefined) return undefined;
+  const program = copyRangesProgram();
+  if (!program) {
+    if (!toldWhyNot) onNotice?.('coalesce: the copy-ranges program is not built (no C compiler at build time) or SM_COPY_RANGES=off: data is copied through this process');
+    toldWhyNot = true;
+    return undefined;
+  }
+  return new InKernelCopy(parent, program, src, dst);
+}
+
+export class InKernelCopy {
+  /** How the last batch was copied (the program falls back to its own buffer where the kernel refuses). */
+  method: CopyMethod | undefined;
+  private zeros: Buffer | undefined;
+
+  constructor(
+    private readonly parent: VhdImage,
+    private readonly program: string,
+    private readonly srcFd: number,
+    private readonly dstFd: number,
+  ) {}
+
+  /**
+   * Writes a batch: new blocks appended (footer first, bitmaps, then their
+   * data), blocks the parent has get their runs in place and then their
+   * merged bitmap (data before the bit that makes it read). Nothing is
+   * durable when it resolves: the caller's barrier comes before the BAT.
+   */
+  async write(blocks: RangedBlock[]): Promise<void> {
+    const parent = this.parent;
+    const fresh = blocks.filter((b) => b.fresh);
+    const merged = blocks.filter((b) => !b.fresh);
+    await parent.appendBlocksWrittenBy(fresh, async (dataOffsets) => {
+      const ranges: CopyRange[] = [];
+      const zeroing: Promise<void>[] = [];
+      fresh.forEach((b, k) => {
+        for (const c of b.copies) ranges.push({ src: c.src, dst: dataOffsets[k] + c.at, length: c.length });
+        // Clear bits must read as zero, whatever the space held before.
+        forEachClearRun(b.bitmap, parent.sectorsPerBlock, (s, e) => zeroing.push(parent.io.write(this.zeroBuffer().subarray(0, (e - s) * SECTOR), dataOffsets[k] + s * SECTOR)));
+      });
+      for (const b of merged) for (const c of b.copies) ranges.push({ src: c.src, dst: parent.dataOffset(b.index) + c.at, length: c.length });
+      const copied = copyRanges(this.program, this.srcFd, this.dstFd, ranges);
+      const [method] = await Promise.all([copied, ...zeroing]);
+      this.method = method;
+    });
+    if (fresh.length === 0 && merged.length) {
+      // No append ran the copy: the merged blocks' runs alone.
+      this.method = await copyRanges(this.program, this.srcFd, this.dstFd, merged.flatMap((b) => b.copies.map((c) => ({ src: c.src, dst: parent.dataOffset(b.index) + c.at, length: c.length }))));
+    }
+    for (const b of merged) await parent.writeBitmap(b.index, b.bitmap);
+  }
+
+  private zeroBuffer(): Buffer {
+    this.zeros ??= Buffer.alloc(this.parent.blockSize);
+    return this.zeros;
+  }
+}
+
+/** Runs of clear bits in [0, bits): the sectors around the set runs. */
+function forEachClearRun(map: Uint8Array, bits: number, fn: (start: number, end: number) => void): void {
+  let prevEnd = 0;
+  forEachSetRun(map, 0, bits, (s, e) => {
+    if (s > prevEnd) fn(prevEnd, s);
+    prevEnd = e;
+  });
+  if (prevEnd < bits) fn(prevEnd, bits);
+}
