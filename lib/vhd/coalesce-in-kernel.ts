@@ -1,13 +1,11 @@
 /**
  * The coalesce's data copy made inside the kernel: a batch of child blocks
  * goes to the parent as byte ranges between the two open files, in one run of
- * lib/native/copy-ranges, while the bitmaps, the zeros under clear bits, the
- * footer and (after the caller's barrier) the BAT are written here as for the
- * copy through this process.
+ * lib/native/copy-ranges, while the bitmaps, the footer and (after the
+ * caller's barrier) the BAT are written here as for the copy through this
+ * process.
  */
 import { CopyMethod, copyRanges, copyRangesProgram, CopyRange } from '../native/copy-ranges.js';
-import { forEachSetRun } from './format/bitmap.js';
-import { SECTOR } from './format/constants.js';
 import type { VhdImage } from './image.js';
 
 /** One child block to copy: which runs of its data, and the parent bitmap it gets. */
@@ -15,7 +13,7 @@ export interface RangedBlock {
   index: number;
   /** The parent's bitmap once copied (a new block: the child's). */
   bitmap: Buffer;
-  /** A block the parent does not have yet: appended, and its clear sectors written as zeros. */
+  /** A block the parent does not have yet: appended (its clear sectors read as zeros). */
   fresh: boolean;
   /** Runs of the child's data: its file offset, where it goes in the block, how long. */
   copies: { src: number; at: number; length: number }[];
@@ -30,7 +28,8 @@ let toldWhyNot = false;
  */
 export function inKernelCopyBetween(child: VhdImage, parent: VhdImage, onNotice?: (message: string) => void): InKernelCopy | undefined {
   const src = child.io.fd;
-  const dst = parent.io.writable ? parent.io.fd : undefined;
+  // A file only (a device's free space is not zeros, and the kernel copies between files).
+  const dst = parent.io.writable && !parent.io.isDevice ? parent.io.fd : undefined;
   if (src === undefined || dst === undefined) return undefined;
   const program = copyRangesProgram();
   if (!program) {
@@ -44,7 +43,6 @@ export function inKernelCopyBetween(child: VhdImage, parent: VhdImage, onNotice?
 export class InKernelCopy {
   /** How the last batch was copied (the program falls back to its own buffer where the kernel refuses). */
   method: CopyMethod | undefined;
-  private zeros: Buffer | undefined;
 
   constructor(
     private readonly parent: VhdImage,
@@ -54,47 +52,27 @@ export class InKernelCopy {
   ) {}
 
   /**
-   * Writes a batch: new blocks appended (footer first, bitmaps, then their
-   * data), blocks the parent has get their runs in place and then their
-   * merged bitmap (data before the bit that makes it read). Nothing is
-   * durable when it resolves: the caller's barrier comes before the BAT.
+   * Writes a batch in one program run: new blocks appended (footer first,
+   * bitmaps, then their data), blocks the parent has get their runs in place
+   * and then their merged bitmap (data before the bit that makes it read).
+   * Nothing is durable when it resolves: the caller's barrier comes before
+   * the BAT.
    */
   async write(blocks: RangedBlock[]): Promise<void> {
     const parent = this.parent;
     const fresh = blocks.filter((b) => b.fresh);
     const merged = blocks.filter((b) => !b.fresh);
-    await parent.appendBlocksWrittenBy(fresh, async (dataOffsets) => {
-      const ranges: CopyRange[] = [];
-      const zeroing: Promise<void>[] = [];
-      fresh.forEach((b, k) => {
-        for (const c of b.copies) ranges.push({ src: c.src, dst: dataOffsets[k] + c.at, length: c.length });
-        // Clear bits must read as zero, whatever the space held before.
-        forEachClearRun(b.bitmap, parent.sectorsPerBlock, (s, e) => zeroing.push(parent.io.write(this.zeroBuffer().subarray(0, (e - s) * SECTOR), dataOffsets[k] + s * SECTOR)));
+    const inPlace = merged.flatMap((b) => b.copies.map((c) => ({ src: c.src, dst: parent.dataOffset(b.index) + c.at, length: c.length })));
+    if (fresh.length) {
+      // New blocks sit past the file's end when placed (a hole): their clear sectors read as zeros unwritten.
+      await parent.appendBlocksWrittenBy(fresh, async (dataOffsets) => {
+        const ranges: CopyRange[] = fresh.flatMap((b, k) => b.copies.map((c) => ({ src: c.src, dst: dataOffsets[k] + c.at, length: c.length })));
+        this.method = await copyRanges(this.program, this.srcFd, this.dstFd, [...ranges, ...inPlace]);
       });
-      for (const b of merged) for (const c of b.copies) ranges.push({ src: c.src, dst: parent.dataOffset(b.index) + c.at, length: c.length });
-      const copied = copyRanges(this.program, this.srcFd, this.dstFd, ranges);
-      const [method] = await Promise.all([copied, ...zeroing]);
-      this.method = method;
-    });
-    if (fresh.length === 0 && merged.length) {
-      // No append ran the copy: the merged blocks' runs alone.
-      this.method = await copyRanges(this.program, this.srcFd, this.dstFd, merged.flatMap((b) => b.copies.map((c) => ({ src: c.src, dst: parent.dataOffset(b.index) + c.at, length: c.length }))));
+    } else {
+      this.method = await copyRanges(this.program, this.srcFd, this.dstFd, inPlace);
     }
     for (const b of merged) await parent.writeBitmap(b.index, b.bitmap);
   }
-
-  private zeroBuffer(): Buffer {
-    this.zeros ??= Buffer.alloc(this.parent.blockSize);
-    return this.zeros;
-  }
 }
 
-/** Runs of clear bits in [0, bits): the sectors around the set runs. */
-function forEachClearRun(map: Uint8Array, bits: number, fn: (start: number, end: number) => void): void {
-  let prevEnd = 0;
-  forEachSetRun(map, 0, bits, (s, e) => {
-    if (s > prevEnd) fn(prevEnd, s);
-    prevEnd = e;
-  });
-  if (prevEnd < bits) fn(prevEnd, bits);
-}

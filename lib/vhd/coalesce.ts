@@ -11,6 +11,7 @@ import { VhdError } from './errors.js';
 import { BlockBuffer, VhdImage } from './image.js';
 import { ParentResolver, siblingResolver } from './parent.js';
 import { setVirtualSize } from './resize.js';
+import type { CopyMethod } from '../native/copy-ranges.js';
 import { InKernelCopy, inKernelCopyBetween, RangedBlock } from './coalesce-in-kernel.js';
 
 export interface CoalesceProgress {
@@ -47,6 +48,8 @@ export interface CoalesceResult {
   blocks: number;
   bytesCopied: number;
   elapsedMs: number;
+  /** How the data went: inside the kernel, through the copy program's buffer (the kernel refused), or through this process. */
+  copiedBy: CopyMethod | 'this-process';
 }
 
 /** Coalesces the image at `childPath` into its parent. */
@@ -129,7 +132,7 @@ export async function coalesceImages(children: VhdImage | VhdImage[], parent: Vh
  */
 class BlockCopier {
   private readonly started = Date.now();
-  private readonly result: CoalesceResult = { sectors: 0, blocks: 0, bytesCopied: 0, elapsedMs: 0 };
+  private readonly result: CoalesceResult = { sectors: 0, blocks: 0, bytesCopied: 0, elapsedMs: 0, copiedBy: 'this-process' };
   private readonly pool: BlockPool;
   private readonly batchBytes: number;
   /** The BAT as it may be written: only entries whose blocks are durable (appends run ahead of it). */
@@ -247,6 +250,7 @@ class BlockCopier {
     order.sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
     this.blocksTotal += order.length;
     this.inKernel = copy;
+    let mergedBytes = 0;
     // Bitmaps read ahead: one small read per block would otherwise wait on the disk each time.
     const READ_AHEAD = 16;
     const bitmaps: Promise<Buffer>[] = [];
@@ -281,7 +285,7 @@ class BlockCopier {
         const mine = parent.isBlockFull(i) ? Buffer.alloc(parent.bitmapBytes, 0xff) : Buffer.from((await parent.readBitmap(i))!);
         for (const [s, e] of runs) for (let b = s >> 3; b <= (e - 1) >> 3; b++) mine[b] |= rangeMask(b, s, e);
         this.ranged.push({ index: i, bitmap: mine, fresh: false, copies });
-        this.pendingBytes += sectors * SECTOR;
+        mergedBytes += sectors * SECTOR;
         if (allSet(mine, spb)) this.full.push(i);
       }
       result.sectors += sectors;
@@ -291,13 +295,16 @@ class BlockCopier {
         const ahead = (result.bytesCopied / opts.maxBytesPerSecond) * 1000 - (Date.now() - this.started);
         if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
       }
-      if (this.pendingBytes >= this.batchBytes) {
+      // Batches as the copy through this process makes them (new blocks), or of as many bytes merged in place.
+      if (this.pendingBytes >= this.batchBytes || mergedBytes >= this.batchBytes) {
+        mergedBytes = 0;
         await this.flush();
         this.progress();
       }
     }
     await this.flush();
     await this.appended;
+    if (copy.method) result.copiedBy = copy.method;
   }
 
   /**

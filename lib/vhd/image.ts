@@ -357,8 +357,9 @@ export class VhdImage {
    * the kernel from another image's file): as crash-safe, the footer moves to
    * the new end first, then the bitmaps (and the zero pads before them) are
    * written, then `writeData` gets each block's data offset, in order, and
-   * must fill all of it before it resolves. The BAT is updated in memory only,
-   * as for appendBlocks.
+   * writes the data before it resolves: in a file, sectors it leaves read as
+   * zeros (the space was past the end, a hole); on a device it must write
+   * every sector. The BAT is updated in memory only, as for appendBlocks.
    */
   async appendBlocksWrittenBy(blocks: { index: number; bitmap: Buffer }[], writeData: (dataOffsets: number[]) => Promise<void>): Promise<void> {
     if (blocks.length === 0) return;
