@@ -4,8 +4,7 @@
  * kernel with copy_file_range, as `cp` copies, instead of through a buffer in
  * this process. One program run copies a whole list of ranges.
  */
-import { spawn } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { installRoot } from '../util/install-root.js';
 
@@ -27,19 +26,24 @@ export class CopyRangesError extends Error {
 
 /**
  * The built program, or undefined when there is none (built without a C
- * compiler) or env SM_COPY_RANGES is `off`; SM_COPY_RANGES=<path> names another.
+ * compiler), it does not run here (built for another machine), or env
+ * SM_COPY_RANGES is `off`; SM_COPY_RANGES=<path> names another. Whether a
+ * program runs is tried once per process (an empty list of ranges).
  */
 export function copyRangesProgram(): string | undefined {
   const setting = process.env.SM_COPY_RANGES;
   if (setting === 'off') return undefined;
   const path = setting || join(installRoot(), 'dist', 'native', 'copy-ranges');
-  try {
-    accessSync(path, constants.X_OK);
-    return path;
-  } catch {
-    return undefined;
+  let runs = tried.get(path);
+  if (runs === undefined) {
+    const r = spawnSync(path, ['0', '1'], { input: '', encoding: 'utf8', stdio: ['pipe', 'pipe', 'ignore'], timeout: 10_000 });
+    runs = r.status === 0 && /^copied 0 /m.test(r.stdout ?? '');
+    tried.set(path, runs);
   }
+  return runs ? path : undefined;
 }
+
+const tried = new Map<string, boolean>();
 
 /**
  * Copies every range from `srcFd` to `dstFd` (descriptors of this process,

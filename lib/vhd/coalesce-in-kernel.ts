@@ -33,7 +33,7 @@ export function inKernelCopyBetween(child: VhdImage, parent: VhdImage, onNotice?
   if (src === undefined || dst === undefined) return undefined;
   const program = copyRangesProgram();
   if (!program) {
-    if (!toldWhyNot) onNotice?.('coalesce: the copy-ranges program is not built (no C compiler at build time) or SM_COPY_RANGES=off: data is copied through this process');
+    if (!toldWhyNot) onNotice?.('coalesce: the copy-ranges program is not built (no C compiler at build time), does not run here, or SM_COPY_RANGES=off: data is copied through this process');
     toldWhyNot = true;
     return undefined;
   }
