@@ -31,13 +31,14 @@ async function copyHeld(ctx: GcContext, children: string[], parent: string, what
     signal: ctx.signal,
     maxBytesPerSecond: limit > 0 ? limit * 1048576 : undefined,
     sectors,
+    onNotice: (message) => ctx.log.info(message),
     onProgress: (p) => progress((p.blocksDone / Math.max(1, p.blocksTotal)) * total, p.elapsedMs),
   });
   await freeing;
   ctx.stats.bytesCopied += result.bytesCopied;
   ctx.stats.copyMs += result.elapsedMs;
   const rate = result.elapsedMs > 0 ? result.bytesCopied / 1048576 / (result.elapsedMs / 1000) : 0;
-  ctx.log.info(`${what}: copied ${result.sectors} sectors (${(result.bytesCopied / 1048576).toFixed(1)} MiB) in ${result.elapsedMs} ms, ${rate.toFixed(1)} MiB/s`);
+  ctx.log.info(`${what}: copied ${result.sectors} sectors (${(result.bytesCopied / 1048576).toFixed(1)} MiB) in ${result.elapsedMs} ms, ${rate.toFixed(1)} MiB/s, data copied ${result.copiedBy}`);
   return result;
 }
 

@@ -331,27 +331,14 @@ export class VhdImage {
    */
   async appendBlockPieces(blocks: NewBlock[]): Promise<void> {
     if (blocks.length === 0) return;
-    const placements: number[] = [];
-    let at = this.endOfData;
     for (const b of blocks) {
       let n = 0;
       for (const piece of b.data) n += piece.length;
       if (n !== this.blockSize || b.bitmap.length !== this.bitmapBytes) {
         throw new VhdError('invalid-argument', `block ${b.index}: ${n} bytes of data and a ${b.bitmap.length}-byte bitmap do not make a block`, this.path);
       }
-      const p = blockPlacement(at, this.bitmapBytes);
-      placements.push(p);
-      at = p + this.bitmapBytes + this.blockSize;
     }
-    const newEnd = at;
-    if (this.io.isDevice) {
-      if (newEnd > this.footerAt) {
-        throw new VhdError('invalid-argument', `device too small for ${blocks.length} more blocks: inflate it first`, this.path);
-      }
-    } else {
-      await this.io.write(encodeFooter(this.footer), newEnd);
-      this.footerAt = newEnd;
-    }
+    const { placements, newEnd } = await this.makeRoomFor(blocks.length);
     // One vectored write per run: [bitmap][data][zero pad] ... back to back.
     const start = placements[0];
     const bufs: Buffer[] = [];
@@ -362,6 +349,60 @@ export class VhdImage {
       pos = placements[k] + this.bitmapBytes + this.blockSize;
     }
     await this.io.write(bufs, start);
+    this.appended(blocks, placements, newEnd);
+  }
+
+  /**
+   * appendBlocks for blocks whose data the caller writes itself (a copy made in
+   * the kernel from another image's file): as crash-safe, the footer moves to
+   * the new end first, then the bitmaps (and the zero pads before them) are
+   * written, then `writeData` gets each block's data offset, in order, and
+   * writes the data before it resolves: in a file, sectors it leaves read as
+   * zeros (the space was past the end, a hole); on a device it must write
+   * every sector. The BAT is updated in memory only, as for appendBlocks.
+   */
+  async appendBlocksWrittenBy(blocks: { index: number; bitmap: Buffer }[], writeData: (dataOffsets: number[]) => Promise<void>): Promise<void> {
+    if (blocks.length === 0) return;
+    for (const b of blocks) {
+      if (b.bitmap.length !== this.bitmapBytes) throw new VhdError('invalid-argument', `block ${b.index}: a ${b.bitmap.length}-byte bitmap`, this.path);
+    }
+    const { placements, newEnd } = await this.makeRoomFor(blocks.length);
+    let pos = placements[0];
+    await Promise.all(
+      blocks.map((b, k) => {
+        const pad = placements[k] - pos;
+        pos = placements[k] + this.bitmapBytes + this.blockSize;
+        return this.io.write(pad > 0 ? [Buffer.alloc(pad), b.bitmap] : b.bitmap, placements[k] - pad);
+      }),
+    );
+    await writeData(placements.map((p) => p + this.bitmapBytes));
+    this.appended(blocks, placements, newEnd);
+  }
+
+  /**
+   * Where `count` new blocks go after the data; in a file the footer is moved
+   * past them first (the gap reads as zeros and nothing points at it), a
+   * device must already have the room.
+   */
+  private async makeRoomFor(count: number): Promise<{ placements: number[]; newEnd: number }> {
+    const placements: number[] = [];
+    let at = this.endOfData;
+    for (let k = 0; k < count; k++) {
+      const p = blockPlacement(at, this.bitmapBytes);
+      placements.push(p);
+      at = p + this.bitmapBytes + this.blockSize;
+    }
+    if (this.io.isDevice) {
+      if (at > this.footerAt) throw new VhdError('invalid-argument', `device too small for ${count} more blocks: inflate it first`, this.path);
+    } else {
+      await this.io.write(encodeFooter(this.footer), at);
+      this.footerAt = at;
+    }
+    return { placements, newEnd: at };
+  }
+
+  /** New blocks are in place: the in-memory BAT points at them (the caller persists it after its barrier). */
+  private appended(blocks: { index: number; bitmap: Buffer }[], placements: number[], newEnd: number): void {
     for (let k = 0; k < blocks.length; k++) {
       const i = blocks[k].index;
       this.bat[i] = placements[k] / SECTOR;

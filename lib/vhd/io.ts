@@ -28,6 +28,13 @@ export interface PositionalIO {
    * (which on ext4 also waits for other files' ordered data). Absent: sync().
    */
   datasync?(): Promise<void>;
+  /**
+   * The open descriptor of a regular file, for a copy another process makes
+   * between two open files (lib/native/copy-ranges); absent for a device or
+   * storage that is not a local descriptor. Writes through it bypass nothing
+   * here: the caller keeps the same ordering and barriers as for write().
+   */
+  readonly fd?: number;
   close(): Promise<void>;
 }
 
@@ -47,6 +54,10 @@ export class FileIO implements PositionalIO {
 
   get path(): string {
     return this.where;
+  }
+
+  get fd(): number | undefined {
+    return this.isDevice || this.sealed ? undefined : this.fh.fd;
   }
 
   /**

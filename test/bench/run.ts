@@ -1,5 +1,6 @@
 /** `npm run bench`: every benchmark, figures with same-run baselines. `npm run bench -- sr` runs one group. */
 import { runCbtBenchmarks } from './cbt.bench.js';
+import { runCoalesceCopyBenchmark } from './coalesce-copy.bench.js';
 import { runDatapathBenchmarks } from './datapath.bench.js';
 import { runGcBenchmarks } from './gc.bench.js';
 import { runLiveGcBenchmarks } from './livegc.bench.js';
@@ -12,6 +13,7 @@ import { runXapiBenchmarks } from './xapi.bench.js';
 
 const groups: Record<string, () => Promise<void>> = {
   vhd: runVhdBenchmarks,
+  coalescecopy: runCoalesceCopyBenchmark,
   sr: runSrBenchmarks,
   srsize: runSrSizeBenchmarks,
   mgt: runMgtBenchmarks,

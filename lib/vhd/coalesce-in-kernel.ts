@@ -1,0 +1,78 @@
+/**
+ * The coalesce's data copy made inside the kernel: a batch of child blocks
+ * goes to the parent as byte ranges between the two open files, in one run of
+ * lib/native/copy-ranges, while the bitmaps, the footer and (after the
+ * caller's barrier) the BAT are written here as for the copy through this
+ * process.
+ */
+import { CopyMethod, copyRanges, copyRangesProgram, CopyRange } from '../native/copy-ranges.js';
+import type { VhdImage } from './image.js';
+
+/** One child block to copy: which runs of its data, and the parent bitmap it gets. */
+export interface RangedBlock {
+  index: number;
+  /** The parent's bitmap once copied (a new block: the child's). */
+  bitmap: Buffer;
+  /** A block the parent does not have yet: appended (its clear sectors read as zeros). */
+  fresh: boolean;
+  /** Runs of the child's data: its file offset, where it goes in the block, how long. */
+  copies: { src: number; at: number; length: number }[];
+}
+
+let toldWhyNot = false;
+
+/**
+ * The in-kernel copy from `child` into `parent`, when both are regular files
+ * open here and the program is built; undefined otherwise (the caller copies
+ * through this process; a missing program is told once per process).
+ */
+export function inKernelCopyBetween(child: VhdImage, parent: VhdImage, onNotice?: (message: string) => void): InKernelCopy | undefined {
+  const src = child.io.fd;
+  // A file only (a device's free space is not zeros, and the kernel copies between files).
+  const dst = parent.io.writable && !parent.io.isDevice ? parent.io.fd : undefined;
+  if (src === undefined || dst === undefined) return undefined;
+  const program = copyRangesProgram();
+  if (!program) {
+    if (!toldWhyNot) onNotice?.('coalesce: the copy-ranges program is not built (no C compiler at build time), does not run here, or SM_COPY_RANGES=off: data is copied through this process');
+    toldWhyNot = true;
+    return undefined;
+  }
+  return new InKernelCopy(parent, program, src, dst);
+}
+
+export class InKernelCopy {
+  /** How the last batch was copied (the program falls back to its own buffer where the kernel refuses). */
+  method: CopyMethod | undefined;
+
+  constructor(
+    private readonly parent: VhdImage,
+    private readonly program: string,
+    private readonly srcFd: number,
+    private readonly dstFd: number,
+  ) {}
+
+  /**
+   * Writes a batch in one program run: new blocks appended (footer first,
+   * bitmaps, then their data), blocks the parent has get their runs in place
+   * and then their merged bitmap (data before the bit that makes it read).
+   * Nothing is durable when it resolves: the caller's barrier comes before
+   * the BAT.
+   */
+  async write(blocks: RangedBlock[]): Promise<void> {
+    const parent = this.parent;
+    const fresh = blocks.filter((b) => b.fresh);
+    const merged = blocks.filter((b) => !b.fresh);
+    const inPlace = merged.flatMap((b) => b.copies.map((c) => ({ src: c.src, dst: parent.dataOffset(b.index) + c.at, length: c.length })));
+    if (fresh.length) {
+      // New blocks sit past the file's end when placed (a hole): their clear sectors read as zeros unwritten.
+      await parent.appendBlocksWrittenBy(fresh, async (dataOffsets) => {
+        const ranges: CopyRange[] = fresh.flatMap((b, k) => b.copies.map((c) => ({ src: c.src, dst: dataOffsets[k] + c.at, length: c.length })));
+        this.method = await copyRanges(this.program, this.srcFd, this.dstFd, [...ranges, ...inPlace]);
+      });
+    } else {
+      this.method = await copyRanges(this.program, this.srcFd, this.dstFd, inPlace);
+    }
+    for (const b of merged) await parent.writeBitmap(b.index, b.bitmap);
+  }
+}
+
