@@ -1,5 +1,7 @@
 // `npm run package`: the Debian package of the built tree (run `npm run build`
-// first), xcp-sm_<version>_all.deb in dist/package/ (or `--out DIR`).
+// first), xcp-sm_<version>_<arch>.deb in dist/package/ (or `--out DIR`): <arch>
+// is this machine's (dpkg --print-architecture) when the build compiled the
+// in-kernel copy program (dist/native/), else `all` (the code is then all JavaScript).
 //
 // Layout, as the toolstack and operators look for things:
 //   /usr/lib/xcp-sm/                 the code: package.json, dist/ (no tests), the
@@ -46,6 +48,7 @@ const CONFFILES = ['/etc/logrotate.d/SMlog'];
 const RECOMMENDS = ['nbd-client', 'logrotate'];
 
 if (!existsSync(join(repo, 'dist', 'bundle', 'FileSR.mjs'))) throw new Error('package: run `npm run build` first');
+const ARCH = existsSync(join(repo, 'dist', 'native')) && readdirSync(join(repo, 'dist', 'native')).length > 0 ? execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim() : 'all';
 const stage = mkdtempSync(join(tmpdir(), 'xcp-sm-deb-'));
 try {
   const at = (p) => join(stage, p);
@@ -91,7 +94,7 @@ try {
   for (const f of readdirSync(control)) chmodSync(join(control, f), 0o644);
 
   mkdirSync(outDir, { recursive: true });
-  const deb = join(outDir, `${NAME}_${pkg.version}_all.deb`);
+  const deb = join(outDir, `${NAME}_${pkg.version}_${ARCH}.deb`);
   execFileSync('dpkg-deb', ['--root-owner-group', '-Zgzip', '--build', stage, deb], { stdio: ['ignore', 'ignore', 'inherit'] });
   process.stdout.write(`${deb}\n`);
 } finally {
@@ -150,7 +153,7 @@ function controlFile(kib) {
   return [
     `Package: ${NAME}`,
     `Version: ${pkg.version}`,
-    'Architecture: all',
+    `Architecture: ${ARCH}`,
     'Maintainer: xcp-sm contributors <xcp-sm@localhost>',
     `Installed-Size: ${kib}`,
     `Depends: ${DEPENDS.join(', ')}`,
