@@ -78,6 +78,11 @@ export interface StorageBackend {
   destroy(): Promise<void>;
   /** Free and total bytes of the storage. */
   space(): Promise<{ free: number; total: number }>;
+  /**
+   * Bytes a new image of `virtualSize` takes from the storage as soon as it is
+   * made: LVM, its thick LV; a file, only its metadata (it grows as written).
+   */
+  newImageBytes(virtualSize: number): number;
 
   /** The SR-resident metadata records, as text (records.ts reads and writes them through it). */
   readonly recordMedium: RecordMedium;

@@ -47,7 +47,8 @@ function pauseSteps(steps: PauseSteps | undefined): string {
   return ` (flushed beforehand in ${steps.flushedBeforeMs} ms; held: drained and flushed in ${steps.drainedMs} ms, settled in ${steps.settledMs} ms)`;
 }
 
-const START_TIMEOUT_MS = 15_000;
+/** How long a new datapath may take to answer: a loaded host (or an emulated one) can take many seconds to start Node. */
+const START_TIMEOUT_MS = 60_000;
 
 /** The bundled datapath (one file: starts faster), else the compiled module. */
 function datapathEntry(): string {
@@ -73,16 +74,24 @@ export async function servedHere(sr: string): Promise<ServedVdi[]> {
 async function startDatapath(sr: string): Promise<void> {
   const control = datapathControlPath(sr);
   const child = spawn(process.execPath, [datapathEntry(), '--sr', sr, '--control', control], { detached: true, stdio: 'ignore', env: process.env });
-  child.on('error', (err) => getLog().warn(`datapath of SR ${sr} failed to start: ${err.message}`));
+  let exited: string | undefined;
+  child.on('error', (err) => {
+    exited = err.message;
+    getLog().warn(`datapath of SR ${sr} failed to start: ${err.message}`);
+  });
+  child.on('exit', (code, signal) => (exited = `it exited (${signal ?? `code ${code}`})`));
   child.unref();
-  const deadline = Date.now() + START_TIMEOUT_MS;
+  const started = Date.now();
   for (;;) {
     try {
       const { pid } = await controlCall(control, { op: 'list' }, 5_000);
-      getLog().info(`datapath of SR ${sr} started (pid ${pid})`);
+      getLog().info(`datapath of SR ${sr} started (pid ${pid}) in ${Date.now() - started} ms`);
       return;
     } catch (err) {
-      if (!(err instanceof DatapathUnreachable) || Date.now() > deadline) throw new SMError('VDIUnavailable', `the datapath of SR ${sr} did not start: ${(err as Error).message}`);
+      // Even when ours exited, polling goes on: another verb's datapath may have won the start and answer soon.
+      if (!(err instanceof DatapathUnreachable) || Date.now() - started > START_TIMEOUT_MS) {
+        throw new SMError('VDIUnavailable', `the datapath of SR ${sr} did not start: ${(err as Error).message}${exited ? `; ${exited}` : ''}`);
+      }
     }
     await new Promise((r) => setTimeout(r, 20));
   }

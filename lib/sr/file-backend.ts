@@ -24,6 +24,8 @@ const VHD_SUFFIX = '.vhd';
 /** A VDI's CBT log, or the temp file of its replacement (lib/cbt/log-file.ts). */
 const CBT_LOG_NAME = /^([0-9a-f-]{36})\.cbtlog(\.tmp)?$/;
 const META_DIR = '.sm';
+/** A new file image needs only its header, footer and BAT; below this much free room no verb starts one. */
+const NEW_FILE_BYTES = 1024 * 1024;
 const JOURNAL_NAME = /^[a-z]+-[0-9a-f-]{36}$/;
 const SR_RECORD = 'sr.json';
 const LEGACY_DOCUMENT = 'metadata.json';
@@ -174,6 +176,10 @@ export class FileBackend implements StorageBackend {
   async space(): Promise<{ free: number; total: number }> {
     const s = await statfs(this.dir);
     return { free: s.bavail * s.bsize, total: s.blocks * s.bsize };
+  }
+
+  newImageBytes(): number {
+    return NEW_FILE_BYTES;
   }
 
   private metaPath(...parts: string[]): string {

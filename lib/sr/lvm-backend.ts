@@ -15,7 +15,7 @@
  * so asking costs no LVM command; switching many LVs is one lvchange.
  */
 import { open, readdir } from 'node:fs/promises';
-import { runTool } from '../os/run.js';
+import { runTool, ToolError } from '../os/run.js';
 import { existsSync } from 'node:fs';
 import { getLog } from '../log/index.js';
 import { cbtLogLvName, isNotFound, Lvm, MGT_LV, roundUpToExtent, vhdLvName } from '../os/lvm.js';
@@ -194,7 +194,7 @@ export class LvmBackend implements StorageBackend {
     // Named by this process's hold first: lvcreate makes it active, and a kill right after must not leak that.
     await this.requireScope('prepareImage').add([uuid], false);
     this.sizes = undefined;
-    await this.lvm.lvcreate(this.vg, vhdLvName(uuid), thickSizeFor(virtualSize, batRoomFor(virtualSize)));
+    await noSpaceAsSrNoSpace(this.lvm.lvcreate(this.vg, vhdLvName(uuid), this.newImageBytes(virtualSize)));
     return this.imagePath(uuid);
   }
 
@@ -292,7 +292,7 @@ export class LvmBackend implements StorageBackend {
     const { footer, bytes, maxTableEntries, virtualSize } = await readDeviceFooter(path);
     const target = thickSizeFor(Math.max(virtualSize, growTo), maxTableEntries * BLOCK_SIZE);
     this.sizes = undefined;
-    const size = bytes >= target ? bytes : await this.lvm.lvresize(this.vg, vhdLvName(uuid), target);
+    const size = bytes >= target ? bytes : await noSpaceAsSrNoSpace(this.lvm.lvresize(this.vg, vhdLvName(uuid), target));
     if (size === bytes && footer.atEnd) return size;
     // Grown, footer not yet at the new end: the image cannot be opened until this completes.
     faultPoint('lvm-inflated');
@@ -344,6 +344,10 @@ export class LvmBackend implements StorageBackend {
     return { free: vg.freeBytes, total: vg.sizeBytes };
   }
 
+  newImageBytes(virtualSize: number): number {
+    return thickSizeFor(virtualSize, batRoomFor(virtualSize));
+  }
+
   readonly recordMedium: RecordMedium = new MgtRecordMedium(
     () => this.mgt(),
     () => new MgtRecordArea(Lvm.lvPath(this.vg, MGT_LV), this.srUuid, { ensureBytes: (bytes) => this.growMgt(bytes) }),
@@ -375,7 +379,7 @@ export class LvmBackend implements StorageBackend {
   private async ensureMgt(): Promise<void> {
     if (this.mgtReady) return;
     if (!this.hasMgt() && !(await this.lvm.lv(this.vg, MGT_LV))) {
-      await this.lvm.lvcreate(this.vg, MGT_LV, roundUpToExtent(MGT_BYTES));
+      await noSpaceAsSrNoSpace(this.lvm.lvcreate(this.vg, MGT_LV, roundUpToExtent(MGT_BYTES)));
       await this.mgt().wipe();
     }
     this.mgtReady = true;
@@ -451,5 +455,21 @@ async function readDeviceFooter(path: string): Promise<{
     return { footer: { buf: atEnd ? end : copy, atEnd }, bytes, maxTableEntries: header.maxTableEntries, virtualSize: decoded.currentSize };
   } finally {
     await io.close();
+  }
+}
+
+/**
+ * LVM refuses an LV or a growth the volume group has no extents for; that is
+ * the SR being full (SRNoSpace, 44), not a failed verb. LVM has changed nothing
+ * when it says so.
+ */
+async function noSpaceAsSrNoSpace<T>(command: Promise<T>): Promise<T> {
+  try {
+    return await command;
+  } catch (e) {
+    if (e instanceof ToolError && /insufficient (free space|suitable allocatable extents)/i.test(e.stderr)) {
+      throw new SMError('SRNoSpace', e.stderr.trim().split('\n').pop() ?? 'the volume group is full');
+    }
+    throw e;
   }
 }

@@ -16,6 +16,7 @@ import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import { newVdiRecord, type VdiRecord } from './metadata.js';
 import type { Repository } from './repository.js';
+import { requireRoomFor } from './room.js';
 
 /** The established limit: a chain this deep takes no further snapshot. */
 export const MAX_CHAIN_DEPTH = 30;
@@ -28,21 +29,25 @@ export type SnapshotMode = 'double' | 'single' | 'clone';
  * a while, and nothing it reads changes under the SR lock the verb holds).
  */
 export async function snapshotVdi(repo: Repository, uuid: string, mode: SnapshotMode, checked?: VdiRecord): Promise<string> {
-  const record = checked ?? (await snapshotAllowed(repo, uuid));
+  const record = checked ?? (await snapshotAllowed(repo, uuid, mode));
   // The images it makes are released with this hold unless the VDI's activation holds them.
   return repo.backend.withImagesActive([uuid], () => snapshotActive(repo, uuid, mode, record));
 }
 
-/** The checks of a snapshot that read only what verbs change (the VDI's record, its chain's depth, the SR's space); its record. */
-export async function snapshotAllowed(repo: Repository, uuid: string): Promise<VdiRecord> {
+/**
+ * The checks of a snapshot that read only what verbs change (the VDI's record,
+ * its chain's depth, the SR's room for the new leaf and, but for `single`,
+ * the snapshot's own image); its record.
+ */
+export async function snapshotAllowed(repo: Repository, uuid: string, mode: SnapshotMode): Promise<VdiRecord> {
   const record = await repo.vdiRecord(uuid);
   if (!record) throw new SMError('VDIMissing', `${uuid} has no metadata record`);
   const depth = await repo.chainDepthOf(uuid);
   if (depth >= MAX_CHAIN_DEPTH) {
     throw new SMError('SnapshotChainTooLong', `chain of ${uuid} is ${depth} deep (limit ${MAX_CHAIN_DEPTH})`);
   }
-  const { free } = await repo.backend.space();
-  if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
+  const { virtualSize } = await repo.info(uuid);
+  await requireRoomFor(repo.backend, mode === 'single' ? [virtualSize] : [virtualSize, virtualSize], `a snapshot of ${uuid}`);
   return record;
 }
 

@@ -7,6 +7,7 @@ import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import { newVdiRecord, type VdiRecord } from './metadata.js';
 import type { Repository } from './repository.js';
+import { requireRoomFor } from './room.js';
 import { batRoomFor } from './sizes.js';
 
 /** `uuid`: the one the toolstack chose (vdi_create's `vdi_uuid`, for backup VDIs); a new one otherwise. */
@@ -17,8 +18,7 @@ export async function createVdi(repo: Repository, size: number, fields: Partial<
 
 async function createImage(repo: Repository, size: number, fields: Partial<VdiRecord>, uuid: string): Promise<string> {
   if ((await repo.backend.hasImage(uuid)) || (await repo.records.hasVdi(uuid))) throw new SMError('VDIExists', uuid);
-  const { free } = await repo.backend.space();
-  if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
+  await requireRoomFor(repo.backend, [size], `a ${size}-byte VDI`);
   const journal: Journal = { kind: 'create', vdi: uuid };
   await beginJournal(repo.backend, journal);
   const path = await repo.backend.prepareImage(uuid, size);

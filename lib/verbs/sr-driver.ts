@@ -402,7 +402,7 @@ export function srDriver(type: SrType): Driver {
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async () => {
           // Checked before the pause: a refused snapshot never stalls the VDI, an allowed one stalls it less.
-          const snap = await snapshotAllowed(repo, vdi)
+          const snap = await snapshotAllowed(repo, vdi, mode)
             .then((checked) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, checked), () => recoverSrJournals(repo)))
             .catch(wrap('VDISnapshot'));
           await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref);
@@ -416,7 +416,7 @@ export function srDriver(type: SrType): Driver {
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async () => {
-          const clone = await snapshotAllowed(repo, vdi)
+          const clone = await snapshotAllowed(repo, vdi, 'clone')
             .then((checked) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', checked), () => recoverSrJournals(repo)))
             .catch(wrap('VDIClone'));
           await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref);

@@ -637,6 +637,30 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     await relinkUnderActiveLeaf(liveSr());
   });
 
+  it('a VDI or a snapshot the volume group has no room for: SRNoSpace (44) before anything changes', async () => {
+    const lvm = await srLvm();
+    const lvList = async () => (await lvm.lvs(VG)).map((l) => `${l.name} ${l.sizeBytes}`).sort();
+    const free = async () => (await lvm.vgs(VG))[0]!.freeBytes;
+    const before = await lvList();
+    const tooBig = Math.ceil(((await free()) + 64 * MiB) / (2 * MiB)) * 2 * MiB;
+    const c = await fault('vdi_create', 44, { args: createArgs(tooBig, 'too big') }, full());
+    assert.match(c.response.kind === 'fault' ? c.response.faultString : '', /needs \d+ bytes/);
+    assert.deepEqual(await lvList(), before, 'a refused create leaves the LVs as they were');
+    // A filler leaves room for one thick leaf of `vdi` but not for the two a snapshot makes.
+    const thick = thickSizeFor(SIZE, batRoomFor(SIZE));
+    let fillerSize = Math.floor(((await free()) - 1.5 * thick) / (2 * MiB)) * 2 * MiB;
+    while (thickSizeFor(fillerSize, batRoomFor(fillerSize)) > (await free()) - 1.5 * thick) fillerSize -= 2 * MiB;
+    const filler = ((await ok('vdi_create', { args: createArgs(fillerSize, 'filler') }, full())).value as { uuid: string }).uuid;
+    const left = await free();
+    assert.ok(left >= thick && left < 2 * thick, `room for one leaf, not two (${left} free, ${thick} a leaf)`);
+    const withFiller = await lvList();
+    await fault('vdi_snapshot', 44, vdiArgs(vdi), full());
+    assert.deepEqual(await lvList(), withFiller, 'a refused snapshot leaves the LVs as they were');
+    assert.ok((await exportVdi(vdi)).equals(models.get(vdi)!.bytes), 'the VDI reads as its model');
+    await ok('vdi_delete', { vdi_uuid: filler, vdi_location: filler }, full());
+    assert.deepEqual(await lvList(), before);
+  });
+
   it('sr_delete refuses a non-empty SR, then deletes the VG once the VDIs are gone', async () => {
     await fault('sr_delete', 39, {}, full()); // SRNotEmpty
     for (const u of [...models.keys()]) await ok('vdi_delete', { vdi_uuid: u, vdi_location: u }, full());
