@@ -13,7 +13,7 @@
  *    catching up with the writes).
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { activate, deactivate } from '../helpers/live-load.js';
@@ -93,6 +93,8 @@ async function pauseCycles(ctx: Awaited<ReturnType<typeof makeSmEnv>>, w: World)
   }
   await l.stop();
   const pauses = pausesFromLog(readFileSync(ctx.smlog, 'utf8'), v);
+  // The whole SMlog kept for reading each pause's steps (the test root is removed at the end).
+  if (process.env.BENCH_LIVEGC_SMLOG) copyFileSync(ctx.smlog, process.env.BENCH_LIVEGC_SMLOG);
   if (process.env.BENCH_LIVEGC_LOG === '1') console.log(readFileSync(ctx.smlog, 'utf8').split('\n').filter((x) => /Live leaf|paused|Relinking|given up/.test(x)).join('\n'));
   report(`Live GC pauses: ${CYCLES} cycles of 2 snapshots deleted + sm-gc -g under QD${QD} 4 KiB random writes (${size / MiB} MiB VDI, File SR)`, [
     ['datapath pause, relink', p50max(pauses.relink)],
@@ -174,8 +176,9 @@ export async function runLiveGcBenchmarks(): Promise<void> {
     if (CYCLES > 0) await pauseCycles(ctx, w);
 
     // 2. Speed: the copy alone (the VDI idle), then under the same load.
-    // (BENCH_LIVEGC_SPEED=idle or loaded: that one only.)
+    // (BENCH_LIVEGC_SPEED=idle or loaded: that one only; none: the pauses only.)
     const speed = process.env.BENCH_LIVEGC_SPEED;
+    if (speed === 'none') return;
     if (speed !== 'loaded') await leafCoalesceSpeed(ctx, w, 'L1', false);
     if (speed !== 'idle') await leafCoalesceSpeed(ctx, w, 'L2', true);
   } finally {
