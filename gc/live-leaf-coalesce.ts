@@ -100,6 +100,15 @@ async function copyLive(ctx: GcContext, j: LeafJournal, record: WriteRecord): Pr
   log.info(`Live leaf-coalescing ${short(j.vdi)} into *${short(j.parent)} (the VDI stays active)`);
   const leafPath = repo.imagePath(j.vdi);
   if ((await openLive(leafPath, (l) => l.blockSize)) !== record.blockSize) return 'the datapath records writes in blocks of another size';
+  // P becomes the leaf the datapath reopens without a scan: no data under clear bits (left by a run
+  // killed mid-copy). Scrubbed first: the copies of this run set every bit they write under before
+  // they end, and the time is not spent between the last round and the pause, when writes pile up.
+  const p = await VhdImage.open(repo.imagePath(j.parent), true);
+  try {
+    await scrubUnmarkedSectors(p);
+  } finally {
+    await p.close();
+  }
   // Round 0: the whole leaf. Sectors written meanwhile are in the record; those in blocks whose
   // BAT entry was not on disk yet stay pending until it is.
   await copyRound(ctx, j, 0, undefined);
@@ -117,13 +126,6 @@ async function copyLive(ctx: GcContext, j: LeafJournal, record: WriteRecord): Pr
     }
     await copyRound(ctx, j, round, pending);
     faultPoint('live-leaf-round');
-  }
-  // P becomes the leaf the datapath reopens without a scan: no data under clear bits (left by a run killed mid-copy).
-  const p = await VhdImage.open(repo.imagePath(j.parent), true);
-  try {
-    await scrubUnmarkedSectors(p);
-  } finally {
-    await p.close();
   }
   return finalStep(ctx, j, record, pending);
 }
