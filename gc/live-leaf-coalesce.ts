@@ -89,9 +89,9 @@ interface WriteRecord {
   blockSize: number;
 }
 
-/** Sectors written since the last call (the datapath flushed them first). */
-async function writtenSince(r: WriteRecord): Promise<[number, number][]> {
-  return (await controlCall(r.control, { op: 'dirty-since', vdi: r.vdi, token: r.token })).written ?? [];
+/** Sectors written since the last call (every block named is in the leaf's on-disk BAT); `flush`: the leaf flushed in any case. */
+async function writtenSince(r: WriteRecord, flush = false): Promise<[number, number][]> {
+  return (await controlCall(r.control, { op: 'dirty-since', vdi: r.vdi, token: r.token, ...(flush ? { flush } : {}) })).written ?? [];
 }
 
 /** The rounds, then the final step; 'done', or why it stopped. */
@@ -194,8 +194,9 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
   return underSrLock(ctx, async () => {
     const why = (await abandonedMark(ctx, j)) ?? (await whyNot(ctx, j, true, true));
     if (why) return why;
-    // The pause then copies only what is written during this copy and its own flush.
-    pending.add(await writtenSince(record));
+    // The pause then copies only what is written during this copy and its own flush, which the
+    // flush asked for here keeps short (the rounds leave the leaf's writes to the page cache).
+    pending.add(await writtenSince(record, true));
     await copyRound(ctx, j, 'before the pause', pending);
     const outcome = await withServedPaused(repo, repo.uuid, [j.vdi], () => pausedSwap(ctx, j, record, pending), 'a live leaf-coalesce', [j.parent]); // P, written by the copy, becomes the leaf; what lies below it stays open
     if (outcome !== 'done') return outcome;

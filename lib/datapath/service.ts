@@ -176,12 +176,12 @@ export class DatapathService {
    * since the last flush is missing from the on-disk BAT the copy reads, and
    * then the leaf is flushed first (a paused device was flushed by its pause).
    * Under a steady load every block is allocated, and the flush, which waits
-   * behind the whole file's dirty pages, is skipped.
+   * behind the whole file's dirty pages, is skipped, unless `flush` asks for it.
    */
-  async writtenSince(vdi: string, token: string): Promise<SectorRuns> {
+  async writtenSince(vdi: string, token: string, flush = false): Promise<SectorRuns> {
     const s = this.require(vdi);
     const runs = s.written.since(token);
-    if (!s.device.paused && s.device.flush && s.chain.awaitsBat(blocksOf(runs, s.written.blockSize / 512))) await s.device.flush();
+    if (!s.device.paused && s.device.flush && (flush || s.chain.awaitsBat(blocksOf(runs, s.written.blockSize / 512)))) await s.device.flush();
     faultPoint('datapath-dirty-since');
     return runs;
   }

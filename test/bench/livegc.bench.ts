@@ -55,16 +55,22 @@ async function load(w: World, vdi: string, size: number) {
   };
 }
 
-/** The datapath's own pause figures from SMlog, by what the GC paused for (the line before each unpause says it). */
-function pausesFromLog(smlog: string, vdi: string): { relink: number[]; leaf: number[] } {
-  const out = { relink: [] as number[], leaf: [] as number[] };
+/**
+ * The datapath's own pause figures from SMlog, by what the GC paused for (the line before each unpause says it);
+ * `leaf` splits into the final steps that swapped and the pauses that gave up (too much written just before).
+ */
+function pausesFromLog(smlog: string, vdi: string): { relink: number[]; leaf: number[]; leafDone: number[]; leafGivenUp: number[] } {
+  const out = { relink: [] as number[], leaf: [] as number[], leafDone: [] as number[], leafGivenUp: [] as number[] };
   let kind: 'relink' | 'leaf' | undefined;
+  let swapped = false;
   for (const line of smlog.split('\n')) {
     if (line.includes(`SMGC:`) && line.includes(`VDI ${vdi}: datapath paused for a relink`)) kind = 'relink';
-    else if (line.includes(`SMGC:`) && line.includes(`VDI ${vdi}: datapath paused for a live leaf-coalesce`)) kind = 'leaf';
+    else if (line.includes(`SMGC:`) && line.includes(`VDI ${vdi}: datapath paused for a live leaf-coalesce`)) [kind, swapped] = ['leaf', false];
+    if (line.includes(`Live leaf-coalesce of ${vdi.slice(0, 8)}: final step (`)) swapped = true;
     const m = /SMGC: \[\d+\] VDI (\S+): datapath unpaused on \S+; paused (\d+) ms/.exec(line);
     if (m && m[1] === vdi && kind) {
       out[kind].push(Number(m[2]));
+      if (kind === 'leaf') (swapped ? out.leafDone : out.leafGivenUp).push(Number(m[2]));
       kind = undefined;
     }
   }
@@ -99,6 +105,8 @@ async function pauseCycles(ctx: Awaited<ReturnType<typeof makeSmEnv>>, w: World)
   report(`Live GC pauses: ${CYCLES} cycles of 2 snapshots deleted + sm-gc -g under QD${QD} 4 KiB random writes (${size / MiB} MiB VDI, File SR)`, [
     ['datapath pause, relink', p50max(pauses.relink)],
     ['datapath pause, final leaf-coalesce step', p50max(pauses.leaf)],
+    ['  of which the final step and swap', p50max(pauses.leafDone)],
+    ['  of which given up (too much written just before)', p50max(pauses.leafGivenUp)],
     ['slowest client write during each GC run', p50max(gcMax)],
     ['slowest client write, 2 s without GC (baseline)', `${quiet.toFixed(0)} ms`],
     ['writes completed', String(l.samples.length)],
