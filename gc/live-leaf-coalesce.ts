@@ -190,7 +190,7 @@ async function openLive<T>(path: string, fn: (image: VhdImage) => T): Promise<T>
  * held), and recovery finishes them after a crash.
  */
 async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors): Promise<'done' | string> {
-  const { repo, log } = ctx;
+  const { repo } = ctx;
   return underSrLock(ctx, async () => {
     const why = (await abandonedMark(ctx, j)) ?? (await whyNot(ctx, j, true, true));
     if (why) return why;
