@@ -61,8 +61,10 @@ async function settleParent(ctx: GcContext, j: CoalesceJournal): Promise<void> {
  * first: no image is left without its parent) and their records. Under the SR
  * lock, so no vdi_activate runs meanwhile (the established `relinking` /
  * `activating` exclusion): every VDI served here whose chain reads through X
- * (X's whole subtree, not only its children) is paused meanwhile, and its
- * datapath reopens its chain, now through P, at the unpause.
+ * (X's whole subtree, not only its children) is paused while the children are
+ * relinked, and its datapath reopens its chain, now through P, at the unpause.
+ * X's removal waits for the unpause: nobody reads through X any more then,
+ * and the journal, ended last, still redoes it after a crash.
  */
 async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> {
   const { nodes } = await ctx.repo.tree();
@@ -71,19 +73,19 @@ async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> 
   // and another host serving one refreshes its datapath before X goes (the established `_reload`).
   const db = ctx.toolstack;
   const tagged = db ? await tagRelinking(db, readers.filter((u) => nodes.get(u)?.hidden === false)) : new Map<string, string>();
-  const refreshElsewhere = async () => {
-    if (!db || tagged.size === 0) return;
-    try {
-      const refreshed = await relinked(db, tagged);
-      if (refreshed.length > 0) ctx.log.info(`Refreshed on the hosts serving them (VDI@host): ${refreshed.join(', ')}`);
-    } catch (err) {
-      ctx.log.warn(`XenAPI: relinking tags not cleared (${(err as Error).message})`);
-    }
-  };
-  await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], () =>
+  await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], async () => {
     // The relinked children and P (written by the copy) are opened again; the rest stays open.
-    withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkHeld(ctx, j, refreshElsewhere), 'a relink', [...j.children, j.parent]),
-  );
+    await withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkChildren(ctx, j), 'a relink', [...j.children, j.parent]);
+    if (db && tagged.size > 0) {
+      try {
+        const refreshed = await relinked(db, tagged);
+        if (refreshed.length > 0) ctx.log.info(`Refreshed on the hosts serving them (VDI@host): ${refreshed.join(', ')}`);
+      } catch (err) {
+        ctx.log.warn(`XenAPI: relinking tags not cleared (${(err as Error).message})`);
+      }
+    }
+    await removeCoalesced(ctx, j);
+  });
 }
 
 /** Every image below `top` (whatever reads through it). */
@@ -98,9 +100,10 @@ function subtreeOf(nodes: Nodes, top: string): string[] {
   return out;
 }
 
-/** `afterRelink`: once every child names P, before X goes (other hosts still reading through X reopen first). */
-async function relinkHeld(ctx: GcContext, j: RelinkJournal, afterRelink: () => Promise<void>): Promise<void> {
+/** The readers paused: every child of X names P (a child relinked before a crash is left as it is). */
+async function relinkChildren(ctx: GcContext, j: RelinkJournal): Promise<void> {
   const { repo, log } = ctx;
+  const started = Date.now();
   log.info(`Relinking ${j.children.length} children of ${short(j.vdi)} onto ${short(j.parent)}`);
   for (const child of j.children) {
     if (!(await repo.backend.hasImage(child))) continue;
@@ -110,7 +113,12 @@ async function relinkHeld(ctx: GcContext, j: RelinkJournal, afterRelink: () => P
     faultPoint('relink-child');
   }
   faultPoint('relink-done');
-  await afterRelink();
+  log.info(`Relinked onto ${short(j.parent)} in ${Date.now() - started} ms (readers paused)`);
+}
+
+/** After the unpause (other hosts reading through X reopened first): X and the rest of its run go, then the journal. */
+async function removeCoalesced(ctx: GcContext, j: RelinkJournal): Promise<void> {
+  const { repo, log } = ctx;
   const removes = j.removes ?? [j.vdi];
   await repo.backend.discardImages(removes);
   faultPoint('coalesced-discarded');

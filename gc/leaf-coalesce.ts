@@ -63,14 +63,24 @@ async function mergeAndSwap(ctx: GcContext, j: LeafJournal): Promise<'done' | 's
 /**
  * Under the SR lock, the parent (holding every sector of the leaf) becomes the
  * VDI: unhidden, it takes the leaf's name (the leaf is discarded), and its own
- * record goes. Shared by the offline and the live leaf-coalesce.
+ * record goes. The offline leaf-coalesce; the live one runs the same steps
+ * around its final copy, with the datapath paused only for what needs it.
  */
 export async function swapIntoParent(ctx: GcContext, j: LeafJournal): Promise<void> {
-  const { repo } = ctx;
-  await setImageHidden(repo.imagePath(j.parent), false);
+  await setImageHidden(ctx.repo.imagePath(j.parent), false);
   faultPoint('leaf-unhidden');
-  await repo.backend.replaceImage(j.parent, j.vdi);
+  await renameIntoLeaf(ctx, j);
+  await finishSwap(ctx, j);
+}
+
+/** P takes L's name (L is discarded): from here on, recovery completes the swap instead of undoing it. */
+export async function renameIntoLeaf(ctx: GcContext, j: LeafJournal): Promise<void> {
+  await ctx.repo.backend.replaceImage(j.parent, j.vdi);
   faultPoint('leaf-renamed');
+}
+
+/** After the rename: P's record goes and the journal ends (what recovery finishes after a crash). */
+export async function finishSwap(ctx: GcContext, j: LeafJournal): Promise<void> {
   await finish(ctx, j);
   ctx.stats.leafCoalesced++;
 }

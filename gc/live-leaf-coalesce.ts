@@ -6,7 +6,7 @@
  * which blocks clients write (track-start, dirty-since), and each round copies
  * again only those, until what is left is small; then, under the SR lock, L's
  * datapath is paused, the rest is copied, P takes L's place as the offline
- * leaf-coalesce does (swapIntoParent), and the datapath is unpaused on it.
+ * leaf-coalesce does (unhidden, renamed to L), and the datapath is unpaused on it.
  *
  * A VDI written faster than the copy keeps it going round: after a bounded
  * number of rounds the GC gives up (P only gained copies of L's blocks) and
@@ -22,11 +22,11 @@ import { servedHere, withServedPaused } from '../lib/sr/datapath.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
 import { datapathControlPath } from '../lib/sr/paths.js';
-import { scrubUnmarkedSectors, VhdImage } from '../lib/vhd/index.js';
+import { coalesceChainInto, scrubUnmarkedSectors, setImageHidden, VhdImage, type CoalesceResult } from '../lib/vhd/index.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
 import { WrittenSectors } from './written-sectors.js';
-import { abandonedMark, swapIntoParent, whyNot } from './leaf-coalesce.js';
+import { abandonedMark, finishSwap, renameIntoLeaf, whyNot } from './leaf-coalesce.js';
 import { short } from './gc-log.js';
 
 type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
@@ -71,8 +71,12 @@ export async function liveLeafCoalesce(ctx: GcContext, leaf: string, parent: str
     // Swapped, then something failed (the unpause: a datapath that died is cleaned up by the next verb on the VDI).
     if (outcome === 'done' || !(await repo.backend.hasImage(parent))) return 'done';
     log.info(`Live leaf-coalesce of ${short(leaf)} given up: ${outcome}`);
-    // P, still hidden, only gained copies of L's blocks, which L covers: the chain reads the same.
-    await underSrLock(ctx, () => endJournal(repo.backend, j));
+    // P only gained copies of L's blocks, which L covers: the chain reads the same. The final step
+    // unhides P just before its copy; a failure there leaves it to hide again (the journal stays until it is).
+    await underSrLock(ctx, async () => {
+      await setImageHidden(repo.imagePath(parent), true);
+      await endJournal(repo.backend, j);
+    });
     await controlCall(control, { op: 'track-stop', vdi: leaf }).catch(() => undefined);
     return 'skipped';
   });
@@ -85,9 +89,9 @@ interface WriteRecord {
   blockSize: number;
 }
 
-/** Sectors written since the last call (the datapath flushed them first). */
-async function writtenSince(r: WriteRecord): Promise<[number, number][]> {
-  return (await controlCall(r.control, { op: 'dirty-since', vdi: r.vdi, token: r.token })).written ?? [];
+/** Sectors written since the last call (every block named is in the leaf's on-disk BAT); `flush`: the leaf flushed in any case. */
+async function writtenSince(r: WriteRecord, flush = false): Promise<[number, number][]> {
+  return (await controlCall(r.control, { op: 'dirty-since', vdi: r.vdi, token: r.token, ...(flush ? { flush } : {}) })).written ?? [];
 }
 
 /** The rounds, then the final step; 'done', or why it stopped. */
@@ -96,6 +100,15 @@ async function copyLive(ctx: GcContext, j: LeafJournal, record: WriteRecord): Pr
   log.info(`Live leaf-coalescing ${short(j.vdi)} into *${short(j.parent)} (the VDI stays active)`);
   const leafPath = repo.imagePath(j.vdi);
   if ((await openLive(leafPath, (l) => l.blockSize)) !== record.blockSize) return 'the datapath records writes in blocks of another size';
+  // P becomes the leaf the datapath reopens without a scan: no data under clear bits (left by a run
+  // killed mid-copy). Scrubbed first: the copies of this run set every bit they write under before
+  // they end, and the time is not spent between the last round and the pause, when writes pile up.
+  const p = await VhdImage.open(repo.imagePath(j.parent), true);
+  try {
+    await scrubUnmarkedSectors(p);
+  } finally {
+    await p.close();
+  }
   // Round 0: the whole leaf. Sectors written meanwhile are in the record; those in blocks whose
   // BAT entry was not on disk yet stay pending until it is.
   await copyRound(ctx, j, 0, undefined);
@@ -114,18 +127,11 @@ async function copyLive(ctx: GcContext, j: LeafJournal, record: WriteRecord): Pr
     await copyRound(ctx, j, round, pending);
     faultPoint('live-leaf-round');
   }
-  // P becomes the leaf the datapath reopens without a scan: no data under clear bits (left by a run killed mid-copy).
-  const p = await VhdImage.open(repo.imagePath(j.parent), true);
-  try {
-    await scrubUnmarkedSectors(p);
-  } finally {
-    await p.close();
-  }
   return finalStep(ctx, j, record, pending);
 }
 
 /** One round: the pending sectors in blocks the leaf's on-disk BAT has are copied and leave `pending` (the whole leaf when absent). */
-async function copyRound(ctx: GcContext, j: LeafJournal, round: number, pending: WrittenSectors | undefined): Promise<void> {
+async function copyRound(ctx: GcContext, j: LeafJournal, round: number | string, pending: WrittenSectors | undefined): Promise<void> {
   const what = `Live leaf-coalesce of ${short(j.vdi)}, round ${round}`;
   let sectors: Map<number, Uint8Array> | undefined;
   if (pending) {
@@ -176,30 +182,67 @@ async function openLive<T>(path: string, fn: (image: VhdImage) => T): Promise<T>
 }
 
 /**
- * Under the SR lock, the datapath paused: the last blocks written are copied,
- * P takes L's place, and the datapath is unpaused on it (withServedPaused
- * logs how long it was paused).
+ * Under the SR lock: what was written since the last round is copied once
+ * more with the clients running, then the datapath is paused, the last
+ * blocks written are copied, P takes L's name, and the datapath is unpaused
+ * on it (withServedPaused logs how long it was paused). P's record and the
+ * journal go after the unpause: nothing reads them meanwhile (the SR lock is
+ * held), and recovery finishes them after a crash.
  */
 async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors): Promise<'done' | string> {
-  const { repo, log } = ctx;
+  const { repo } = ctx;
   return underSrLock(ctx, async () => {
     const why = (await abandonedMark(ctx, j)) ?? (await whyNot(ctx, j, true, true));
     if (why) return why;
-    return withServedPaused(repo, repo.uuid, [j.vdi], async () => {
-      const started = Date.now();
-      faultPoint('live-leaf-paused');
-      // Paused: the datapath flushed and settled the leaf, so every write acknowledged is in the record or already copied.
-      pending.add(await writtenSince(record));
-      if (pending.bytes > 2 * FINAL_BYTES) {
-        return `${(pending.bytes / MiB).toFixed(1)} MiB were written just before the pause, more than a pause may copy; the next run tries again`;
-      }
-      const blocks = pending.blocks.size;
-      // Every block named is in the leaf's on-disk BAT now (the pause flushed it); a block it lacks holds nothing to copy.
-      const r = await copyIntoParent(ctx, [j.vdi], j.parent, `Live leaf-coalesce of ${short(j.vdi)}, final step`, pending.take(() => true));
-      faultPoint('live-leaf-final-copied');
-      await swapIntoParent(ctx, j);
-      log.info(`Live leaf-coalesce of ${short(j.vdi)}: final step (${(r.bytesCopied / MiB).toFixed(1)} MiB in ${blocks} blocks) and swap took ${Date.now() - started} ms paused`);
-      return 'done' as const;
-    }, 'a live leaf-coalesce', [j.parent]); // P, written by the copy, becomes the leaf; what lies below it stays open
+    // The pause then copies only what is written during this copy and its own flush, which the
+    // flush asked for here keeps short (the rounds leave the leaf's writes to the page cache).
+    pending.add(await writtenSince(record, true));
+    await copyRound(ctx, j, 'before the pause', pending);
+    const outcome = await withServedPaused(repo, repo.uuid, [j.vdi], () => pausedSwap(ctx, j, record, pending), 'a live leaf-coalesce', [j.parent]); // P, written by the copy, becomes the leaf; what lies below it stays open
+    if (outcome !== 'done') return outcome;
+    faultPoint('live-leaf-unpaused');
+    await finishSwap(ctx, j);
+    return outcome;
   });
+}
+
+/** The datapath paused: the rest copied, P unhidden and renamed to L's name. */
+async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors): Promise<'done' | string> {
+  const { repo, log } = ctx;
+  const started = Date.now();
+  faultPoint('live-leaf-paused');
+  // Paused: the datapath flushed and settled the leaf, so every write acknowledged is in the record or already copied.
+  pending.add(await writtenSince(record));
+  const asked = Date.now();
+  if (pending.bytes > 2 * FINAL_BYTES) {
+    return `${(pending.bytes / MiB).toFixed(1)} MiB were written just before the pause, more than a pause may copy; the next run tries again`;
+  }
+  const blocks = pending.blocks.size;
+  // Unhidden before the copy, whose barrier makes the footer durable with the blocks (a crash before the rename hides P again).
+  await setImageHidden(repo.imagePath(j.parent), false, { sync: blocks === 0 });
+  faultPoint('leaf-unhidden');
+  const unhidden = Date.now();
+  // Every block named is in the leaf's on-disk BAT now (the pause flushed it); a block it lacks holds nothing to copy.
+  const r = blocks > 0 ? await finalCopy(ctx, j, pending.take(() => true)) : { bytesCopied: 0 };
+  faultPoint('live-leaf-final-copied');
+  const copied = Date.now();
+  await renameIntoLeaf(ctx, j);
+  const ms = (a: number, b: number) => `${b - a} ms`;
+  log.info(
+    `Live leaf-coalesce of ${short(j.vdi)}: final step (${(r.bytesCopied / MiB).toFixed(1)} MiB in ${blocks} blocks) and swap took ${Date.now() - started} ms paused ` +
+      `(writes asked ${ms(started, asked)}, unhidden ${ms(asked, unhidden)}, copied ${ms(unhidden, copied)}, renamed ${ms(copied, Date.now())})`,
+  );
+  return 'done';
+}
+
+/**
+ * The copy while paused, straight into P: the rounds already gave P its size
+ * and room (the SR lock keeps them), and the rest of the SR waits.
+ */
+async function finalCopy(ctx: GcContext, j: LeafJournal, sectors: Map<number, Uint8Array>): Promise<CoalesceResult> {
+  const r = await coalesceChainInto([ctx.repo.imagePath(j.vdi)], ctx.repo.imagePath(j.parent), { sectors, signal: ctx.signal });
+  ctx.stats.bytesCopied += r.bytesCopied;
+  ctx.stats.copyMs += r.elapsedMs;
+  ctx.log.info(`Live leaf-coalesce of ${short(j.vdi)}, final step: copied ${r.sectors} sectors (${(r.bytesCopied / MiB).toFixed(1)} MiB) in ${r.elapsedMs} ms`);
+  return r;
 }

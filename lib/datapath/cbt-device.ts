@@ -28,7 +28,7 @@ import { openVhdDevice, type VhdDevice } from './vhd-device.js';
  * the chain opened after the pause may take its images over, and release()
  * closes the rest.
  */
-export type ServedDevice = BlockDevice & Pick<VhdDevice, 'settle' | 'release' | 'abandon' | 'images'>;
+export type ServedDevice = BlockDevice & Pick<VhdDevice, 'settle' | 'release' | 'abandon' | 'images' | 'awaitsBat'>;
 
 export class CbtDevice extends PassthroughDevice {
   /** Bytes of the bitmap changed since the last write to the file, [lo, hi). */
@@ -80,6 +80,10 @@ export class CbtDevice extends PassthroughDevice {
 
   get images(): readonly VhdImage[] {
     return this.chain.images;
+  }
+
+  awaitsBat(blocks: Iterable<number>): boolean {
+    return this.chain.awaitsBat(blocks);
   }
 
   /**

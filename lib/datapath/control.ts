@@ -26,8 +26,11 @@ export type ControlRequest =
   | { op: 'unpause'; vdi: string; path: string; scrubbed?: boolean; cbtlog?: string; reuse?: { except: string[] } }
   /** Start recording which blocks clients write (durable first: see DatapathService.trackWrites). */
   | { op: 'track-start'; vdi: string }
-  /** The sectors written since track-start or the previous dirty-since of that `token`, as [first sector, count] runs. */
-  | { op: 'dirty-since'; vdi: string; token: string }
+  /**
+   * The sectors written since track-start or the previous dirty-since of that `token`, as [first sector, count] runs.
+   * `flush`: the leaf flushed whatever the blocks named (a pause follows, whose own flush then has less to write).
+   */
+  | { op: 'dirty-since'; vdi: string; token: string; flush?: boolean }
   | { op: 'track-stop'; vdi: string }
   | { op: 'list' };
 

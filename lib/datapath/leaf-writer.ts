@@ -50,6 +50,11 @@ export class LeafWriter {
     return this.zeros;
   }
 
+  /** Whether block `block` was allocated since the last flush: its BAT entry is in memory only. */
+  awaitsBat(block: number): boolean {
+    return this.unpersisted.has(block);
+  }
+
   /** Writes `data` at virtual byte `offset` (any alignment; the caller checked the range). */
   async write(data: Buffer, offset: number): Promise<void> {
     const blockSize = this.leaf.blockSize;

@@ -169,13 +169,21 @@ export class DatapathService {
     return { token, blockSize: s.written.blockSize };
   }
 
-  /** The sectors written since `trackWrites` or the previous call; recording goes on. */
-  async writtenSince(vdi: string, token: string): Promise<SectorRuns> {
+  /**
+   * The sectors written since `trackWrites` or the previous call; recording
+   * goes on. Every write named has completed, so its data and bitmap are in
+   * the page cache another reader of the file sees; only a block allocated
+   * since the last flush is missing from the on-disk BAT the copy reads, and
+   * then the leaf is flushed first (a paused device was flushed by its pause).
+   * Under a steady load every block is allocated, and the flush, which waits
+   * behind the whole file's dirty pages, is skipped, unless `flush` asks for it.
+   */
+  async writtenSince(vdi: string, token: string, flush = false): Promise<SectorRuns> {
     const s = this.require(vdi);
-    // Durable first, so the blocks named are in the on-disk BAT the copy reads (a paused device was flushed by its pause).
-    if (!s.device.paused && s.device.flush) await s.device.flush();
+    const runs = s.written.since(token);
+    if (!s.device.paused && s.device.flush && (flush || s.chain.awaitsBat(blocksOf(runs, s.written.blockSize / 512)))) await s.device.flush();
     faultPoint('datapath-dirty-since');
-    return s.written.since(token);
+    return runs;
   }
 
   /** Recording stops. */
@@ -217,6 +225,13 @@ export class DatapathService {
       warn: (m) => this.log.warn(`datapath: VDI ${vdi}: ${m}`),
       error: (m) => this.log.error(`datapath: VDI ${vdi}: ${m}`),
     };
+  }
+}
+
+/** The blocks of `sectorsPerBlock` sectors that runs of sectors touch. */
+function* blocksOf(runs: SectorRuns, sectorsPerBlock: number): Generator<number> {
+  for (const [first, count] of runs) {
+    for (let b = Math.floor(first / sectorsPerBlock); b <= Math.floor((first + count - 1) / sectorsPerBlock); b++) yield b;
   }
 }
 

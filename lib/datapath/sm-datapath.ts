@@ -113,7 +113,7 @@ async function main(argv: string[]): Promise<number> {
       case 'track-start':
         return { ...ok, ...(await service.trackWrites(req.vdi)) };
       case 'dirty-since':
-        return { ...ok, written: await service.writtenSince(req.vdi, req.token) };
+        return { ...ok, written: await service.writtenSince(req.vdi, req.token, req.flush === true) };
       case 'track-stop':
         service.untrackWrites(req.vdi);
         return ok;

@@ -60,6 +60,16 @@ export class VhdDevice implements BlockDevice {
     return this.chain.images.map((i) => i.path);
   }
 
+  /**
+   * Whether any of `blocks` is allocated in the leaf but not yet in its
+   * on-disk BAT (a flush writes it): what another reader of the file cannot
+   * see yet. Never, read-only.
+   */
+  awaitsBat(blocks: Iterable<number>): boolean {
+    void blocks;
+    return false;
+  }
+
   /** The open images, leaf first: what a chain opened after a pause may take over (see release). */
   get images(): readonly VhdImage[] {
     return this.chain.images;
@@ -159,6 +169,11 @@ export class VhdDevice implements BlockDevice {
 export class WritableVhdDevice extends VhdDevice {
   readonly nativeFua = true;
   private readonly writer: LeafWriter;
+
+  override awaitsBat(blocks: Iterable<number>): boolean {
+    for (const b of blocks) if (this.writer.awaitsBat(b)) return true;
+    return false;
+  }
 
   private constructor(chain: VhdChain) {
     super(chain);

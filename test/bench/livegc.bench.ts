@@ -13,7 +13,7 @@
  *    catching up with the writes).
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { activate, deactivate } from '../helpers/live-load.js';
@@ -55,16 +55,22 @@ async function load(w: World, vdi: string, size: number) {
   };
 }
 
-/** The datapath's own pause figures from SMlog, by what the GC paused for (the line before each unpause says it). */
-function pausesFromLog(smlog: string, vdi: string): { relink: number[]; leaf: number[] } {
-  const out = { relink: [] as number[], leaf: [] as number[] };
+/**
+ * The datapath's own pause figures from SMlog, by what the GC paused for (the line before each unpause says it);
+ * `leaf` splits into the final steps that swapped and the pauses that gave up (too much written just before).
+ */
+function pausesFromLog(smlog: string, vdi: string): { relink: number[]; leaf: number[]; leafDone: number[]; leafGivenUp: number[] } {
+  const out = { relink: [] as number[], leaf: [] as number[], leafDone: [] as number[], leafGivenUp: [] as number[] };
   let kind: 'relink' | 'leaf' | undefined;
+  let swapped = false;
   for (const line of smlog.split('\n')) {
     if (line.includes(`SMGC:`) && line.includes(`VDI ${vdi}: datapath paused for a relink`)) kind = 'relink';
-    else if (line.includes(`SMGC:`) && line.includes(`VDI ${vdi}: datapath paused for a live leaf-coalesce`)) kind = 'leaf';
+    else if (line.includes(`SMGC:`) && line.includes(`VDI ${vdi}: datapath paused for a live leaf-coalesce`)) [kind, swapped] = ['leaf', false];
+    if (line.includes(`Live leaf-coalesce of ${vdi.slice(0, 8)}: final step (`)) swapped = true;
     const m = /SMGC: \[\d+\] VDI (\S+): datapath unpaused on \S+; paused (\d+) ms/.exec(line);
     if (m && m[1] === vdi && kind) {
       out[kind].push(Number(m[2]));
+      if (kind === 'leaf') (swapped ? out.leafDone : out.leafGivenUp).push(Number(m[2]));
       kind = undefined;
     }
   }
@@ -93,10 +99,14 @@ async function pauseCycles(ctx: Awaited<ReturnType<typeof makeSmEnv>>, w: World)
   }
   await l.stop();
   const pauses = pausesFromLog(readFileSync(ctx.smlog, 'utf8'), v);
+  // The whole SMlog kept for reading each pause's steps (the test root is removed at the end).
+  if (process.env.BENCH_LIVEGC_SMLOG) copyFileSync(ctx.smlog, process.env.BENCH_LIVEGC_SMLOG);
   if (process.env.BENCH_LIVEGC_LOG === '1') console.log(readFileSync(ctx.smlog, 'utf8').split('\n').filter((x) => /Live leaf|paused|Relinking|given up/.test(x)).join('\n'));
   report(`Live GC pauses: ${CYCLES} cycles of 2 snapshots deleted + sm-gc -g under QD${QD} 4 KiB random writes (${size / MiB} MiB VDI, File SR)`, [
     ['datapath pause, relink', p50max(pauses.relink)],
     ['datapath pause, final leaf-coalesce step', p50max(pauses.leaf)],
+    ['  of which the final step and swap', p50max(pauses.leafDone)],
+    ['  of which given up (too much written just before)', p50max(pauses.leafGivenUp)],
     ['slowest client write during each GC run', p50max(gcMax)],
     ['slowest client write, 2 s without GC (baseline)', `${quiet.toFixed(0)} ms`],
     ['writes completed', String(l.samples.length)],
@@ -174,8 +184,9 @@ export async function runLiveGcBenchmarks(): Promise<void> {
     if (CYCLES > 0) await pauseCycles(ctx, w);
 
     // 2. Speed: the copy alone (the VDI idle), then under the same load.
-    // (BENCH_LIVEGC_SPEED=idle or loaded: that one only.)
+    // (BENCH_LIVEGC_SPEED=idle or loaded: that one only; none: the pauses only.)
     const speed = process.env.BENCH_LIVEGC_SPEED;
+    if (speed === 'none') return;
     if (speed !== 'loaded') await leafCoalesceSpeed(ctx, w, 'L1', false);
     if (speed !== 'idle') await leafCoalesceSpeed(ctx, w, 'L2', true);
   } finally {

@@ -67,7 +67,7 @@ test('live leaf-coalesce: the collector killed at each step (rounds, paused, mid
   const ctx = await makeSmEnv();
   const w = await World.open(ctx);
   try {
-    const points = ['leaf-journaled', 'live-leaf-round', 'live-leaf-round:2', 'live-leaf-paused', 'live-leaf-final-copied', 'leaf-unhidden', 'leaf-renamed'];
+    const points = ['leaf-journaled', 'live-leaf-round', 'live-leaf-round:2', 'live-leaf-paused', 'leaf-unhidden', 'live-leaf-final-copied', 'leaf-renamed', 'live-leaf-unpaused'];
     for (const [round, point] of points.entries()) await killAt(t, w, point, round);
   } finally {
     await w.close();
