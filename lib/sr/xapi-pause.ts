@@ -97,9 +97,11 @@ export async function withPaused<T>(db: ToolstackDb, uuid: string, vdiRef: strin
   try {
     result = await fn();
   } catch (err) {
+    db.dropPausedSmConfig(ref);
     await unpause(db, uuid, ref, hosts, failfast).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
     throw err;
   }
+  db.dropPausedSmConfig(ref);
   await unpause(db, uuid, ref, hosts, failfast);
   return result;
 }
@@ -140,7 +142,9 @@ async function pause(db: ToolstackDb, uuid: string, ref: string, failfast = fals
   await db.xapi.vdiAddToSmConfig(ref, 'paused', 'true'); // MAP_DUPLICATE_KEY: paused by someone else, the verb fails
   const paused: string[] = [];
   try {
-    for (const host of otherHostsOf(db, await db.xapi.vdiSmConfig(ref))) {
+    const smConfig = await db.xapi.vdiSmConfig(ref);
+    db.notePausedSmConfig(ref, smConfig);
+    for (const host of otherHostsOf(db, smConfig)) {
       const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'pause', pluginArgs(db, uuid, failfast));
       if (answer !== 'True') throw new XapiPluginFailure(`failed to pause VDI ${uuid} on host ${host}: the plugin answered ${JSON.stringify(answer)}`);
       paused.push(host);
@@ -148,6 +152,7 @@ async function pause(db: ToolstackDb, uuid: string, ref: string, failfast = fals
     getLog().info(`XenAPI: VDI ${uuid} paused${paused.length ? ` (and on hosts ${paused.join(', ')})` : ''}`);
     return paused;
   } catch (err) {
+    db.dropPausedSmConfig(ref);
     await unpause(db, uuid, ref, paused).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
     throw err;
   }

@@ -42,6 +42,16 @@ export class ToolstackDb {
   private srRefMemo: Promise<string> | undefined;
   /** VDI refs looked up during this call: a ref never changes while the record lives, and only this SM forgets ours. */
   private readonly refs = new Map<string, string>();
+  /** Lookups of VDI refs in flight (a prefetch the verb awaits later). */
+  private readonly refLookups = new Map<string, Promise<string | undefined>>();
+  /** xapi's SR virtual_allocation read ahead (prefetch), for the one size update of this verb. */
+  private allocationAhead: Promise<number> | undefined;
+  /**
+   * A VDI's sm_config as read right after this verb set `paused` on it
+   * (xapi-pause.ts): under the SR lock and paused, nothing else changes the
+   * keys the record's update compares, so that update needs no read of its own.
+   */
+  private readonly smConfigWhilePaused = new Map<string, Record<string, string>>();
 
   constructor(
     readonly xapi: XapiSession,
@@ -58,6 +68,41 @@ export class ToolstackDb {
   srRef(): Promise<string> {
     this.srRefMemo ??= this.given.srRef ? Promise.resolve(this.given.srRef) : this.xapi.srByUuid(this.srUuid);
     return this.srRefMemo;
+  }
+
+  /**
+   * Reads that do not depend on what the verb does go out at its start, while
+   * it works on the images: a driver is a fresh process per call, and its
+   * first XenAPI call (connecting, the client's code run for the first time)
+   * is the slowest, so it is paid behind the disk work instead of after it.
+   * `vdi`: the ref of the VDI the verb changes; `allocation`: the SR's
+   * virtual_allocation, which the verb's size update adds its change to.
+   * Called under the SR lock: no other verb changes those until the verb ends.
+   * A failure here surfaces where the verb uses the value, as it would have
+   * without the prefetch.
+   */
+  prefetch(what: { vdi?: { uuid: string; ref?: string | undefined }; allocation?: boolean }): void {
+    if (what.vdi && !what.vdi.ref) quiet(this.refOf(what.vdi.uuid));
+    if (what.allocation) {
+      this.allocationAhead = this.srRef().then((sr) => this.xapi.srVirtualAllocation(sr));
+      quiet(this.allocationAhead);
+    }
+  }
+
+  /** xapi's SR virtual_allocation: the one read ahead if there is one (used once: the update changes it), else read now. */
+  private async allocationNow(sr: string): Promise<number> {
+    const ahead = this.allocationAhead;
+    this.allocationAhead = undefined;
+    return ahead ?? this.xapi.srVirtualAllocation(sr);
+  }
+
+  /** See smConfigWhilePaused: noted by the pause, dropped when the VDI is unpaused. */
+  notePausedSmConfig(ref: string, smConfig: Record<string, string>): void {
+    this.smConfigWhilePaused.set(ref, smConfig);
+  }
+
+  dropPausedSmConfig(ref: string): void {
+    this.smConfigWhilePaused.delete(ref);
   }
 
   // ------------------------------------------------------------ reading our side
@@ -123,12 +168,21 @@ export class ToolstackDb {
   async refOf(uuid: string, given?: string): Promise<string | undefined> {
     const known = given ?? this.refs.get(uuid);
     if (known) return known;
-    const ref = await this.xapi.vdiByUuid(uuid).catch((err: unknown) => {
-      if (isGone(err)) return undefined;
-      throw err;
-    });
-    if (ref) this.refs.set(uuid, ref);
-    return ref;
+    const inFlight = this.refLookups.get(uuid);
+    if (inFlight) return inFlight;
+    const lookup = this.xapi
+      .vdiByUuid(uuid)
+      .catch((err: unknown) => {
+        if (isGone(err)) return undefined;
+        throw err;
+      })
+      .then((ref) => {
+        if (ref) this.refs.set(uuid, ref);
+        return ref;
+      })
+      .finally(() => this.refLookups.delete(uuid));
+    this.refLookups.set(uuid, lookup);
+    return lookup;
   }
 
   /** `db_forget`; a VDI xapi already lost is fine (the established `forget_vdi` ignores it too). */
@@ -149,22 +203,26 @@ export class ToolstackDb {
    */
   async update(ref: string, view: VdiView, current?: XapiVdiRecord): Promise<boolean> {
     if (current && inStep(view, current)) return false;
+    const known = current ? (current.sm_config ?? {}) : this.smConfigWhilePaused.get(ref);
+    this.smConfigWhilePaused.delete(ref); // this update changes it
     // Each call writes a field of its own: they go out together, the sm_config keys in their order (removed, then added).
-    const [have] = await allSettledOrThrow([
-      current ? Promise.resolve(current.sm_config ?? {}) : this.xapi.vdiSmConfig(ref),
+    const setters = [
       this.xapi.vdiSetVirtualSize(ref, view.virtualSize),
       this.xapi.vdiSetPhysicalUtilisation(ref, view.physicalSize),
       this.xapi.vdiSetReadOnly(ref, view.readOnly),
       this.xapi.vdiSetCbtEnabled(ref, false),
-    ] as const);
+    ];
+    const have = known ?? (await allSettledOrThrow([this.xapi.vdiSmConfig(ref), ...setters] as const))[0];
     const want = smConfigOf(view);
     const stale = OWNED.filter((key) => have[key] !== undefined && have[key] !== want[key]);
-    await allSettledOrThrow(stale.map((key) => this.xapi.vdiRemoveFromSmConfig(ref, key)));
     const missing = Object.entries(want).filter(([key, value]) => {
       if (have[key] === value) return false;
       return have[key] === undefined || (OWNED as readonly string[]).includes(key); // a key not ours is never changed
     });
-    await allSettledOrThrow(missing.map(([key, value]) => this.xapi.vdiAddToSmConfig(ref, key, value)));
+    const add = () => missing.map(([key, value]) => this.xapi.vdiAddToSmConfig(ref, key, value));
+    // A key is added only once its stale value is removed; with nothing to remove, the adds go with the setters.
+    await allSettledOrThrow([...(known ? setters : []), ...stale.map((key) => this.xapi.vdiRemoveFromSmConfig(ref, key)), ...(stale.length === 0 ? add() : [])]);
+    if (stale.length > 0) await allSettledOrThrow(add());
     return true;
   }
 
@@ -176,14 +234,19 @@ export class ToolstackDb {
    * established SM does for a snapshot not mirrored elsewhere.
    */
   async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string): Promise<void> {
-    const [leaf, ref] = await Promise.all([this.viewOf(repo, vdi), this.refOf(vdi, vdiRef)]);
-    const made = snap === leaf.parent ? [snap] : [snap, ...(leaf.parent ? [leaf.parent] : [])];
-    const views = await Promise.all(made.map((uuid) => this.viewOf(repo, uuid)));
-    // The new records do not depend on each other, nor on the VDI's own record or the SR's: all go out together.
+    // The new records do not depend on each other, nor on the VDI's own record or the SR's: each call goes
+    // out as soon as what it says has been read from disk, none waits for the others.
+    const ref = this.refOf(vdi, vdiRef);
+    const leaf = this.viewOf(repo, vdi);
+    const snapView = this.viewOf(repo, snap);
+    const base = leaf.then((l) => (l.parent && l.parent !== snap ? this.viewOf(repo, l.parent) : undefined));
+    const introduced = (view: Promise<VdiView | undefined>) =>
+      Promise.all([view, ref]).then(([v, r]) => (v ? this.introduce(v, v.record.snapshot_of === vdi ? r : undefined) : undefined));
     await allSettledOrThrow([
-      ...views.map((view) => this.introduce(view, view.record.snapshot_of === vdi ? ref : undefined)),
-      ...(ref ? [this.update(ref, leaf), this.xapi.vdiRemoveFromOtherConfig(ref, 'leaf-coalesce')] : []),
-      this.updateSr(repo, { delta: views[0]!.virtualSize }),
+      introduced(snapView),
+      introduced(base),
+      Promise.all([ref, leaf]).then(([r, l]) => (r ? allSettledOrThrow([this.update(r, l), this.xapi.vdiRemoveFromOtherConfig(r, 'leaf-coalesce')]) : undefined)),
+      snapView.then((v) => this.updateSr(repo, { delta: v.virtualSize })),
     ]);
   }
 
@@ -195,6 +258,7 @@ export class ToolstackDb {
   async parentChanged(uuid: string, parent: string | undefined): Promise<void> {
     const ref = await this.refOf(uuid);
     if (!ref) return;
+    this.smConfigWhilePaused.delete(ref);
     await this.xapi.vdiRemoveFromSmConfig(ref, 'vhd-parent');
     if (parent) await this.xapi.vdiAddToSmConfig(ref, 'vhd-parent', parent);
   }
@@ -207,7 +271,7 @@ export class ToolstackDb {
   async updateSr(repo: Repository, allocation: { delta: number } | { total: number }): Promise<void> {
     const sr = await this.srRef();
     const [valloc, { free, total }] = await Promise.all([
-      'total' in allocation ? allocation.total : this.xapi.srVirtualAllocation(sr).then((v) => v + allocation.delta),
+      'total' in allocation ? allocation.total : this.allocationNow(sr).then((v) => v + allocation.delta),
       repo.backend.space(),
     ]);
     await allSettledOrThrow([
@@ -320,6 +384,11 @@ function inStep(view: VdiView, rec: XapiVdiRecord): boolean {
   const have = rec.sm_config ?? {};
   for (const key of OWNED) if (have[key] !== want[key]) return false;
   return Object.entries(want).every(([k, v]) => have[k] === v);
+}
+
+/** A read started ahead: its failure is seen where it is awaited, never as an unhandled rejection. */
+function quiet(read: Promise<unknown>): void {
+  read.catch(() => undefined);
 }
 
 /**

@@ -288,6 +288,7 @@ export function srDriver(type: SrType): Driver {
       const virtualSize = parseVdiSize(size);
       const chosen = req.vdi_uuid === undefined ? undefined : requireUuid(req.vdi_uuid, 'vdi_uuid', 'BadRequest');
       const db = await toolstackDbFor(req, sr);
+      db?.prefetch({ allocation: true });
       const uuid = await createVdi(repo, virtualSize, {
         name_label: label ?? '',
         name_description: description ?? '',
@@ -398,12 +399,14 @@ export function srDriver(type: SrType): Driver {
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
       const db = await toolstackDbFor(req, sr);
+      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref }, allocation: true });
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
+      // Checked before the datapath's pause (a refused snapshot never stalls the VDI, an allowed one stalls it less), while the database pauses it.
+      const checked = quietly(snapshotAllowed(repo, vdi));
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async () => {
-          // Checked before the pause: a refused snapshot never stalls the VDI, an allowed one stalls it less.
-          const snap = await snapshotAllowed(repo, vdi)
-            .then((checked) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, checked), () => recoverSrJournals(repo)))
+          const snap = await checked
+            .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, record), () => recoverSrJournals(repo)))
             .catch(wrap('VDISnapshot'));
           await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref);
           return snap;
@@ -413,11 +416,13 @@ export function srDriver(type: SrType): Driver {
 
     vdi_clone: onVdi(async (repo, vdi, sr, req) => {
       const db = await toolstackDbFor(req, sr);
+      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref }, allocation: true });
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
+      const checked = quietly(snapshotAllowed(repo, vdi));
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async () => {
-          const clone = await snapshotAllowed(repo, vdi)
-            .then((checked) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', checked), () => recoverSrJournals(repo)))
+          const clone = await checked
+            .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', record), () => recoverSrJournals(repo)))
             .catch(wrap('VDIClone'));
           await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref);
           return clone;
@@ -641,6 +646,12 @@ async function refuseActiveElsewhere(repo: Repository, vdi: string, db?: Toolsta
       ? ', which the toolstack does not record as serving it'
       : ' (no toolstack to pause it there)';
   throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}${why}`);
+}
+
+/** A check started ahead of the step that awaits it: its failure is that step's, never an unhandled rejection meanwhile. */
+function quietly<T>(check: Promise<T>): Promise<T> {
+  check.catch(() => undefined);
+  return check;
 }
 
 /** Keeps SM errors as they are; anything else becomes the verb's own error code. */
