@@ -232,8 +232,9 @@ export class ToolstackDb {
    * introduced; the VDI's own record gets its new `vhd-parent`; the SR's
    * sizes follow; and `leaf-coalesce` is cleared on the VDI, as the
    * established SM does for a snapshot not mirrored elsewhere.
+   * `unpauseWith`: the VDI's `paused` goes out with these calls (xapi-pause.ts UnpauseWith).
    */
-  async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string): Promise<void> {
+  async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string, unpauseWith?: () => Promise<void>): Promise<void> {
     // The new records do not depend on each other, nor on the VDI's own record or the SR's: each call goes
     // out as soon as what it says has been read from disk, none waits for the others.
     const ref = this.refOf(vdi, vdiRef);
@@ -243,6 +244,7 @@ export class ToolstackDb {
     const introduced = (view: Promise<VdiView | undefined>) =>
       Promise.all([view, ref]).then(([v, r]) => (v ? this.introduce(v, v.record.snapshot_of === vdi ? r : undefined) : undefined));
     await allSettledOrThrow([
+      ...(unpauseWith ? [unpauseWith()] : []),
       introduced(snapView),
       introduced(base),
       Promise.all([ref, leaf]).then(([r, l]) => (r ? allSettledOrThrow([this.update(r, l), this.xapi.vdiRemoveFromOtherConfig(r, 'leaf-coalesce')]) : undefined)),

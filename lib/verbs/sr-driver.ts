@@ -36,7 +36,7 @@ import { scanSrDetailed } from '../sr/scan.js';
 import { toolstackDbFor } from './xapi-endpoint.js';
 import { noteOnBoot } from '../sr/on-boot.js';
 import type { ToolstackDb } from '../sr/xapi-sync.js';
-import { tagActive, toolstackSeesServing, untagActive, waitUnpaused, withPaused } from '../sr/xapi-pause.js';
+import { tagActive, toolstackSeesServing, untagActive, waitUnpaused, withPaused, type UnpauseWith } from '../sr/xapi-pause.js';
 import { XapiError } from '../xapi/errors.js';
 import { roleOf, requireMaster } from '../sr/pool-role.js';
 import { parseVdiSize } from '../sr/sizes.js';
@@ -404,11 +404,11 @@ export function srDriver(type: SrType): Driver {
       // Checked before the datapath's pause (a refused snapshot never stalls the VDI, an allowed one stalls it less), while the database pauses it.
       const checked = quietly(snapshotAllowed(repo, vdi));
       return vdiReply(
-        await pausedEverywhere(db, vdi, req, async () => {
+        await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
           const snap = await checked
             .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, record), () => recoverSrJournals(repo)))
             .catch(wrap('VDISnapshot'));
-          await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref);
+          await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref, unpauseWith);
           return snap;
         }),
       );
@@ -420,11 +420,11 @@ export function srDriver(type: SrType): Driver {
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       const checked = quietly(snapshotAllowed(repo, vdi));
       return vdiReply(
-        await pausedEverywhere(db, vdi, req, async () => {
+        await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
           const clone = await checked
             .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', record), () => recoverSrJournals(repo)))
             .catch(wrap('VDIClone'));
-          await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref);
+          await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref, unpauseWith);
           return clone;
         }),
       );
@@ -560,8 +560,8 @@ function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
 }
 
 /** Runs a change to a VDI's chain paused in the toolstack's database and on the other hosts serving it (xapi-pause.ts `withPaused`). */
-function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Request, fn: () => Promise<T>): Promise<T> {
-  return db ? withPaused(db, vdi, req.vdi_ref, fn) : fn();
+function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Request, fn: (unpauseWith: UnpauseWith) => Promise<T>): Promise<T> {
+  return db ? withPaused(db, vdi, req.vdi_ref, fn) : fn(undefined);
 }
 
 /**
