@@ -33,7 +33,7 @@ import { introducedRecord } from '../sr/introduced-record.js';
 import { recoverSrJournals } from '../sr/recovery.js';
 import { Repository } from '../sr/repository.js';
 import { scanSrDetailed } from '../sr/scan.js';
-import { toolstackDbFor } from './xapi-endpoint.js';
+import { connectAheadFor, toolstackDbFor } from './xapi-endpoint.js';
 import { noteOnBoot } from '../sr/on-boot.js';
 import type { ToolstackDb } from '../sr/xapi-sync.js';
 import { tagActive, toolstackSeesServing, untagActive, waitUnpaused, withPaused, type UnpauseWith } from '../sr/xapi-pause.js';
@@ -90,6 +90,16 @@ const MASTER_ONLY = [
 function masterOnly(verb: string, fn: Verb): Verb {
   return async (req) => {
     requireMaster(req, verb);
+    return fn(req);
+  };
+}
+
+/** The verbs that always keep a toolstack's database in step when it has an endpoint: they connect to it before taking the lock. */
+const CONNECTS_AHEAD = ['vdi_create', 'vdi_delete', 'vdi_snapshot', 'vdi_clone', 'vdi_resize', 'vdi_resize_online'] as const;
+
+function connectingAhead(fn: Verb): Verb {
+  return async (req) => {
+    void connectAheadFor(req).catch(() => undefined);
     return fn(req);
   };
 }
@@ -496,6 +506,7 @@ export function srDriver(type: SrType): Driver {
     // VDI_CONFIG_CBT: where the backend keeps changed-block logs (File, NFS: files; LVMoISCSI: LVs).
     ...(type.changedBlockTracking ? cbtVerbs({ onVdi, onVdiOrLog, refuseActiveElsewhere, kickGc }) : {}),
   };
+  for (const verb of CONNECTS_AHEAD) if (verbs[verb]) verbs[verb] = connectingAhead(verbs[verb]!);
   for (const verb of MASTER_ONLY) if (verbs[verb]) verbs[verb] = masterOnly(verb, verbs[verb]!);
   verbs.vdi_activate = withActivationTags(verbs.vdi_activate!, 'activate');
   verbs.vdi_deactivate = withActivationTags(verbs.vdi_deactivate!, 'deactivate');
