@@ -9,6 +9,7 @@
  * nothing here runs.
  */
 import { getLog } from '../log/index.js';
+import { readImageSummary } from '../vhd/index.js';
 import { isGone, NULL_REF, XapiFailure, type VdiIntroduce, type XapiSession, type XapiVdiRecord } from '../xapi/index.js';
 import type { VdiRecord } from './metadata.js';
 import { newVdiRecord } from './metadata.js';
@@ -110,9 +111,17 @@ export class ToolstackDb {
   /** A VDI as it is now: its record (a default one if it has none) and its image. */
   async viewOf(repo: Repository, uuid: string): Promise<VdiView> {
     const [record, info] = await Promise.all([repo.vdiRecord(uuid), repo.info(uuid)]);
-    const rec = record ?? newVdiRecord(uuid);
-    const parent = info.parentName === undefined ? undefined : uuidOfImageName(info.parentName);
-    return { uuid, record: rec, virtualSize: info.virtualSize, physicalSize: info.physicalSize, ...(parent ? { parent } : {}), readOnly: rec.read_only || info.hidden, managed: rec.managed && !info.hidden };
+    return viewFrom(uuid, record, info);
+  }
+
+  /**
+   * The same for an image this verb has just written: read as a scan reads
+   * it (its footer and header: sizes, parent, hidden), not opened and
+   * validated whole again; one step of the verb's answer fewer.
+   */
+  async viewOfWritten(repo: Repository, uuid: string): Promise<VdiView> {
+    const [record, summary] = await Promise.all([repo.vdiRecord(uuid), repo.backend.withImagesActive([uuid], () => readImageSummary(repo.imagePath(uuid)))]);
+    return viewFrom(uuid, record, summary);
   }
 
   /** The same from a scanned tree node: a parent of another image is read-only (its children read through it). */
@@ -238,9 +247,9 @@ export class ToolstackDb {
     // The new records do not depend on each other, nor on the VDI's own record or the SR's: each call goes
     // out as soon as what it says has been read from disk, none waits for the others.
     const ref = this.refOf(vdi, vdiRef);
-    const leaf = this.viewOf(repo, vdi);
-    const snapView = this.viewOf(repo, snap);
-    const base = leaf.then((l) => (l.parent && l.parent !== snap ? this.viewOf(repo, l.parent) : undefined));
+    const leaf = this.viewOfWritten(repo, vdi);
+    const snapView = this.viewOfWritten(repo, snap);
+    const base = leaf.then((l) => (l.parent && l.parent !== snap ? this.viewOfWritten(repo, l.parent) : undefined));
     const introduced = (view: Promise<VdiView | undefined>) =>
       Promise.all([view, ref]).then(([v, r]) => (v ? this.introduce(v, v.record.snapshot_of === vdi ? r : undefined) : undefined));
     await allSettledOrThrow([
@@ -353,6 +362,12 @@ export class ToolstackDb {
     getLog().info(`XenAPI: scan of SR ${this.srUuid} in step: ${introduced} introduced, ${forgotten} forgotten, ${updated} updated`);
     return { introduced, forgotten, updated };
   }
+}
+
+function viewFrom(uuid: string, record: VdiRecord | undefined, image: { virtualSize: number; physicalSize: number; hidden: boolean; parentName?: string | undefined }): VdiView {
+  const rec = record ?? newVdiRecord(uuid);
+  const parent = image.parentName === undefined ? undefined : uuidOfImageName(image.parentName);
+  return { uuid, record: rec, virtualSize: image.virtualSize, physicalSize: image.physicalSize, ...(parent ? { parent } : {}), readOnly: rec.read_only || image.hidden, managed: rec.managed && !image.hidden };
 }
 
 /** New VDIs in an order that introduces a snapshot after the VDI it is a snapshot of, so that its `snapshot_of` can name it. */

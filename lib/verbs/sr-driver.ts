@@ -583,7 +583,7 @@ function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Requ
 async function createdInToolstackDb(repo: Repository, db: ToolstackDb, uuid: string): Promise<void> {
   let ref: string | undefined;
   try {
-    const view = await db.viewOf(repo, uuid);
+    const view = await db.viewOfWritten(repo, uuid);
     ref = await db.introduce(view);
     await db.updateSr(repo, { delta: view.virtualSize });
   } catch (err) {
