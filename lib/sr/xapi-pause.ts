@@ -109,11 +109,11 @@ export async function withPaused<T>(db: ToolstackDb, uuid: string, vdiRef: strin
   try {
     result = await fn(unpauseWith);
   } catch (err) {
-    db.dropPausedSmConfig(ref);
+    db.dropPausedRecord(ref);
     await (early ?? unpause(db, uuid, ref, hosts, failfast)).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
     throw err;
   }
-  db.dropPausedSmConfig(ref);
+  db.dropPausedRecord(ref);
   await (early ?? unpause(db, uuid, ref, hosts, failfast));
   return result;
 }
@@ -154,9 +154,10 @@ async function pause(db: ToolstackDb, uuid: string, ref: string, failfast = fals
   await db.xapi.vdiAddToSmConfig(ref, 'paused', 'true'); // MAP_DUPLICATE_KEY: paused by someone else, the verb fails
   const paused: string[] = [];
   try {
-    const smConfig = await db.xapi.vdiSmConfig(ref);
-    db.notePausedSmConfig(ref, smConfig);
-    for (const host of otherHostsOf(db, smConfig)) {
+    // The whole record, not only its sm_config: the VDI's update after the change compares with it (xapi-sync.ts).
+    const record = await db.xapi.vdiRecord(ref);
+    db.notePausedRecord(ref, record);
+    for (const host of otherHostsOf(db, record.sm_config ?? {})) {
       const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'pause', pluginArgs(db, uuid, failfast));
       if (answer !== 'True') throw new XapiPluginFailure(`failed to pause VDI ${uuid} on host ${host}: the plugin answered ${JSON.stringify(answer)}`);
       paused.push(host);
@@ -164,7 +165,7 @@ async function pause(db: ToolstackDb, uuid: string, ref: string, failfast = fals
     getLog().info(`XenAPI: VDI ${uuid} paused${paused.length ? ` (and on hosts ${paused.join(', ')})` : ''}`);
     return paused;
   } catch (err) {
-    db.dropPausedSmConfig(ref);
+    db.dropPausedRecord(ref);
     await unpause(db, uuid, ref, paused).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
     throw err;
   }

@@ -25,6 +25,13 @@ const PASS_THROUGH = ['base_mirror', 'key_hash'] as const;
  */
 const OWNED = ['vhd-parent'] as const;
 
+/** The SR's sizes as xapi's record shows them (int64 as decimal strings); only the allocation when the record was not read. */
+interface SrSizes {
+  virtual_allocation: string;
+  physical_size?: string;
+  physical_utilisation?: string;
+}
+
 /** One VDI as xapi's record should show it. */
 export interface VdiView {
   uuid: string;
@@ -45,14 +52,15 @@ export class ToolstackDb {
   private readonly refs = new Map<string, string>();
   /** Lookups of VDI refs in flight (a prefetch the verb awaits later). */
   private readonly refLookups = new Map<string, Promise<string | undefined>>();
-  /** xapi's SR virtual_allocation read ahead (prefetch), for the one size update of this verb. */
-  private allocationAhead: Promise<number> | undefined;
+  /** xapi's SR record read ahead (prefetch), for the one size update of this verb. */
+  private srAhead: Promise<SrSizes> | undefined;
   /**
-   * A VDI's sm_config as read right after this verb set `paused` on it
-   * (xapi-pause.ts): under the SR lock and paused, nothing else changes the
-   * keys the record's update compares, so that update needs no read of its own.
+   * A VDI's record as read right after this verb set `paused` on it
+   * (xapi-pause.ts): under the SR lock and paused, nothing else changes what
+   * the record's update compares, so that update needs no read of its own and
+   * sets only the fields whose value changes.
    */
-  private readonly smConfigWhilePaused = new Map<string, Record<string, string>>();
+  private readonly recordWhilePaused = new Map<string, XapiVdiRecord>();
 
   constructor(
     readonly xapi: XapiSession,
@@ -85,25 +93,25 @@ export class ToolstackDb {
   prefetch(what: { vdi?: { uuid: string; ref?: string | undefined }; allocation?: boolean }): void {
     if (what.vdi && !what.vdi.ref) quiet(this.refOf(what.vdi.uuid));
     if (what.allocation) {
-      this.allocationAhead = this.srRef().then((sr) => this.xapi.srVirtualAllocation(sr));
-      quiet(this.allocationAhead);
+      this.srAhead = this.srRef().then((sr) => this.xapi.srRecord(sr));
+      quiet(this.srAhead);
     }
   }
 
-  /** xapi's SR virtual_allocation: the one read ahead if there is one (used once: the update changes it), else read now. */
-  private async allocationNow(sr: string): Promise<number> {
-    const ahead = this.allocationAhead;
-    this.allocationAhead = undefined;
-    return ahead ?? this.xapi.srVirtualAllocation(sr);
+  /** xapi's SR sizes: the record read ahead if there is one (used once: the update changes it), else the allocation read now. */
+  private async srSizesNow(sr: string): Promise<SrSizes> {
+    const ahead = this.srAhead;
+    this.srAhead = undefined;
+    return ahead ?? { virtual_allocation: String(await this.xapi.srVirtualAllocation(sr)) };
   }
 
-  /** See smConfigWhilePaused: noted by the pause, dropped when the VDI is unpaused. */
-  notePausedSmConfig(ref: string, smConfig: Record<string, string>): void {
-    this.smConfigWhilePaused.set(ref, smConfig);
+  /** See recordWhilePaused: noted by the pause, dropped when the VDI is unpaused. */
+  notePausedRecord(ref: string, record: XapiVdiRecord): void {
+    this.recordWhilePaused.set(ref, record);
   }
 
-  dropPausedSmConfig(ref: string): void {
-    this.smConfigWhilePaused.delete(ref);
+  dropPausedRecord(ref: string): void {
+    this.recordWhilePaused.delete(ref);
   }
 
   // ------------------------------------------------------------ reading our side
@@ -212,15 +220,18 @@ export class ToolstackDb {
    */
   async update(ref: string, view: VdiView, current?: XapiVdiRecord): Promise<boolean> {
     if (current && inStep(view, current)) return false;
-    const known = current ? (current.sm_config ?? {}) : this.smConfigWhilePaused.get(ref);
-    this.smConfigWhilePaused.delete(ref); // this update changes it
+    const paused = current ? undefined : this.recordWhilePaused.get(ref);
+    this.recordWhilePaused.delete(ref); // this update changes it
+    const known = current ? (current.sm_config ?? {}) : paused?.sm_config;
+    // A field the record read while paused shows at its value already is not set again (the database is the same).
+    const changes = (field: string, value: string | boolean) => !paused || (typeof value === 'boolean' ? Boolean(paused[field]) !== value : String(paused[field]) !== value);
     // Each call writes a field of its own: they go out together, the sm_config keys in their order (removed, then added).
     const setters = [
-      this.xapi.vdiSetVirtualSize(ref, view.virtualSize),
-      this.xapi.vdiSetPhysicalUtilisation(ref, view.physicalSize),
-      this.xapi.vdiSetReadOnly(ref, view.readOnly),
-      this.xapi.vdiSetCbtEnabled(ref, false),
-    ];
+      changes('virtual_size', String(view.virtualSize)) && this.xapi.vdiSetVirtualSize(ref, view.virtualSize),
+      changes('physical_utilisation', String(view.physicalSize)) && this.xapi.vdiSetPhysicalUtilisation(ref, view.physicalSize),
+      changes('read_only', view.readOnly) && this.xapi.vdiSetReadOnly(ref, view.readOnly),
+      changes('cbt_enabled', false) && this.xapi.vdiSetCbtEnabled(ref, false),
+    ].filter((call): call is Promise<void> => call !== false);
     const have = known ?? (await allSettledOrThrow([this.xapi.vdiSmConfig(ref), ...setters] as const))[0];
     const want = smConfigOf(view);
     const stale = OWNED.filter((key) => have[key] !== undefined && have[key] !== want[key]);
@@ -269,7 +280,7 @@ export class ToolstackDb {
   async parentChanged(uuid: string, parent: string | undefined): Promise<void> {
     const ref = await this.refOf(uuid);
     if (!ref) return;
-    this.smConfigWhilePaused.delete(ref);
+    this.recordWhilePaused.delete(ref);
     await this.xapi.vdiRemoveFromSmConfig(ref, 'vhd-parent');
     if (parent) await this.xapi.vdiAddToSmConfig(ref, 'vhd-parent', parent);
   }
@@ -281,14 +292,15 @@ export class ToolstackDb {
    */
   async updateSr(repo: Repository, allocation: { delta: number } | { total: number }): Promise<void> {
     const sr = await this.srRef();
-    const [valloc, { free, total }] = await Promise.all([
-      'total' in allocation ? allocation.total : this.allocationNow(sr).then((v) => v + allocation.delta),
-      repo.backend.space(),
-    ]);
+    const [now, { free, total }] = await Promise.all(['total' in allocation ? undefined : this.srSizesNow(sr), repo.backend.space()]);
+    const valloc = 'total' in allocation ? allocation.total : Number(now!.virtual_allocation) + allocation.delta;
+    // A size the record read ahead shows at its value already is not set again (the database is the same).
+    const readAhead = now?.physical_size !== undefined;
+    const changes = (field: keyof SrSizes, value: number) => !readAhead || now![field] !== String(Math.trunc(value));
     await allSettledOrThrow([
-      this.xapi.srSetVirtualAllocation(sr, Math.max(0, valloc)),
-      this.xapi.srSetPhysicalSize(sr, total),
-      this.xapi.srSetPhysicalUtilisation(sr, total - free),
+      changes('virtual_allocation', Math.max(0, valloc)) && this.xapi.srSetVirtualAllocation(sr, Math.max(0, valloc)),
+      changes('physical_size', total) && this.xapi.srSetPhysicalSize(sr, total),
+      changes('physical_utilisation', total - free) && this.xapi.srSetPhysicalUtilisation(sr, total - free),
     ]);
   }
 
