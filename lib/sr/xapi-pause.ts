@@ -80,6 +80,16 @@ export async function untagActive(db: ToolstackDb, uuid: string, vdiRef: string 
 }
 
 /**
+ * `paused` removed as part of the change's last database calls: given to a
+ * change run paused when no other host has to be asked to unpause first
+ * (this host's datapath is the verb's own, unpaused by then), so that the
+ * removal goes out with those calls instead of one round trip after them.
+ * Call it only once the change is complete on disk and this host's datapath
+ * runs again.
+ */
+export type UnpauseWith = (() => Promise<void>) | undefined;
+
+/**
  * The master's side of pause around a change to a VDI's chain: `paused` is
  * set in the database (activations anywhere back off while it is there),
  * every other host that has the VDI active (a `host_<ref>` key) is asked to
@@ -88,19 +98,23 @@ export async function untagActive(db: ToolstackDb, uuid: string, vdiRef: string 
  * the verb, not through the plugin. `paused` goes again only when every host
  * unpaused, as the established SM does; the next sr_scan clears one left behind.
  */
-export async function withPaused<T>(db: ToolstackDb, uuid: string, vdiRef: string | undefined, fn: () => Promise<T>, opts: { failfast?: boolean } = {}): Promise<T> {
+export async function withPaused<T>(db: ToolstackDb, uuid: string, vdiRef: string | undefined, fn: (unpauseWith: UnpauseWith) => Promise<T>, opts: { failfast?: boolean } = {}): Promise<T> {
   const ref = await db.refOf(uuid, vdiRef);
-  if (!ref) return fn();
+  if (!ref) return fn(undefined);
   const failfast = opts.failfast === true;
   const hosts = await pause(db, uuid, ref, failfast);
+  let early: Promise<void> | undefined;
+  const unpauseWith: UnpauseWith = hosts.length === 0 ? () => (early ??= unpause(db, uuid, ref, [], failfast)) : undefined;
   let result: T;
   try {
-    result = await fn();
+    result = await fn(unpauseWith);
   } catch (err) {
-    await unpause(db, uuid, ref, hosts, failfast).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
+    db.dropPausedRecord(ref);
+    await (early ?? unpause(db, uuid, ref, hosts, failfast)).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
     throw err;
   }
-  await unpause(db, uuid, ref, hosts, failfast);
+  db.dropPausedRecord(ref);
+  await (early ?? unpause(db, uuid, ref, hosts, failfast));
   return result;
 }
 
@@ -140,7 +154,10 @@ async function pause(db: ToolstackDb, uuid: string, ref: string, failfast = fals
   await db.xapi.vdiAddToSmConfig(ref, 'paused', 'true'); // MAP_DUPLICATE_KEY: paused by someone else, the verb fails
   const paused: string[] = [];
   try {
-    for (const host of otherHostsOf(db, await db.xapi.vdiSmConfig(ref))) {
+    // The whole record, not only its sm_config: the VDI's update after the change compares with it (xapi-sync.ts).
+    const record = await db.xapi.vdiRecord(ref);
+    db.notePausedRecord(ref, record);
+    for (const host of otherHostsOf(db, record.sm_config ?? {})) {
       const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'pause', pluginArgs(db, uuid, failfast));
       if (answer !== 'True') throw new XapiPluginFailure(`failed to pause VDI ${uuid} on host ${host}: the plugin answered ${JSON.stringify(answer)}`);
       paused.push(host);
@@ -148,6 +165,7 @@ async function pause(db: ToolstackDb, uuid: string, ref: string, failfast = fals
     getLog().info(`XenAPI: VDI ${uuid} paused${paused.length ? ` (and on hosts ${paused.join(', ')})` : ''}`);
     return paused;
   } catch (err) {
+    db.dropPausedRecord(ref);
     await unpause(db, uuid, ref, paused).catch((e: Error) => getLog().warn(`XenAPI: VDI ${uuid} not unpaused: ${e.message}`));
     throw err;
   }

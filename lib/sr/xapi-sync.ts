@@ -9,6 +9,7 @@
  * nothing here runs.
  */
 import { getLog } from '../log/index.js';
+import { readImageSummary } from '../vhd/index.js';
 import { isGone, NULL_REF, XapiFailure, type VdiIntroduce, type XapiSession, type XapiVdiRecord } from '../xapi/index.js';
 import type { VdiRecord } from './metadata.js';
 import { newVdiRecord } from './metadata.js';
@@ -23,6 +24,13 @@ const PASS_THROUGH = ['base_mirror', 'key_hash'] as const;
  * someone else or is never removed, and a diff leaves it alone.
  */
 const OWNED = ['vhd-parent'] as const;
+
+/** The SR's sizes as xapi's record shows them (int64 as decimal strings); only the allocation when the record was not read. */
+interface SrSizes {
+  virtual_allocation: string;
+  physical_size?: string;
+  physical_utilisation?: string;
+}
 
 /** One VDI as xapi's record should show it. */
 export interface VdiView {
@@ -42,6 +50,17 @@ export class ToolstackDb {
   private srRefMemo: Promise<string> | undefined;
   /** VDI refs looked up during this call: a ref never changes while the record lives, and only this SM forgets ours. */
   private readonly refs = new Map<string, string>();
+  /** Lookups of VDI refs in flight (a prefetch the verb awaits later). */
+  private readonly refLookups = new Map<string, Promise<string | undefined>>();
+  /** xapi's SR record read ahead (prefetch), for the one size update of this verb. */
+  private srAhead: Promise<SrSizes> | undefined;
+  /**
+   * A VDI's record as read right after this verb set `paused` on it
+   * (xapi-pause.ts): under the SR lock and paused, nothing else changes what
+   * the record's update compares, so that update needs no read of its own and
+   * sets only the fields whose value changes.
+   */
+  private readonly recordWhilePaused = new Map<string, XapiVdiRecord>();
 
   constructor(
     readonly xapi: XapiSession,
@@ -60,14 +79,57 @@ export class ToolstackDb {
     return this.srRefMemo;
   }
 
+  /**
+   * Reads that do not depend on what the verb does go out at its start, while
+   * it works on the images: a driver is a fresh process per call, and its
+   * first XenAPI call (connecting, the client's code run for the first time)
+   * is the slowest, so it is paid behind the disk work instead of after it.
+   * `vdi`: the ref of the VDI the verb changes; `allocation`: the SR's
+   * virtual_allocation, which the verb's size update adds its change to.
+   * Called under the SR lock: no other verb changes those until the verb ends.
+   * A failure here surfaces where the verb uses the value, as it would have
+   * without the prefetch.
+   */
+  prefetch(what: { vdi?: { uuid: string; ref?: string | undefined }; allocation?: boolean }): void {
+    if (what.vdi && !what.vdi.ref) quiet(this.refOf(what.vdi.uuid));
+    if (what.allocation) {
+      this.srAhead = this.srRef().then((sr) => this.xapi.srRecord(sr));
+      quiet(this.srAhead);
+    }
+  }
+
+  /** xapi's SR sizes: the record read ahead if there is one (used once: the update changes it), else the allocation read now. */
+  private async srSizesNow(sr: string): Promise<SrSizes> {
+    const ahead = this.srAhead;
+    this.srAhead = undefined;
+    return ahead ?? { virtual_allocation: String(await this.xapi.srVirtualAllocation(sr)) };
+  }
+
+  /** See recordWhilePaused: noted by the pause, dropped when the VDI is unpaused. */
+  notePausedRecord(ref: string, record: XapiVdiRecord): void {
+    this.recordWhilePaused.set(ref, record);
+  }
+
+  dropPausedRecord(ref: string): void {
+    this.recordWhilePaused.delete(ref);
+  }
+
   // ------------------------------------------------------------ reading our side
 
   /** A VDI as it is now: its record (a default one if it has none) and its image. */
   async viewOf(repo: Repository, uuid: string): Promise<VdiView> {
     const [record, info] = await Promise.all([repo.vdiRecord(uuid), repo.info(uuid)]);
-    const rec = record ?? newVdiRecord(uuid);
-    const parent = info.parentName === undefined ? undefined : uuidOfImageName(info.parentName);
-    return { uuid, record: rec, virtualSize: info.virtualSize, physicalSize: info.physicalSize, ...(parent ? { parent } : {}), readOnly: rec.read_only || info.hidden, managed: rec.managed && !info.hidden };
+    return viewFrom(uuid, record, info);
+  }
+
+  /**
+   * The same for an image this verb has just written: read as a scan reads
+   * it (its footer and header: sizes, parent, hidden), not opened and
+   * validated whole again; one step of the verb's answer fewer.
+   */
+  async viewOfWritten(repo: Repository, uuid: string): Promise<VdiView> {
+    const [record, summary] = await Promise.all([repo.vdiRecord(uuid), repo.backend.withImagesActive([uuid], () => readImageSummary(repo.imagePath(uuid)))]);
+    return viewFrom(uuid, record, summary);
   }
 
   /** The same from a scanned tree node: a parent of another image is read-only (its children read through it). */
@@ -123,12 +185,21 @@ export class ToolstackDb {
   async refOf(uuid: string, given?: string): Promise<string | undefined> {
     const known = given ?? this.refs.get(uuid);
     if (known) return known;
-    const ref = await this.xapi.vdiByUuid(uuid).catch((err: unknown) => {
-      if (isGone(err)) return undefined;
-      throw err;
-    });
-    if (ref) this.refs.set(uuid, ref);
-    return ref;
+    const inFlight = this.refLookups.get(uuid);
+    if (inFlight) return inFlight;
+    const lookup = this.xapi
+      .vdiByUuid(uuid)
+      .catch((err: unknown) => {
+        if (isGone(err)) return undefined;
+        throw err;
+      })
+      .then((ref) => {
+        if (ref) this.refs.set(uuid, ref);
+        return ref;
+      })
+      .finally(() => this.refLookups.delete(uuid));
+    this.refLookups.set(uuid, lookup);
+    return lookup;
   }
 
   /** `db_forget`; a VDI xapi already lost is fine (the established `forget_vdi` ignores it too). */
@@ -149,22 +220,29 @@ export class ToolstackDb {
    */
   async update(ref: string, view: VdiView, current?: XapiVdiRecord): Promise<boolean> {
     if (current && inStep(view, current)) return false;
+    const paused = current ? undefined : this.recordWhilePaused.get(ref);
+    this.recordWhilePaused.delete(ref); // this update changes it
+    const known = current ? (current.sm_config ?? {}) : paused?.sm_config;
+    // A field the record read while paused shows at its value already is not set again (the database is the same).
+    const changes = (field: string, value: string | boolean) => !paused || (typeof value === 'boolean' ? Boolean(paused[field]) !== value : String(paused[field]) !== value);
     // Each call writes a field of its own: they go out together, the sm_config keys in their order (removed, then added).
-    const [have] = await allSettledOrThrow([
-      current ? Promise.resolve(current.sm_config ?? {}) : this.xapi.vdiSmConfig(ref),
-      this.xapi.vdiSetVirtualSize(ref, view.virtualSize),
-      this.xapi.vdiSetPhysicalUtilisation(ref, view.physicalSize),
-      this.xapi.vdiSetReadOnly(ref, view.readOnly),
-      this.xapi.vdiSetCbtEnabled(ref, false),
-    ] as const);
+    const setters = [
+      changes('virtual_size', String(view.virtualSize)) && this.xapi.vdiSetVirtualSize(ref, view.virtualSize),
+      changes('physical_utilisation', String(view.physicalSize)) && this.xapi.vdiSetPhysicalUtilisation(ref, view.physicalSize),
+      changes('read_only', view.readOnly) && this.xapi.vdiSetReadOnly(ref, view.readOnly),
+      changes('cbt_enabled', false) && this.xapi.vdiSetCbtEnabled(ref, false),
+    ].filter((call): call is Promise<void> => call !== false);
+    const have = known ?? (await allSettledOrThrow([this.xapi.vdiSmConfig(ref), ...setters] as const))[0];
     const want = smConfigOf(view);
     const stale = OWNED.filter((key) => have[key] !== undefined && have[key] !== want[key]);
-    await allSettledOrThrow(stale.map((key) => this.xapi.vdiRemoveFromSmConfig(ref, key)));
     const missing = Object.entries(want).filter(([key, value]) => {
       if (have[key] === value) return false;
       return have[key] === undefined || (OWNED as readonly string[]).includes(key); // a key not ours is never changed
     });
-    await allSettledOrThrow(missing.map(([key, value]) => this.xapi.vdiAddToSmConfig(ref, key, value)));
+    const add = () => missing.map(([key, value]) => this.xapi.vdiAddToSmConfig(ref, key, value));
+    // A key is added only once its stale value is removed; with nothing to remove, the adds go with the setters.
+    await allSettledOrThrow([...(known ? setters : []), ...stale.map((key) => this.xapi.vdiRemoveFromSmConfig(ref, key)), ...(stale.length === 0 ? add() : [])]);
+    if (stale.length > 0) await allSettledOrThrow(add());
     return true;
   }
 
@@ -174,16 +252,23 @@ export class ToolstackDb {
    * introduced; the VDI's own record gets its new `vhd-parent`; the SR's
    * sizes follow; and `leaf-coalesce` is cleared on the VDI, as the
    * established SM does for a snapshot not mirrored elsewhere.
+   * `unpauseWith`: the VDI's `paused` goes out with these calls (xapi-pause.ts UnpauseWith).
    */
-  async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string): Promise<void> {
-    const [leaf, ref] = await Promise.all([this.viewOf(repo, vdi), this.refOf(vdi, vdiRef)]);
-    const made = snap === leaf.parent ? [snap] : [snap, ...(leaf.parent ? [leaf.parent] : [])];
-    const views = await Promise.all(made.map((uuid) => this.viewOf(repo, uuid)));
-    // The new records do not depend on each other, nor on the VDI's own record or the SR's: all go out together.
+  async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string, unpauseWith?: () => Promise<void>): Promise<void> {
+    // The new records do not depend on each other, nor on the VDI's own record or the SR's: each call goes
+    // out as soon as what it says has been read from disk, none waits for the others.
+    const ref = this.refOf(vdi, vdiRef);
+    const leaf = this.viewOfWritten(repo, vdi);
+    const snapView = this.viewOfWritten(repo, snap);
+    const base = leaf.then((l) => (l.parent && l.parent !== snap ? this.viewOfWritten(repo, l.parent) : undefined));
+    const introduced = (view: Promise<VdiView | undefined>) =>
+      Promise.all([view, ref]).then(([v, r]) => (v ? this.introduce(v, v.record.snapshot_of === vdi ? r : undefined) : undefined));
     await allSettledOrThrow([
-      ...views.map((view) => this.introduce(view, view.record.snapshot_of === vdi ? ref : undefined)),
-      ...(ref ? [this.update(ref, leaf), this.xapi.vdiRemoveFromOtherConfig(ref, 'leaf-coalesce')] : []),
-      this.updateSr(repo, { delta: views[0]!.virtualSize }),
+      ...(unpauseWith ? [unpauseWith()] : []),
+      introduced(snapView),
+      introduced(base),
+      Promise.all([ref, leaf]).then(([r, l]) => (r ? allSettledOrThrow([this.update(r, l), this.xapi.vdiRemoveFromOtherConfig(r, 'leaf-coalesce')]) : undefined)),
+      snapView.then((v) => this.updateSr(repo, { delta: v.virtualSize })),
     ]);
   }
 
@@ -195,6 +280,7 @@ export class ToolstackDb {
   async parentChanged(uuid: string, parent: string | undefined): Promise<void> {
     const ref = await this.refOf(uuid);
     if (!ref) return;
+    this.recordWhilePaused.delete(ref);
     await this.xapi.vdiRemoveFromSmConfig(ref, 'vhd-parent');
     if (parent) await this.xapi.vdiAddToSmConfig(ref, 'vhd-parent', parent);
   }
@@ -206,14 +292,15 @@ export class ToolstackDb {
    */
   async updateSr(repo: Repository, allocation: { delta: number } | { total: number }): Promise<void> {
     const sr = await this.srRef();
-    const [valloc, { free, total }] = await Promise.all([
-      'total' in allocation ? allocation.total : this.xapi.srVirtualAllocation(sr).then((v) => v + allocation.delta),
-      repo.backend.space(),
-    ]);
+    const [now, { free, total }] = await Promise.all(['total' in allocation ? undefined : this.srSizesNow(sr), repo.backend.space()]);
+    const valloc = 'total' in allocation ? allocation.total : Number(now!.virtual_allocation) + allocation.delta;
+    // A size the record read ahead shows at its value already is not set again (the database is the same).
+    const readAhead = now?.physical_size !== undefined;
+    const changes = (field: keyof SrSizes, value: number) => !readAhead || now![field] !== String(Math.trunc(value));
     await allSettledOrThrow([
-      this.xapi.srSetVirtualAllocation(sr, Math.max(0, valloc)),
-      this.xapi.srSetPhysicalSize(sr, total),
-      this.xapi.srSetPhysicalUtilisation(sr, total - free),
+      changes('virtual_allocation', Math.max(0, valloc)) && this.xapi.srSetVirtualAllocation(sr, Math.max(0, valloc)),
+      changes('physical_size', total) && this.xapi.srSetPhysicalSize(sr, total),
+      changes('physical_utilisation', total - free) && this.xapi.srSetPhysicalUtilisation(sr, total - free),
     ]);
   }
 
@@ -289,6 +376,12 @@ export class ToolstackDb {
   }
 }
 
+function viewFrom(uuid: string, record: VdiRecord | undefined, image: { virtualSize: number; physicalSize: number; hidden: boolean; parentName?: string | undefined }): VdiView {
+  const rec = record ?? newVdiRecord(uuid);
+  const parent = image.parentName === undefined ? undefined : uuidOfImageName(image.parentName);
+  return { uuid, record: rec, virtualSize: image.virtualSize, physicalSize: image.physicalSize, ...(parent ? { parent } : {}), readOnly: rec.read_only || image.hidden, managed: rec.managed && !image.hidden };
+}
+
 /** New VDIs in an order that introduces a snapshot after the VDI it is a snapshot of, so that its `snapshot_of` can name it. */
 function sourcesFirst(views: VdiView[]): VdiView[] {
   const out: VdiView[] = [];
@@ -320,6 +413,11 @@ function inStep(view: VdiView, rec: XapiVdiRecord): boolean {
   const have = rec.sm_config ?? {};
   for (const key of OWNED) if (have[key] !== want[key]) return false;
   return Object.entries(want).every(([k, v]) => have[k] === v);
+}
+
+/** A read started ahead: its failure is seen where it is awaited, never as an unhandled rejection. */
+function quiet(read: Promise<unknown>): void {
+  read.catch(() => undefined);
 }
 
 /**

@@ -33,10 +33,10 @@ import { introducedRecord } from '../sr/introduced-record.js';
 import { recoverSrJournals } from '../sr/recovery.js';
 import { Repository } from '../sr/repository.js';
 import { scanSrDetailed } from '../sr/scan.js';
-import { toolstackDbFor } from './xapi-endpoint.js';
+import { connectAheadFor, toolstackDbFor } from './xapi-endpoint.js';
 import { noteOnBoot } from '../sr/on-boot.js';
 import type { ToolstackDb } from '../sr/xapi-sync.js';
-import { tagActive, toolstackSeesServing, untagActive, waitUnpaused, withPaused } from '../sr/xapi-pause.js';
+import { tagActive, toolstackSeesServing, untagActive, waitUnpaused, withPaused, type UnpauseWith } from '../sr/xapi-pause.js';
 import { XapiError } from '../xapi/errors.js';
 import { roleOf, requireMaster } from '../sr/pool-role.js';
 import { parseVdiSize } from '../sr/sizes.js';
@@ -90,6 +90,16 @@ const MASTER_ONLY = [
 function masterOnly(verb: string, fn: Verb): Verb {
   return async (req) => {
     requireMaster(req, verb);
+    return fn(req);
+  };
+}
+
+/** The verbs that always keep a toolstack's database in step when it has an endpoint: they connect to it before taking the lock. */
+const CONNECTS_AHEAD = ['vdi_create', 'vdi_delete', 'vdi_snapshot', 'vdi_clone', 'vdi_resize', 'vdi_resize_online'] as const;
+
+function connectingAhead(fn: Verb): Verb {
+  return async (req) => {
+    void connectAheadFor(req).catch(() => undefined);
     return fn(req);
   };
 }
@@ -288,6 +298,7 @@ export function srDriver(type: SrType): Driver {
       const virtualSize = parseVdiSize(size);
       const chosen = req.vdi_uuid === undefined ? undefined : requireUuid(req.vdi_uuid, 'vdi_uuid', 'BadRequest');
       const db = await toolstackDbFor(req, sr);
+      db?.prefetch({ allocation: true });
       const uuid = await createVdi(repo, virtualSize, {
         name_label: label ?? '',
         name_description: description ?? '',
@@ -398,14 +409,16 @@ export function srDriver(type: SrType): Driver {
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
       const db = await toolstackDbFor(req, sr);
+      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref }, allocation: true });
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
+      // Checked before the datapath's pause (a refused snapshot never stalls the VDI, an allowed one stalls it less), while the database pauses it.
+      const checked = quietly(snapshotAllowed(repo, vdi, mode));
       return vdiReply(
-        await pausedEverywhere(db, vdi, req, async () => {
-          // Checked before the pause: a refused snapshot never stalls the VDI, an allowed one stalls it less.
-          const snap = await snapshotAllowed(repo, vdi, mode)
-            .then((checked) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, checked), () => recoverSrJournals(repo)))
+        await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
+          const snap = await checked
+            .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, record), () => recoverSrJournals(repo)))
             .catch(wrap('VDISnapshot'));
-          await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref);
+          await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref, unpauseWith);
           return snap;
         }),
       );
@@ -413,13 +426,15 @@ export function srDriver(type: SrType): Driver {
 
     vdi_clone: onVdi(async (repo, vdi, sr, req) => {
       const db = await toolstackDbFor(req, sr);
+      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref }, allocation: true });
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
+      const checked = quietly(snapshotAllowed(repo, vdi, 'clone'));
       return vdiReply(
-        await pausedEverywhere(db, vdi, req, async () => {
-          const clone = await snapshotAllowed(repo, vdi, 'clone')
-            .then((checked) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', checked), () => recoverSrJournals(repo)))
+        await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
+          const clone = await checked
+            .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', record), () => recoverSrJournals(repo)))
             .catch(wrap('VDIClone'));
-          await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref);
+          await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref, unpauseWith);
           return clone;
         }),
       );
@@ -491,6 +506,7 @@ export function srDriver(type: SrType): Driver {
     // VDI_CONFIG_CBT: where the backend keeps changed-block logs (File, NFS: files; LVMoISCSI: LVs).
     ...(type.changedBlockTracking ? cbtVerbs({ onVdi, onVdiOrLog, refuseActiveElsewhere, pausedEverywhere, kickGc }) : {}),
   };
+  for (const verb of CONNECTS_AHEAD) if (verbs[verb]) verbs[verb] = connectingAhead(verbs[verb]!);
   for (const verb of MASTER_ONLY) if (verbs[verb]) verbs[verb] = masterOnly(verb, verbs[verb]!);
   verbs.vdi_activate = withActivationTags(verbs.vdi_activate!, 'activate');
   verbs.vdi_deactivate = withActivationTags(verbs.vdi_deactivate!, 'deactivate');
@@ -555,8 +571,8 @@ function withActivationTags(fn: Verb, which: 'activate' | 'deactivate'): Verb {
 }
 
 /** Runs a change to a VDI's chain paused in the toolstack's database and on the other hosts serving it (xapi-pause.ts `withPaused`). */
-function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Request, fn: () => Promise<T>): Promise<T> {
-  return db ? withPaused(db, vdi, req.vdi_ref, fn) : fn();
+function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Request, fn: (unpauseWith: UnpauseWith) => Promise<T>): Promise<T> {
+  return db ? withPaused(db, vdi, req.vdi_ref, fn) : fn(undefined);
 }
 
 /**
@@ -567,7 +583,7 @@ function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Requ
 async function createdInToolstackDb(repo: Repository, db: ToolstackDb, uuid: string): Promise<void> {
   let ref: string | undefined;
   try {
-    const view = await db.viewOf(repo, uuid);
+    const view = await db.viewOfWritten(repo, uuid);
     ref = await db.introduce(view);
     await db.updateSr(repo, { delta: view.virtualSize });
   } catch (err) {
@@ -642,6 +658,12 @@ async function refuseActiveElsewhere(repo: Repository, vdi: string, db?: Toolsta
       ? ', which the toolstack does not record as serving it'
       : ' (no toolstack to pause it there)';
   throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}${why}`);
+}
+
+/** A check started ahead of the step that awaits it: its failure is that step's, never an unhandled rejection meanwhile. */
+function quietly<T>(check: Promise<T>): Promise<T> {
+  check.catch(() => undefined);
+  return check;
 }
 
 /** Keeps SM errors as they are; anything else becomes the verb's own error code. */

@@ -38,3 +38,14 @@ export async function toolstackDbFor(req: Request, srUuid: string): Promise<Tool
   const xapi = new XapiSession(socket, req.session_ref, req.subtask_of ? { subtaskOf: req.subtask_of } : {});
   return new ToolstackDb(xapi, srUuid, { ...(req.sr_ref ? { srRef: req.sr_ref } : {}), ...(req.host_ref ? { hostRef: req.host_ref } : {}) });
 }
+
+/**
+ * For a verb that will keep the database in step: xapi's connection is opened
+ * now, while the verb takes the SR lock and settles what a crash left, so its
+ * first call does not wait for it. Nothing is sent; standalone, nothing happens.
+ */
+export async function connectAheadFor(req: Request): Promise<void> {
+  if (!req.session_ref) return;
+  const { socket, listening } = await listeningXapiSocket();
+  if (listening) (await import('../xapi/transport.js')).connectAhead(socket);
+}

@@ -126,6 +126,8 @@ export class XapiSession {
   // ------------------------------------------------------------------- SR
   srByUuid = (uuid: string) => this.ref('SR.get_by_uuid', uuid);
   srVirtualAllocation = async (sr: string) => Number(await this.call('SR.get_virtual_allocation', sr));
+  /** The SR's record; the SM reads its sizes (int64 fields as decimal strings). */
+  srRecord = async (sr: string) => (await this.call('SR.get_record', sr)) as { virtual_allocation: string; physical_size: string; physical_utilisation: string; [field: string]: XmlRpcValue };
   srSetVirtualAllocation = (sr: string, bytes: number) => this.unit('SR.set_virtual_allocation', sr, str(bytes));
   srSetPhysicalSize = (sr: string, bytes: number) => this.unit('SR.set_physical_size', sr, str(bytes));
   srSetPhysicalUtilisation = (sr: string, bytes: number) => this.unit('SR.set_physical_utilisation', sr, str(bytes));

@@ -59,12 +59,12 @@ async function post(socketPath: string, method: string, body: Buffer, headers: C
   const request = Buffer.concat([Buffer.from(requestHead(body.length, headers), 'latin1'), body]);
   await slot();
   try {
-    const reused = takeIdle(socketPath);
-    if (reused) {
+    const opened = takeIdle(socketPath) ?? (await takeAhead(socketPath));
+    if (opened) {
       try {
-        return await exchange(reused, true, method, request, socketPath);
+        return await exchange(opened, true, method, request, socketPath);
       } catch (err) {
-        // xapi closed the idle connection as this call went out on it: nothing was read, so send it again once.
+        // xapi closed the connection, opened before, as this call went out on it: nothing was read, so send it again once.
         if (!(err instanceof StaleConnection)) throw err;
       }
     }
@@ -72,6 +72,36 @@ async function post(socketPath: string, method: string, body: Buffer, headers: C
   } finally {
     release();
   }
+}
+
+/** Connections opened ahead (connectAhead), not yet taken by a call. */
+const aheadBySocket = new Map<string, Promise<Socket | undefined>>();
+
+/**
+ * Opens a connection for the calls to come, unless one is idle or on its way
+ * already: a verb's first call then finds it open (a driver is a fresh process
+ * per call). The first call takes it even while it is still connecting; if no
+ * call comes, it waits idle like any other. One that cannot be made is simply
+ * not kept: the call then connects itself and reports why it cannot.
+ */
+export function connectAhead(socketPath: string): void {
+  if (idleBySocket.get(socketPath)?.size || aheadBySocket.has(socketPath)) return;
+  const ahead = connect(socketPath, 'connect').catch(() => undefined);
+  aheadBySocket.set(socketPath, ahead);
+  void ahead.then((socket) => {
+    if (aheadBySocket.get(socketPath) !== ahead) return; // a call took it
+    aheadBySocket.delete(socketPath);
+    if (socket) keepIdle(socket, socketPath);
+  });
+}
+
+/** The connection opened ahead, once it is open; undefined when there is none or it failed. */
+async function takeAhead(socketPath: string): Promise<Socket | undefined> {
+  const ahead = aheadBySocket.get(socketPath);
+  if (!ahead) return undefined;
+  aheadBySocket.delete(socketPath);
+  const socket = await ahead;
+  return socket && !socket.destroyed ? socket : undefined;
 }
 
 function slot(): Promise<void> {
@@ -142,8 +172,9 @@ function connect(socketPath: string, method: string): Promise<Socket> {
 
 /**
  * One request and its reply on a connection, which goes back to the idle
- * ones if the reply allows it. `reused`: the connection carried a call
- * before, so nothing at all coming back means xapi had closed it while idle.
+ * ones if the reply allows it. `reused`: the connection was opened before
+ * this call (it carried one, or was opened ahead), so nothing at all coming
+ * back means xapi had closed it while idle.
  */
 function exchange(socket: Socket, reused: boolean, method: string, request: Buffer, socketPath: string): Promise<string> {
   socket.ref();

@@ -134,6 +134,8 @@ export class XapiStandin {
   private server: http.Server | undefined;
   private goneIn: number | undefined;
   private slow: { ms: number; method?: string } | undefined;
+  /** The socket file's removal when the endpoint went away: a restart listens only after it, or it would remove the new one. */
+  private removed: Promise<void> | undefined;
 
   private constructor(
     readonly socketPath: string,
@@ -155,6 +157,7 @@ export class XapiStandin {
   }
 
   private async listen(): Promise<void> {
+    await this.removed;
     await rm(this.socketPath, { force: true });
     const server = http.createServer((req, res) => void this.serve(req, res));
     await new Promise<void>((resolve, reject) => {
@@ -170,7 +173,7 @@ export class XapiStandin {
     if (!server) return;
     server.close();
     server.closeAllConnections();
-    void rm(this.socketPath, { force: true });
+    this.removed = rm(this.socketPath, { force: true }).catch(() => undefined);
   }
 
   /** Drops the connections no call is using, as xapi does with idle clients. */
