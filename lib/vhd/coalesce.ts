@@ -220,11 +220,7 @@ class BlockCopier {
       result.sectors += sectors;
       result.blocks++;
       result.bytesCopied += sectors * SECTOR;
-      if (opts.maxBytesPerSecond) {
-        // Sleep until the average rate is back under the limit (at most a block's worth: abort stays prompt).
-        const ahead = (result.bytesCopied / opts.maxBytesPerSecond) * 1000 - (Date.now() - this.started);
-        if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
-      }
+      await this.keepUnderRate();
       if (this.pendingBytes >= this.batchBytes) {
         await this.flush();
         this.progress();
@@ -233,6 +229,14 @@ class BlockCopier {
     // The next child may hold the same blocks: the parent must own this child's new ones first.
     await this.flush();
     await this.appended;
+  }
+
+  /** Under a rate cap: sleeps until the average rate is back under it (at most a block's worth: abort stays prompt). */
+  private async keepUnderRate(): Promise<void> {
+    const rate = this.opts.maxBytesPerSecond;
+    if (!rate) return;
+    const ahead = (this.result.bytesCopied / rate) * 1000 - (Date.now() - this.started);
+    if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
   }
 
   /**
@@ -295,10 +299,7 @@ class BlockCopier {
       result.sectors += sectors;
       result.blocks++;
       result.bytesCopied += sectors * SECTOR;
-      if (opts.maxBytesPerSecond) {
-        const ahead = (result.bytesCopied / opts.maxBytesPerSecond) * 1000 - (Date.now() - this.started);
-        if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
-      }
+      await this.keepUnderRate();
       // A batch counts new blocks' bytes as the copy through this process does; merged bytes bound it too.
       if (this.pendingBytes >= batchBytes || mergedBytes >= batchBytes) {
         mergedBytes = 0;

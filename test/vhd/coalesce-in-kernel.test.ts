@@ -10,22 +10,10 @@ import test from 'ava';
 import { chmod, copyFile, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { copyRanges, copyRangesProgram, CopyRangesError } from '../../lib/native/copy-ranges.js';
-import { coalesceIntoParent, createDifferencing, createDynamic, VhdChain, VhdImage } from '../../lib/vhd/index.js';
-import { assertChainValid, assertSameBytes, BLOCK, ByteModel, firstDiff, MiB, qemuImg, readChain, Rng, runCli, SECTOR, withTempDir } from './helpers.js';
+import { coalesceIntoParent, createDifferencing, createDynamic, VhdImage } from '../../lib/vhd/index.js';
+import { assertChainValid, assertSameBytes, BLOCK, ByteModel, firstDiff, MiB, qemuImg, readChain, Rng, runCli, SECTOR, withTempDir, writeAll } from './helpers.js';
 
 const SPB = BLOCK / SECTOR;
-
-async function writeAll(leaf: string, model: ByteModel, writes: [number, Buffer][]): Promise<void> {
-  const chain = await VhdChain.open(leaf, { writable: true });
-  try {
-    for (const [offset, data] of writes) {
-      await chain.write(data, offset);
-      model.write(offset, data);
-    }
-  } finally {
-    await chain.close();
-  }
-}
 
 /**
  * base (16 MiB: block 0 full, block 1 partly) <- child holding: every other

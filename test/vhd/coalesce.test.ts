@@ -12,7 +12,6 @@ import {
   createDifferencing,
   createDynamic,
   resizeImage,
-  VhdChain,
   VhdError,
   VhdImage,
 } from '../../lib/vhd/index.js';
@@ -27,21 +26,10 @@ import {
   Rng,
   SECTOR,
   withTempDir,
+  writeAll,
 } from './helpers.js';
 
 const SPB = BLOCK / SECTOR;
-
-async function writeAll(leaf: string, model: ByteModel, writes: [number, Buffer][]): Promise<void> {
-  const chain = await VhdChain.open(leaf, { writable: true });
-  try {
-    for (const [offset, data] of writes) {
-      await chain.write(data, offset);
-      model.write(offset, data);
-    }
-  } finally {
-    await chain.close();
-  }
-}
 
 /** Every other sector of the given blocks (a bitmap of alternating bits), plus a few odd runs. */
 function fragmentedWrites(rng: Rng, blocks: number[]): [number, Buffer][] {

@@ -121,6 +121,19 @@ export function assertSameBytes(t: ExecutionContext, actual: Buffer, expected: B
 }
 
 /** The whole virtual disk of the chain whose leaf is `leaf`, read through VhdChain. */
+/** Writes through a writable chain on `leaf`, and into the model. */
+export async function writeAll(leaf: string, model: ByteModel, writes: [number, Buffer][]): Promise<void> {
+  const chain = await VhdChain.open(leaf, { writable: true });
+  try {
+    for (const [offset, data] of writes) {
+      await chain.write(data, offset);
+      model.write(offset, data);
+    }
+  } finally {
+    await chain.close();
+  }
+}
+
 export async function readChain(leaf: string): Promise<Buffer> {
   const chain = await VhdChain.open(leaf);
   try {
