@@ -27,8 +27,10 @@ export interface LoadedVdis {
  * `clients` connections writing 4 KiB at pseudo-random places of `size` bytes,
  * each in its own stripe of 4 KiB pages (no two clients write the same page, so
  * the model's order is the acknowledgement order). The model takes a write once acknowledged.
+ * `writesPerSecond`: each client writes at most that often (a steady load, as
+ * a running VM's); unset, as fast as the datapath answers.
  */
-export async function writeLoad(w: LoadedVdis, vdi: string, size: number, clients: number) {
+export async function writeLoad(w: LoadedVdis, vdi: string, size: number, clients: number, writesPerSecond?: number) {
   const conns: NbdVdiClient[] = [];
   for (let i = 0; i < clients; i++) conns.push(await openNbd(w.ctx, vdi));
   let stop = false;
@@ -37,8 +39,14 @@ export async function writeLoad(w: LoadedVdis, vdi: string, size: number, client
   const pages = size / 4096;
   const loops = conns.map(async (c, k) => {
     let x = 12345 + k * 7919;
+    let next = performance.now();
     try {
       while (!stop) {
+        if (writesPerSecond) {
+          next += 1000 / writesPerSecond;
+          const wait = next - performance.now();
+          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        }
         x = (x * 1103515245 + 12345) % 2147483648;
         const page = Math.floor((x / 2147483648) * Math.floor(pages / clients)) * clients + k;
         const data = pattern(x, 4096);
