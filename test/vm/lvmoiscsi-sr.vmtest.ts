@@ -656,8 +656,10 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     const withFiller = await lvList();
     await fault('vdi_snapshot', 44, vdiArgs(vdi), full());
     assert.deepEqual(await lvList(), withFiller, 'a refused snapshot leaves the LVs as they were');
-    assert.ok((await exportVdi(vdi)).equals(models.get(vdi)!.bytes), 'the VDI reads as its model');
     await ok('vdi_delete', { vdi_uuid: filler, vdi_location: filler }, full());
+    await activate(vdi);
+    assert.ok((await exportVdi(vdi)).equals(models.get(vdi)!.bytes), 'the VDI reads as its model');
+    await deactivate(vdi, true);
     assert.deepEqual(await lvList(), before);
   });
 
