@@ -98,11 +98,15 @@ async function carryOut(repo: Repository, uuid: string, outcome: Outcome): Promi
 
 /**
  * Interrupted delete: the toolstack asked for it, so it is completed, with the
- * same care as at first. If the tree no longer allows it (an image turned
- * unreadable meanwhile), the journal waits for a later recovery; nothing else is blocked.
+ * same care as at first. If that is not possible now (an image turned
+ * unreadable meanwhile, or the log's child became active on another host, whose
+ * datapath would write its log back over the merge), the journal waits for a
+ * later recovery; nothing else is blocked.
  */
 export async function recoverDelete(repo: Repository, j: Extract<Journal, { kind: 'delete' }>): Promise<string | undefined> {
-  const plan = await repo.backend.withImagesActive([], () => planDelete(repo, j.vdi));
+  // The log's merge, checked first as the delete did: the child may have been activated on another host since.
+  const merge = j.dataOnly ? undefined : await refuseMergeIntoRemote(repo, j.vdi).catch((err: unknown) => (err instanceof SMError && err.name === 'VDIInUse' ? err : Promise.reject(err)));
+  const plan = merge ?? (await repo.backend.withImagesActive([], () => planDelete(repo, j.vdi)));
   if (typeof plan !== 'string') {
     getLog().warn(`recovery: delete of ${j.vdi} waits: ${plan.opterr}`);
     return undefined;
