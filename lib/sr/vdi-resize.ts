@@ -11,6 +11,7 @@ import { SMError } from '../errors/sm-error.js';
 import { faultPoint } from './fault.js';
 import { beginJournal, endJournal, type Journal } from './journal.js';
 import type { Repository } from './repository.js';
+import { requireRoomToGrow } from './room.js';
 import { refuseDependedOn } from './snapshot.js';
 
 /** `size`: the new size rounded up to whole blocks; `requested`: the bytes asked for. */
@@ -28,11 +29,14 @@ async function resizeActive(repo: Repository, uuid: string, size: number, reques
   if (size > maxVirtualSize && !repo.backend.canRewriteImages) {
     throw new SMError('VDISize', `${size} bytes is past the ${maxVirtualSize} bytes the image's BAT has room for, and this SR cannot rewrite an image`);
   }
-  const { free } = await repo.backend.space();
-  if (free < 1024 * 1024) throw new SMError('SRNoSpace', `${free} bytes free`);
+  await requireRoomToGrow(repo.backend, current, size, `growing ${uuid} to ${size} bytes`);
   const journal: Journal = { kind: 'resize', vdi: uuid, size };
   await beginJournal(repo.backend, journal);
-  await grow(repo, uuid, size);
+  await grow(repo, uuid, size).catch(async (err: unknown) => {
+    // No room after all (LVM: the VDI's volume was deflated, so it grows by more): the refused lvresize changed nothing.
+    if (err instanceof SMError && err.name === 'SRNoSpace') await endJournal(repo.backend, journal);
+    throw err;
+  });
   faultPoint('resize-image-done');
   await endJournal(repo.backend, journal);
   getLog().info(`VDI ${uuid} resized: ${current} -> ${size} bytes`);

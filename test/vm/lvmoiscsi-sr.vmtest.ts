@@ -637,7 +637,7 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     await relinkUnderActiveLeaf(liveSr());
   });
 
-  it('a VDI or a snapshot the volume group has no room for: SRNoSpace (44) before anything changes', async () => {
+  it('a VDI, a resize or a snapshot the volume group has no room for: SRNoSpace (44) before anything changes', async () => {
     const lvm = await srLvm();
     const lvList = async () => (await lvm.lvs(VG)).map((l) => `${l.name} ${l.sizeBytes}`).sort();
     const free = async () => (await lvm.vgs(VG))[0]!.freeBytes;
@@ -646,6 +646,9 @@ describe('lvmoiscsi-sr', { timeout: 1_800_000 }, () => {
     const c = await fault('vdi_create', 44, { args: createArgs(tooBig, 'too big') }, full());
     assert.match(c.response.kind === 'fault' ? c.response.faultString : '', /needs \d+ bytes/);
     assert.deepEqual(await lvList(), before, 'a refused create leaves the LVs as they were');
+    const r = await fault('vdi_resize', 44, vdiArgs(vdi, [String(SIZE + tooBig)]), full());
+    assert.match(r.response.kind === 'fault' ? r.response.faultString : '', /needs \d+ bytes/);
+    assert.deepEqual(await lvList(), before, 'a refused resize leaves the LVs as they were');
     // A filler leaves room for one thick leaf of `vdi` but not for the two a snapshot makes.
     const thick = thickSizeFor(SIZE, batRoomFor(SIZE));
     let fillerSize = Math.floor(((await free()) - 1.5 * thick) / (2 * MiB)) * 2 * MiB;
