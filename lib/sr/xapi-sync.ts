@@ -114,6 +114,17 @@ export class ToolstackDb {
     this.recordWhilePaused.delete(ref);
   }
 
+  /**
+   * Whether removing `key` from the VDI's other_config can change anything:
+   * false only when the record read while paused shows no such key (removing
+   * a key that is not there leaves the database as it is, so the call is not
+   * made). Without that record, it may hold the key.
+   */
+  private mayHoldOtherConfig(ref: string, key: string): boolean {
+    const paused = this.recordWhilePaused.get(ref);
+    return !paused || paused.other_config?.[key] !== undefined;
+  }
+
   // ------------------------------------------------------------ reading our side
 
   /** A VDI as it is now: its record (a default one if it has none) and its image. */
@@ -267,7 +278,11 @@ export class ToolstackDb {
       ...(unpauseWith ? [unpauseWith()] : []),
       introduced(snapView),
       introduced(base),
-      Promise.all([ref, leaf]).then(([r, l]) => (r ? allSettledOrThrow([this.update(r, l), this.xapi.vdiRemoveFromOtherConfig(r, 'leaf-coalesce')]) : undefined)),
+      Promise.all([ref, leaf]).then(([r, l]) => {
+        if (!r) return undefined;
+        const clearLeafCoalesce = this.mayHoldOtherConfig(r, 'leaf-coalesce'); // asked before the update drops the record read while paused
+        return allSettledOrThrow([this.update(r, l), clearLeafCoalesce && this.xapi.vdiRemoveFromOtherConfig(r, 'leaf-coalesce')]);
+      }),
       snapView.then((v) => this.updateSr(repo, { delta: v.virtualSize })),
     ]);
   }
