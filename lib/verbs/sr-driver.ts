@@ -409,12 +409,14 @@ export function srDriver(type: SrType): Driver {
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
       const db = await toolstackDbFor(req, sr);
-      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref }, allocation: true });
+      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref } });
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       // Checked before the datapath's pause (a refused snapshot never stalls the VDI, an allowed one stalls it less), while the database pauses it.
       const checked = quietly(snapshotAllowed(repo, vdi, mode));
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
+          // The SR's allocation is read while the images are made: the pause's own calls, which the images wait for, go first.
+          db?.prefetch({ allocation: true });
           const snap = await checked
             .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, record), () => recoverSrJournals(repo)))
             .catch(wrap('VDISnapshot'));
@@ -426,11 +428,13 @@ export function srDriver(type: SrType): Driver {
 
     vdi_clone: onVdi(async (repo, vdi, sr, req) => {
       const db = await toolstackDbFor(req, sr);
-      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref }, allocation: true });
+      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref } });
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       const checked = quietly(snapshotAllowed(repo, vdi, 'clone'));
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
+          // The SR's allocation is read while the images are made: the pause's own calls, which the images wait for, go first.
+          db?.prefetch({ allocation: true });
           const clone = await checked
             .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', record), () => recoverSrJournals(repo)))
             .catch(wrap('VDIClone'));
