@@ -266,6 +266,8 @@ export class ToolstackDb {
    * `unpauseWith`: the VDI's `paused` goes out with these calls (xapi-pause.ts UnpauseWith).
    */
   async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string, unpauseWith?: () => Promise<void>): Promise<void> {
+    // `paused` goes first, before anything is read: activations elsewhere wait for its removal.
+    const unpaused = unpauseWith?.();
     // The new records do not depend on each other, nor on the VDI's own record or the SR's: each call goes
     // out as soon as what it says has been read from disk, none waits for the others.
     const ref = this.refOf(vdi, vdiRef);
@@ -275,7 +277,7 @@ export class ToolstackDb {
     const introduced = (view: Promise<VdiView | undefined>) =>
       Promise.all([view, ref]).then(([v, r]) => (v ? this.introduce(v, v.record.snapshot_of === vdi ? r : undefined) : undefined));
     await allSettledOrThrow([
-      ...(unpauseWith ? [unpauseWith()] : []),
+      ...(unpaused ? [unpaused] : []),
       introduced(snapView),
       introduced(base),
       Promise.all([ref, leaf]).then(([r, l]) => {
