@@ -10,6 +10,7 @@
 // BadRequest (143), raised by request.ts.
 import xml2js from 'xml2js';
 import { MAX_ELEMENT_DEPTH, MAX_REQUEST_BYTES } from './limits.js';
+import { plainXmlRpcTree } from './xml-tree-plain.js';
 import {
   TEXT_KEY,
   childrenNamed,
@@ -101,6 +102,9 @@ function parseXmlTree(xml: string): Record<string, XmlNode> {
   // No DTDs at all: nothing legitimate in XML-RPC needs one, and refusing it
   // outright rules out entity expansion and external entities (XXE).
   if (/<!DOCTYPE/i.test(xml) || /<!ENTITY/i.test(xml)) throw malformed('DOCTYPE and ENTITY declarations are not allowed');
+  // A plain XML-RPC document (nearly all of them) is read without the general parser; it reads the rest (xml-tree-plain.ts).
+  const plain = plainXmlRpcTree(xml, MAX_ELEMENT_DEPTH);
+  if (plain) return plain;
 
   const parser = new xml2js.Parser(PARSER_OPTIONS);
   const sax = (parser as unknown as { saxParser?: SaxHandlers }).saxParser;

@@ -114,6 +114,17 @@ export class ToolstackDb {
     this.recordWhilePaused.delete(ref);
   }
 
+  /**
+   * Whether removing `key` from the VDI's other_config can change anything:
+   * false only when the record read while paused shows no such key (removing
+   * a key that is not there leaves the database as it is, so the call is not
+   * made). Without that record, it may hold the key.
+   */
+  private mayHoldOtherConfig(ref: string, key: string): boolean {
+    const paused = this.recordWhilePaused.get(ref);
+    return !paused || paused.other_config?.[key] !== undefined;
+  }
+
   // ------------------------------------------------------------ reading our side
 
   /** A VDI as it is now: its record (a default one if it has none) and its image. */
@@ -255,6 +266,8 @@ export class ToolstackDb {
    * `unpauseWith`: the VDI's `paused` goes out with these calls (xapi-pause.ts UnpauseWith).
    */
   async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string, unpauseWith?: () => Promise<void>): Promise<void> {
+    // `paused` goes first, before anything is read: activations elsewhere wait for its removal.
+    const unpaused = unpauseWith?.();
     // The new records do not depend on each other, nor on the VDI's own record or the SR's: each call goes
     // out as soon as what it says has been read from disk, none waits for the others.
     const ref = this.refOf(vdi, vdiRef);
@@ -264,10 +277,14 @@ export class ToolstackDb {
     const introduced = (view: Promise<VdiView | undefined>) =>
       Promise.all([view, ref]).then(([v, r]) => (v ? this.introduce(v, v.record.snapshot_of === vdi ? r : undefined) : undefined));
     await allSettledOrThrow([
-      ...(unpauseWith ? [unpauseWith()] : []),
+      ...(unpaused ? [unpaused] : []),
       introduced(snapView),
       introduced(base),
-      Promise.all([ref, leaf]).then(([r, l]) => (r ? allSettledOrThrow([this.update(r, l), this.xapi.vdiRemoveFromOtherConfig(r, 'leaf-coalesce')]) : undefined)),
+      Promise.all([ref, leaf]).then(([r, l]) => {
+        if (!r) return undefined;
+        const clearLeafCoalesce = this.mayHoldOtherConfig(r, 'leaf-coalesce'); // asked before the update drops the record read while paused
+        return allSettledOrThrow([this.update(r, l), clearLeafCoalesce && this.xapi.vdiRemoveFromOtherConfig(r, 'leaf-coalesce')]);
+      }),
       snapView.then((v) => this.updateSr(repo, { delta: v.virtualSize })),
     ]);
   }

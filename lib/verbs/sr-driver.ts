@@ -409,12 +409,14 @@ export function srDriver(type: SrType): Driver {
     vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
       const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
       const db = await toolstackDbFor(req, sr);
-      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref }, allocation: true });
+      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref } });
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       // Checked before the datapath's pause (a refused snapshot never stalls the VDI, an allowed one stalls it less), while the database pauses it.
       const checked = quietly(snapshotAllowed(repo, vdi, mode));
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
+          // The SR's allocation is read while the images are made: the pause's own calls, which the images wait for, go first.
+          db?.prefetch({ allocation: true });
           const snap = await checked
             .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, record), () => recoverSrJournals(repo)))
             .catch(wrap('VDISnapshot'));
@@ -426,11 +428,13 @@ export function srDriver(type: SrType): Driver {
 
     vdi_clone: onVdi(async (repo, vdi, sr, req) => {
       const db = await toolstackDbFor(req, sr);
-      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref }, allocation: true });
+      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref } });
       await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
       const checked = quietly(snapshotAllowed(repo, vdi, 'clone'));
       return vdiReply(
         await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
+          // The SR's allocation is read while the images are made: the pause's own calls, which the images wait for, go first.
+          db?.prefetch({ allocation: true });
           const clone = await checked
             .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', record), () => recoverSrJournals(repo)))
             .catch(wrap('VDIClone'));
@@ -579,13 +583,20 @@ function pausedEverywhere<T>(db: ToolstackDb | undefined, vdi: string, req: Requ
  * vdi_create: xapi must hear of the new VDI (it looks it up by uuid after the
  * reply). If it cannot, the verb fails, and nothing of the VDI is left on
  * either side: the record it may have introduced is forgotten, the image removed.
+ * The SR's sizes do not depend on the new record: they go out with its
+ * introduction, one round trip instead of two. Should either fail, the SR's
+ * sizes may count the removed VDI, as they could before when the last of
+ * their setters failed; the next sr_scan sets them from the SR.
  */
 async function createdInToolstackDb(repo: Repository, db: ToolstackDb, uuid: string): Promise<void> {
   let ref: string | undefined;
   try {
     const view = await db.viewOfWritten(repo, uuid);
-    ref = await db.introduce(view);
-    await db.updateSr(repo, { delta: view.virtualSize });
+    const introduced = db.introduce(view).then((r) => (ref = r));
+    const sized = db.updateSr(repo, { delta: view.virtualSize });
+    // Both have ended (none is left in flight when the VDI is removed) before the first failure is thrown.
+    const failed = (await Promise.allSettled([introduced, sized])).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   } catch (err) {
     getLog().warn(`VDI ${uuid}: the toolstack database could not be told (${(err as Error).message}): the new VDI is removed`);
     // Without a ref the introduce may still have happened (no answer in time): the record is looked up by uuid.

@@ -31,7 +31,7 @@ const call = (ctx: SmEnv, verb: string, extra: Record<string, unknown>) => callD
 
 const VERBS: Record<string, VerbCase> = {
   vdi_create: { code: 78, call: 'VDI.db_introduce', goneAt: 2, run: (ctx) => call(ctx, 'vdi_create', { args: createArgs(8 * MiB), vdi_type: 'user' }) },
-  // the SR's allocation read ahead, paused, its sm_config read, then the files: the 4th call is the first after them.
+  // paused, its record read, the SR's allocation read while the files are made: the 4th call is the first after them.
   vdi_snapshot: { code: 82, call: 'VDI.db_introduce', goneAt: 4, run: (ctx, v, ref) => call(ctx, 'vdi_snapshot', vdiFields(v, ref)) },
   vdi_clone: { code: 81, call: 'VDI.db_introduce', goneAt: 4, run: (ctx, v, ref) => call(ctx, 'vdi_clone', vdiFields(v, ref)) },
   vdi_delete: { code: 80, call: 'VDI.db_forget', goneAt: 1, run: (ctx, v, ref) => call(ctx, 'vdi_delete', vdiFields(v, ref)) },

@@ -83,6 +83,18 @@ test('vdi_snapshot introduces the snapshot and the unmanaged base copy; the VDI 
   });
 });
 
+test('vdi_snapshot of a VDI without leaf-coalesce: no removal call (the record read while paused shows none), the database the same', async (t) => {
+  await withXapiSr(async (ctx, xapi) => {
+    const { uuid: vdi } = (await xml(ctx, 'vdi_create', { args: createArgs(16 * MiB) })) as VdiReply;
+    const vdiRef = [...xapi.vdis.entries()].find(([, v]) => v.uuid === vdi)![0];
+    xapi.vdis.get(vdiRef)!.other_config = { kept: 'yes' };
+    await xml(ctx, 'vdi_snapshot', { vdi_uuid: vdi, vdi_ref: vdiRef });
+    t.is(xapi.callsOf('VDI.remove_from_other_config').length, 0, 'removing a key that is not there would change nothing');
+    t.deepEqual(xapi.vdis.get(vdiRef)!.other_config, { kept: 'yes' });
+    t.is(xapi.vdis.size, 3);
+  });
+});
+
 test('vdi_clone introduces the clone and the base copy; the VDI is found by uuid without a vdi_ref', async (t) => {
   await withXapiSr(async (ctx, xapi) => {
     const { uuid: vdi } = (await xml(ctx, 'vdi_create', { args: createArgs(16 * MiB) })) as VdiReply;
