@@ -72,7 +72,8 @@ export class InKernelCopy {
     } else {
       this.method = await copyRanges(this.program, this.srcFd, this.dstFd, inPlace);
     }
-    for (const b of merged) await parent.writeBitmap(b.index, b.bitmap);
+    // All at once: a final copy of scattered writes has a bitmap in every block, each a round trip when awaited in turn.
+    await Promise.all(merged.map((b) => parent.writeBitmap(b.index, b.bitmap)));
   }
 }
 
