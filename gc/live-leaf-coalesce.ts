@@ -243,6 +243,7 @@ async function finalCopy(ctx: GcContext, j: LeafJournal, sectors: Map<number, Ui
   const r = await coalesceChainInto([ctx.repo.imagePath(j.vdi)], ctx.repo.imagePath(j.parent), { sectors, signal: ctx.signal });
   ctx.stats.bytesCopied += r.bytesCopied;
   ctx.stats.copyMs += r.elapsedMs;
-  ctx.log.info(`Live leaf-coalesce of ${short(j.vdi)}, final step: copied ${r.sectors} sectors (${(r.bytesCopied / MiB).toFixed(1)} MiB) in ${r.elapsedMs} ms`);
+  const program = r.copiedBy === 'this-process' ? 'through this process' : `copy program ${r.programMs} ms`;
+  ctx.log.info(`Live leaf-coalesce of ${short(j.vdi)}, final step: copied ${r.sectors} sectors (${(r.bytesCopied / MiB).toFixed(1)} MiB) in ${r.elapsedMs} ms (${program}, fsync ${r.barrierMs} ms)`);
   return r;
 }

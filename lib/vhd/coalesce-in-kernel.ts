@@ -43,6 +43,8 @@ export function inKernelCopyBetween(child: VhdImage, parent: VhdImage, onNotice?
 export class InKernelCopy {
   /** How the last batch was copied (the program falls back to its own buffer where the kernel refuses). */
   method: CopyMethod | undefined;
+  /** Time spent in the program's runs, ms. */
+  programMs = 0;
 
   constructor(
     private readonly parent: VhdImage,
@@ -67,13 +69,22 @@ export class InKernelCopy {
       // New blocks sit past the file's end when placed (a hole): their clear sectors read as zeros unwritten.
       await parent.appendBlocksWrittenBy(fresh, async (dataOffsets) => {
         const ranges: CopyRange[] = fresh.flatMap((b, k) => b.copies.map((c) => ({ src: c.src, dst: dataOffsets[k] + c.at, length: c.length })));
-        this.method = await copyRanges(this.program, this.srcFd, this.dstFd, [...ranges, ...inPlace]);
+        this.method = await this.run([...ranges, ...inPlace]);
       });
     } else {
-      this.method = await copyRanges(this.program, this.srcFd, this.dstFd, inPlace);
+      this.method = await this.run(inPlace);
     }
     // All at once: a final copy of scattered writes has a bitmap in every block, each a round trip when awaited in turn.
     await Promise.all(merged.map((b) => parent.writeBitmap(b.index, b.bitmap)));
+  }
+
+  private async run(ranges: CopyRange[]): Promise<CopyMethod> {
+    const t0 = performance.now();
+    try {
+      return await copyRanges(this.program, this.srcFd, this.dstFd, ranges);
+    } finally {
+      this.programMs += Math.round(performance.now() - t0);
+    }
   }
 }
 

@@ -52,6 +52,10 @@ export interface CoalesceResult {
   elapsedMs: number;
   /** How the data went: inside the kernel, through the copy program's buffer (the kernel refused), or through this process. */
   copiedBy: CopyMethod | 'this-process';
+  /** Of elapsedMs: waiting for the parent's barriers (fsync; in a long copy they overlap the next batch's copy). */
+  barrierMs: number;
+  /** Of elapsedMs: the copy program's runs (in the kernel only). */
+  programMs: number;
 }
 
 /** Coalesces the image at `childPath` into its parent. */
@@ -134,7 +138,7 @@ export async function coalesceImages(children: VhdImage | VhdImage[], parent: Vh
  */
 class BlockCopier {
   private readonly started = Date.now();
-  private readonly result: CoalesceResult = { sectors: 0, blocks: 0, bytesCopied: 0, elapsedMs: 0, copiedBy: 'this-process' };
+  private readonly result: CoalesceResult = { sectors: 0, blocks: 0, bytesCopied: 0, elapsedMs: 0, copiedBy: 'this-process', barrierMs: 0, programMs: 0 };
   private readonly pool: BlockPool;
   private readonly batchBytes: number;
   /** The BAT as it may be written: only entries whose blocks are durable (appends run ahead of it). */
@@ -397,12 +401,19 @@ class BlockCopier {
     this.committedBefore = previous;
     this.appended = appended;
     this.committed = Promise.all([appended, previous]).then(async () => {
-      await this.parent.sync();
+      await this.barrier();
       for (const i of placed) this.durableBat[i] = this.parent.bat[i];
       await this.parent.writeBatEntries(placed, this.durableBat);
     });
     this.appended.catch(() => undefined); // surfaced by the next await
     this.committed.catch(() => undefined);
+  }
+
+  /** The parent's fsync, timed: the part of a short copy (a live leaf-coalesce's final step) the disk decides. */
+  private async barrier(): Promise<void> {
+    const t0 = performance.now();
+    await this.parent.sync();
+    this.result.barrierMs += Math.round(performance.now() - t0);
   }
 
   private progress(): void {
@@ -416,8 +427,9 @@ class BlockCopier {
     // Batmap bits last: a bit that reached the disk before its block only costs a
     // bitmap read (readers check the BAT first). One barrier covers both.
     await this.parent.markFull(this.full);
-    await this.parent.sync();
+    await this.barrier();
     this.result.elapsedMs = Date.now() - this.started;
+    this.result.programMs = this.inKernel?.programMs ?? 0;
     this.progress();
     if (this.opts.signal?.aborted) throw new VhdError('aborted', 'coalesce aborted', this.parent.path);
     return this.result;
