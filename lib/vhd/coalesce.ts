@@ -12,7 +12,7 @@ import { BlockBuffer, VhdImage } from './image.js';
 import { ParentResolver, siblingResolver } from './parent.js';
 import { setVirtualSize } from './resize.js';
 import type { CopyMethod } from '../native/copy-ranges.js';
-import { InKernelCopy, inKernelCopyBetween, RangedBlock } from './coalesce-in-kernel.js';
+import { InKernelCopy, inKernelCopyBetween, type PreparedInKernelCopy, RangedBlock } from './coalesce-in-kernel.js';
 import { copyMaskedBlock, maskedBlocks, type MaskedBlockCopy } from './coalesce-masked.js';
 import { markRuns, maskedBitmap, mergeNearRuns, rangeMask, setRuns, zeroClearSectors } from './sector-runs.js';
 
@@ -43,6 +43,8 @@ export interface CoalesceOptions {
   inKernel?: boolean;
   /** Told once per process why the copy goes through this process instead (the program is missing). */
   onNotice?: (message: string) => void;
+  /** The copy program started ahead on the same two files (a live leaf-coalesce's pause): its first run. */
+  prepared?: PreparedInKernelCopy;
 }
 
 export interface CoalesceResult {
@@ -166,7 +168,7 @@ class BlockCopier {
   }
 
   async copyFrom(child: VhdImage): Promise<void> {
-    const inKernel = this.opts.inKernel === false ? undefined : inKernelCopyBetween(child, this.parent, this.opts.onNotice);
+    const inKernel = this.opts.inKernel === false ? undefined : inKernelCopyBetween(child, this.parent, this.opts.onNotice, this.opts.prepared);
     const only = this.opts.sectors;
     if (inKernel) return this.copyInKernel(child, inKernel, only);
     if (only) return this.copyMasked(child, only);

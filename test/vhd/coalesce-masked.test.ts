@@ -12,7 +12,7 @@ import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { copyRangesProgram } from '../../lib/native/copy-ranges.js';
 import { allSet, noneSet, setBits } from '../../lib/vhd/format/bitmap.js';
-import { coalesceChainInto, createDifferencing, createDynamic, VhdImage, type BlockBuffer, type CoalesceOptions } from '../../lib/vhd/index.js';
+import { coalesceChainInto, createDifferencing, createDynamic, PreparedInKernelCopy, VhdImage, type BlockBuffer, type CoalesceOptions } from '../../lib/vhd/index.js';
 import { mergeNearRuns } from '../../lib/vhd/sector-runs.js';
 import { assertChainValid, assertSameBytes, BLOCK, ByteModel, firstDiff, MiB, qemuImg, readChain, Rng, runCli, SECTOR, withTempDir, writeAll } from './helpers.js';
 
@@ -227,5 +227,39 @@ test('given sectors copied in the kernel and through this process, in one batch 
     t.true(reference.bytes.subarray(2 * BLOCK, 3 * BLOCK).equals(chainBefore.subarray(2 * BLOCK, 3 * BLOCK)), 'block 2 whole: the child\'s');
     t.true(reference.bytes.subarray(5 * BLOCK, 6 * BLOCK).equals(baseBefore.subarray(5 * BLOCK, 6 * BLOCK)), 'block 5, only sectors the child lacks asked for: the parent\'s own');
     t.false(chainBefore.subarray(5 * BLOCK, 6 * BLOCK).equals(baseBefore.subarray(5 * BLOCK, 6 * BLOCK)), 'block 5 reads otherwise through the child');
+  });
+});
+
+test('a copy program started ahead on the same two files does the copy; one started on other files is left alone and ended', async (t) => {
+  await withTempDir(async (dir) => {
+    const { sectors } = await chainAndMask(dir);
+    const at = await copies(dir, ['reference', 'prepared', 'elsewhere']);
+    await copyOneBlockAtATime(at.reference.child, at.reference.base, sectors);
+    const referenceFile = await readFile(at.reference.base);
+
+    const same = await PreparedInKernelCopy.start(at.prepared.child, at.prepared.base);
+    t.truthy(same, 'started: the program is built and both are files');
+    try {
+      const r = await coalesceChainInto([at.prepared.child], at.prepared.base, { sectors, prepared: same });
+      t.is(r.copiedBy, 'in-kernel');
+      t.true(same!.used, 'the copy took the run started ahead');
+    } finally {
+      await same!.close();
+    }
+    const file = await readFile(at.prepared.base);
+    t.true(file.equals(referenceFile), `the same parent as one block at a time (first difference at ${firstDiff(file, referenceFile)})`);
+
+    // Started on another pair of files (the same bytes, other inodes): the copy must not write through it.
+    const otherBefore = await readFile(at.elsewhere.base);
+    const other = await PreparedInKernelCopy.start(at.elsewhere.child, at.elsewhere.base);
+    const into = await copies(dir, ['target']);
+    try {
+      await coalesceChainInto([into.target.child], into.target.base, { sectors, prepared: other });
+      t.false(other!.used, 'not taken: its files are not the images copied');
+    } finally {
+      await other!.close(); // resolves once the program has ended, having copied nothing
+    }
+    t.true((await readFile(at.elsewhere.base)).equals(otherBefore), 'the other parent is untouched');
+    t.true((await readFile(into.target.base)).equals(referenceFile), 'the images copied got their copy');
   });
 });
