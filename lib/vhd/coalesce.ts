@@ -176,7 +176,7 @@ class BlockCopier {
     const spb = child.sectorsPerBlock;
     // Child blocks in on-disk order, so reads stream.
     const order: number[] = [];
-    for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i) && (!opts.sectors || opts.sectors.has(i))) order.push(i);
+    for (let i = 0; i < child.blockCount; i++) if (child.hasBlock(i)) order.push(i);
     order.sort((a, b) => child.bitmapOffset(a) - child.bitmapOffset(b));
     this.blocksTotal += order.length;
 
@@ -200,8 +200,6 @@ class BlockCopier {
       this.blocksDone++;
       const i = c.index;
       if (child.isBlockFull(i)) c.bitmap.fill(0xff);
-      const only = opts.sectors?.get(i);
-      if (only) for (let b = 0; b < c.bitmap.length; b++) c.bitmap[b] &= only[b] ?? 0;
       if (noneSet(c.bitmap, spb)) {
         pool.give(c);
         continue;
