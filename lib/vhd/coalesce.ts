@@ -157,6 +157,10 @@ class BlockCopier {
   private committedBefore: Promise<void> = Promise.resolve();
   private blocksDone = 0;
   private blocksTotal = 0;
+  /** Blocks the parent has were written in place outside the batches (the copies through this process). */
+  private writesOutsideBatches = false;
+  /** The last batch's commit wrote nothing after its barrier (no new BAT entries). */
+  private nothingAfterBarrier = false;
 
   constructor(
     private readonly parent: VhdImage,
@@ -173,6 +177,7 @@ class BlockCopier {
     if (inKernel) return this.copyInKernel(child, inKernel, only);
     if (only) return this.copyMasked(child, only);
     const { parent, opts, pool, result } = this;
+    this.writesOutsideBatches = true;
     const spb = child.sectorsPerBlock;
     // Child blocks in on-disk order, so reads stream.
     const order: number[] = [];
@@ -337,6 +342,7 @@ class BlockCopier {
    */
   private async copyMasked(child: VhdImage, sectors: ReadonlyMap<number, Uint8Array>): Promise<void> {
     const { parent, opts, pool, result } = this;
+    this.writesOutsideBatches = true;
     const blocks = maskedBlocks(child, sectors);
     this.blocksTotal += blocks.length;
     const IN_FLIGHT = 8;
@@ -404,6 +410,7 @@ class BlockCopier {
       await this.barrier();
       for (const i of placed) this.durableBat[i] = this.parent.bat[i];
       await this.parent.writeBatEntries(placed, this.durableBat);
+      this.nothingAfterBarrier = placed.length === 0;
     });
     this.appended.catch(() => undefined); // surfaced by the next await
     this.committed.catch(() => undefined);
@@ -426,8 +433,11 @@ class BlockCopier {
     await this.committed;
     // Batmap bits last: a bit that reached the disk before its block only costs a
     // bitmap read (readers check the BAT first). One barrier covers both.
+    const marks = this.full.some((i) => !this.parent.isBlockFull(i));
     await this.parent.markFull(this.full);
-    await this.barrier();
+    // The last batch's barrier already covers every write when all went through batches and
+    // nothing (BAT entries, batmap bits) came after it: a second fsync cost 0-20 ms under load.
+    if (marks || this.writesOutsideBatches || !this.nothingAfterBarrier) await this.barrier();
     this.result.elapsedMs = Date.now() - this.started;
     this.result.programMs = this.inKernel?.programMs ?? 0;
     this.progress();
