@@ -22,7 +22,7 @@ import { servedHere, withServedPaused } from '../lib/sr/datapath.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
 import { datapathControlPath } from '../lib/sr/paths.js';
-import { coalesceChainInto, scrubUnmarkedSectors, setImageHidden, VhdImage, type CoalesceResult } from '../lib/vhd/index.js';
+import { coalesceChainInto, PreparedInKernelCopy, scrubUnmarkedSectors, setImageHidden, VhdImage, type CoalesceResult } from '../lib/vhd/index.js';
 import { underSrLock, type GcContext } from './context.js';
 import { copyIntoParent } from './copy-into-parent.js';
 import { WrittenSectors } from './written-sectors.js';
@@ -198,7 +198,15 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
     // flush asked for here keeps short (the rounds leave the leaf's writes to the page cache).
     pending.add(await writtenSince(record, true));
     await copyRound(ctx, j, 'before the pause', pending);
-    const outcome = await withServedPaused(repo, repo.uuid, [j.vdi], () => pausedSwap(ctx, j, record, pending), 'a live leaf-coalesce', [j.parent]); // P, written by the copy, becomes the leaf; what lies below it stays open
+    // The copy program started now, on L's and P's files: a process start on a loaded host can take
+    // tens of ms, which the pause would otherwise wait for (the copy checks it holds the same files).
+    const prepared = await PreparedInKernelCopy.start(repo.imagePath(j.vdi), repo.imagePath(j.parent));
+    let outcome: 'done' | string;
+    try {
+      outcome = await withServedPaused(repo, repo.uuid, [j.vdi], () => pausedSwap(ctx, j, record, pending, prepared), 'a live leaf-coalesce', [j.parent]); // P, written by the copy, becomes the leaf; what lies below it stays open
+    } finally {
+      await prepared?.close();
+    }
     if (outcome !== 'done') return outcome;
     faultPoint('live-leaf-unpaused');
     await finishSwap(ctx, j);
@@ -207,7 +215,7 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
 }
 
 /** The datapath paused: the rest copied, P unhidden and renamed to L's name. */
-async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors): Promise<'done' | string> {
+async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors, prepared: PreparedInKernelCopy | undefined): Promise<'done' | string> {
   const { repo, log } = ctx;
   const started = Date.now();
   faultPoint('live-leaf-paused');
@@ -223,7 +231,8 @@ async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, p
   faultPoint('leaf-unhidden');
   const unhidden = Date.now();
   // Every block named is in the leaf's on-disk BAT now (the pause flushed it); a block it lacks holds nothing to copy.
-  const r = blocks > 0 ? await finalCopy(ctx, j, pending.take(() => true)) : { bytesCopied: 0 };
+  const r = blocks > 0 ? await finalCopy(ctx, j, pending.take(() => true), prepared) : { bytesCopied: 0 };
+  await prepared?.close(); // before the rename: no handle of ours left on L's file when P replaces it (NFS keeps open replaced files)
   faultPoint('live-leaf-final-copied');
   const copied = Date.now();
   await renameIntoLeaf(ctx, j);
@@ -239,10 +248,11 @@ async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, p
  * The copy while paused, straight into P: the rounds already gave P its size
  * and room (the SR lock keeps them), and the rest of the SR waits.
  */
-async function finalCopy(ctx: GcContext, j: LeafJournal, sectors: Map<number, Uint8Array>): Promise<CoalesceResult> {
-  const r = await coalesceChainInto([ctx.repo.imagePath(j.vdi)], ctx.repo.imagePath(j.parent), { sectors, signal: ctx.signal });
+async function finalCopy(ctx: GcContext, j: LeafJournal, sectors: Map<number, Uint8Array>, prepared: PreparedInKernelCopy | undefined): Promise<CoalesceResult> {
+  const r = await coalesceChainInto([ctx.repo.imagePath(j.vdi)], ctx.repo.imagePath(j.parent), { sectors, signal: ctx.signal, prepared });
   ctx.stats.bytesCopied += r.bytesCopied;
   ctx.stats.copyMs += r.elapsedMs;
-  ctx.log.info(`Live leaf-coalesce of ${short(j.vdi)}, final step: copied ${r.sectors} sectors (${(r.bytesCopied / MiB).toFixed(1)} MiB) in ${r.elapsedMs} ms`);
+  const program = r.copiedBy === 'this-process' ? 'through this process' : `copy program ${r.programMs} ms`;
+  ctx.log.info(`Live leaf-coalesce of ${short(j.vdi)}, final step: copied ${r.sectors} sectors (${(r.bytesCopied / MiB).toFixed(1)} MiB) in ${r.elapsedMs} ms (${program}, fsync ${r.barrierMs} ms)`);
   return r;
 }

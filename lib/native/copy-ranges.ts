@@ -4,7 +4,7 @@
  * kernel with copy_file_range, as `cp` copies, instead of through a buffer in
  * this process. One program run copies a whole list of ranges.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { installRoot } from '../util/install-root.js';
 
@@ -52,24 +52,67 @@ const tried = new Map<string, boolean>();
  * rejects with CopyRangesError otherwise. Durability is the caller's barrier.
  */
 export function copyRanges(program: string, srcFd: number, dstFd: number, ranges: readonly CopyRange[]): Promise<CopyMethod> {
-  const input = ranges.map((r) => `${r.src} ${r.dst} ${r.length}\n`).join('');
-  const expected = ranges.reduce((n, r) => n + r.length, 0);
-  return new Promise((resolve, reject) => {
+  return new StartedCopy(program, srcFd, dstFd).copy(ranges);
+}
+
+interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  error?: Error;
+}
+
+/**
+ * A run of the program started before its ranges are known: it waits on its
+ * input. Where a process start must not fall inside a short window (a live
+ * leaf-coalesce's final copy, the datapath paused, on a loaded host), it is
+ * paid before. Used once: copy() or cancel().
+ */
+export class StartedCopy {
+  private readonly child: ChildProcess;
+  private readonly exit: Promise<Exit>;
+  private used = false;
+
+  constructor(
+    private readonly program: string,
+    srcFd: number,
+    dstFd: number,
+  ) {
     // The descriptors become 3 and 4 in the program.
     const child = spawn(program, ['3', '4'], { stdio: ['pipe', 'pipe', 'pipe', srcFd, dstFd] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    child.stdin!.on('error', () => undefined); // a program that died early: its exit says why
-    child.on('error', (err) => reject(new CopyRangesError(`${program}: could not run: ${err.message}`)));
-    child.on('close', (code, signal) => {
-      const done = /^copied (\d+) (in-kernel|buffered)$/m.exec(stdout);
-      if (code === 0 && done && Number(done[1]) === expected) return resolve(done[2] as CopyMethod);
-      const why = signal ? `killed by ${signal}` : `exited with code ${code}`;
-      const detail = stderr.trim().split('\n').slice(-2).join('; ') || (done ? `copied ${done[1]} of ${expected} bytes` : 'no result line');
-      reject(new CopyRangesError(`${program}: ${why}: ${detail}`));
+    this.child = child;
+    this.exit = new Promise((resolve) => {
+      let stdout = '';
+      let stderr = '';
+      child.stdout!.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+      child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+      child.stdin!.on('error', () => undefined); // a program that died early: its exit says why
+      child.on('error', (error) => resolve({ code: null, signal: null, stdout, stderr, error }));
+      child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
     });
-    child.stdin!.end(input);
-  });
+  }
+
+  /** Hands the program its ranges and ends its input; resolves when every byte is copied. */
+  async copy(ranges: readonly CopyRange[]): Promise<CopyMethod> {
+    if (this.used) throw new CopyRangesError(`${this.program}: this run was already used`);
+    this.used = true;
+    const expected = ranges.reduce((n, r) => n + r.length, 0);
+    this.child.stdin!.end(ranges.map((r) => `${r.src} ${r.dst} ${r.length}\n`).join(''));
+    const { code, signal, stdout, stderr, error } = await this.exit;
+    if (error) throw new CopyRangesError(`${this.program}: could not run: ${error.message}`);
+    const done = /^copied (\d+) (in-kernel|buffered)$/m.exec(stdout);
+    if (code === 0 && done && Number(done[1]) === expected) return done[2] as CopyMethod;
+    const why = signal ? `killed by ${signal}` : `exited with code ${code}`;
+    const detail = stderr.trim().split('\n').slice(-2).join('; ') || (done ? `copied ${done[1]} of ${expected} bytes` : 'no result line');
+    throw new CopyRangesError(`${this.program}: ${why}: ${detail}`);
+  }
+
+  /** Not needed after all: the program ends with nothing copied. */
+  async cancel(): Promise<void> {
+    if (this.used) return;
+    this.used = true;
+    this.child.stdin!.end();
+    await this.exit;
+  }
 }

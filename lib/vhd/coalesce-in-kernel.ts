@@ -5,7 +5,9 @@
  * caller's barrier) the BAT are written here as for the copy through this
  * process.
  */
-import { CopyMethod, copyRanges, copyRangesProgram, CopyRange } from '../native/copy-ranges.js';
+import { fstatSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { CopyMethod, copyRanges, copyRangesProgram, CopyRange, StartedCopy } from '../native/copy-ranges.js';
 import type { VhdImage } from './image.js';
 
 /** One child block to copy: which runs of its data, and the parent bitmap it gets. */
@@ -26,7 +28,7 @@ let toldWhyNot = false;
  * open here and the program is built; undefined otherwise (the caller copies
  * through this process; a missing program is told once per process).
  */
-export function inKernelCopyBetween(child: VhdImage, parent: VhdImage, onNotice?: (message: string) => void): InKernelCopy | undefined {
+export function inKernelCopyBetween(child: VhdImage, parent: VhdImage, onNotice?: (message: string) => void, prepared?: PreparedInKernelCopy): InKernelCopy | undefined {
   const src = child.io.fd;
   // A file only (a device's free space is not zeros, and the kernel copies between files).
   const dst = parent.io.writable && !parent.io.isDevice ? parent.io.fd : undefined;
@@ -37,18 +39,78 @@ export function inKernelCopyBetween(child: VhdImage, parent: VhdImage, onNotice?
     toldWhyNot = true;
     return undefined;
   }
-  return new InKernelCopy(parent, program, src, dst);
+  return new InKernelCopy(parent, program, src, dst, prepared?.takeFor(src, dst));
+}
+
+/**
+ * The program started ahead on the files of a child and its parent (opened
+ * here by path), for a copy to come whose window is short: the first program
+ * run of a coalesce of the same two files (CoalesceOptions.prepared) goes
+ * through it, without a process start. close() once the copy is done or
+ * not made (a second close does nothing).
+ */
+export class PreparedInKernelCopy {
+  private taken = false;
+
+  private constructor(
+    private readonly files: FileHandle[],
+    private readonly identities: [string, string],
+    private readonly run: StartedCopy,
+  ) {}
+
+  /** Undefined where the in-kernel copy would not run (no program, a device). */
+  static async start(childPath: string, parentPath: string): Promise<PreparedInKernelCopy | undefined> {
+    const program = copyRangesProgram();
+    if (!program) return undefined;
+    const files: FileHandle[] = [];
+    try {
+      files.push(await open(childPath, 'r'), await open(parentPath, 'r+'));
+      const stats = await Promise.all(files.map((f) => f.stat({ bigint: true })));
+      if (!stats.every((st) => st.isFile())) throw new Error('not files');
+      return new PreparedInKernelCopy(files, [identityOf(files[0].fd), identityOf(files[1].fd)], new StartedCopy(program, files[0].fd, files[1].fd));
+    } catch {
+      for (const f of files) await f.close();
+      return undefined;
+    }
+  }
+
+  /** Whether a copy took the started run. */
+  get used(): boolean {
+    return this.taken;
+  }
+
+  /** The started run, once, when `srcFd` and `dstFd` hold the same two files. */
+  takeFor(srcFd: number, dstFd: number): StartedCopy | undefined {
+    if (this.taken || identityOf(srcFd) !== this.identities[0] || identityOf(dstFd) !== this.identities[1]) return undefined;
+    this.taken = true;
+    return this.run;
+  }
+
+  /** Ends the program if it was not used (it exits having copied nothing), and closes the files. */
+  async close(): Promise<void> {
+    await this.run.cancel();
+    for (const f of this.files.splice(0)) await f.close();
+  }
+}
+
+function identityOf(fd: number): string {
+  const st = fstatSync(fd, { bigint: true });
+  return `${st.dev}:${st.ino}`;
 }
 
 export class InKernelCopy {
   /** How the last batch was copied (the program falls back to its own buffer where the kernel refuses). */
   method: CopyMethod | undefined;
+  /** Time spent in the program's runs, ms. */
+  programMs = 0;
 
   constructor(
     private readonly parent: VhdImage,
     private readonly program: string,
     private readonly srcFd: number,
     private readonly dstFd: number,
+    /** Started ahead on the same files (PreparedInKernelCopy): the first run. */
+    private started?: StartedCopy,
   ) {}
 
   /**
@@ -67,12 +129,24 @@ export class InKernelCopy {
       // New blocks sit past the file's end when placed (a hole): their clear sectors read as zeros unwritten.
       await parent.appendBlocksWrittenBy(fresh, async (dataOffsets) => {
         const ranges: CopyRange[] = fresh.flatMap((b, k) => b.copies.map((c) => ({ src: c.src, dst: dataOffsets[k] + c.at, length: c.length })));
-        this.method = await copyRanges(this.program, this.srcFd, this.dstFd, [...ranges, ...inPlace]);
+        this.method = await this.run([...ranges, ...inPlace]);
       });
     } else {
-      this.method = await copyRanges(this.program, this.srcFd, this.dstFd, inPlace);
+      this.method = await this.run(inPlace);
     }
-    for (const b of merged) await parent.writeBitmap(b.index, b.bitmap);
+    // All at once: a final copy of scattered writes has a bitmap in every block, each a round trip when awaited in turn.
+    await Promise.all(merged.map((b) => parent.writeBitmap(b.index, b.bitmap)));
+  }
+
+  private async run(ranges: CopyRange[]): Promise<CopyMethod> {
+    const t0 = performance.now();
+    try {
+      const started = this.started;
+      this.started = undefined;
+      return await (started ? started.copy(ranges) : copyRanges(this.program, this.srcFd, this.dstFd, ranges));
+    } finally {
+      this.programMs += Math.round(performance.now() - t0);
+    }
   }
 }
 

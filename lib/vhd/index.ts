@@ -5,6 +5,7 @@ export { VhdImage, formatUuid, parseUuid, type BlockBuffer, type DiscardStep, ty
 export { VhdChain, type ChainOptions } from './chain.js';
 export { createDynamic, createDifferencing, validVirtualSize, type CreateOptions } from './create.js';
 export { coalesceIntoParent, coalesceChainInto, coalesceImages, type CoalesceOptions, type CoalesceProgress, type CoalesceResult } from './coalesce.js';
+export { PreparedInKernelCopy } from './coalesce-in-kernel.js';
 export { resizeImage, setVirtualSize } from './resize.js';
 export { setParent } from './relink.js';
 export { checkChain, type CheckReport, type CheckOptions } from './check.js';
