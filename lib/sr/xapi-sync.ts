@@ -9,6 +9,7 @@
  * nothing here runs.
  */
 import { getLog } from '../log/index.js';
+import { allSettledOrThrow } from '../util/settle-all.js';
 import { readImageSummary } from '../vhd/index.js';
 import { isGone, NULL_REF, XapiFailure, type VdiIntroduce, type XapiSession, type XapiVdiRecord } from '../xapi/index.js';
 import type { VdiRecord } from './metadata.js';
@@ -435,15 +436,4 @@ function inStep(view: VdiView, rec: XapiVdiRecord): boolean {
 /** A read started ahead: its failure is seen where it is awaited, never as an unhandled rejection. */
 function quiet(read: Promise<unknown>): void {
   read.catch(() => undefined);
-}
-
-/**
- * Calls sent together: every one has ended (none is left in flight when the
- * verb answers) before the first failure, if any, is thrown.
- */
-async function allSettledOrThrow<T extends readonly unknown[]>(calls: T): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
-  const settled = await Promise.allSettled(calls);
-  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw failed.reason;
-  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };
 }

@@ -48,6 +48,7 @@ import { resizeVdi } from '../sr/vdi-resize.js';
 import { introduceVdi } from '../sr/vdi-introduce.js';
 import { resetLeaf } from '../sr/reset-leaf.js';
 import { withVdiLock } from '../sr/host-pause.js';
+import { allSettledOrThrow } from '../util/settle-all.js';
 
 const LOCK_TIMEOUT_MS = Number(process.env.SM_LOCK_TIMEOUT_MS ?? 60_000);
 /** How long sr_detach waits for an aborted GC to stop. */
@@ -592,11 +593,8 @@ async function createdInToolstackDb(repo: Repository, db: ToolstackDb, uuid: str
   let ref: string | undefined;
   try {
     const view = await db.viewOfWritten(repo, uuid);
-    const introduced = db.introduce(view).then((r) => (ref = r));
-    const sized = db.updateSr(repo, { delta: view.virtualSize });
     // Both have ended (none is left in flight when the VDI is removed) before the first failure is thrown.
-    const failed = (await Promise.allSettled([introduced, sized])).find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    await allSettledOrThrow([db.introduce(view).then((r) => (ref = r)), db.updateSr(repo, { delta: view.virtualSize })]);
   } catch (err) {
     getLog().warn(`VDI ${uuid}: the toolstack database could not be told (${(err as Error).message}): the new VDI is removed`);
     // Without a ref the introduce may still have happened (no answer in time): the record is looked up by uuid.

@@ -37,7 +37,7 @@ export async function copyMaskedBlock(child: VhdImage, parent: VhdImage, i: numb
   if (!parent.hasBlock(i)) {
     const c = await child.readBlock(i, take());
     if (child.isBlockFull(i)) c.bitmap.fill(0xff);
-    for (let b = 0; b < c.bitmap.length; b++) c.bitmap[b] &= only[b] ?? 0;
+    c.bitmap.set(maskedBitmap(c.bitmap, only));
     const sectors = countSet(c.bitmap, spb);
     if (sectors === 0) return undefined;
     if (sectors !== spb) zeroClearSectors(c.bitmap, c.data, spb);

@@ -5,7 +5,7 @@
  * the parent's BAT points at it, and the merge is idempotent, so running it again
  * after a crash gives the same result.
  */
-import { allSet, countSet, forEachSetRun, noneSet } from './format/bitmap.js';
+import { allSet, countSet, noneSet } from './format/bitmap.js';
 import { SECTOR } from './format/constants.js';
 import { VhdError } from './errors.js';
 import { BlockBuffer, VhdImage } from './image.js';
@@ -14,7 +14,7 @@ import { setVirtualSize } from './resize.js';
 import type { CopyMethod } from '../native/copy-ranges.js';
 import { InKernelCopy, inKernelCopyBetween, type PreparedInKernelCopy, RangedBlock } from './coalesce-in-kernel.js';
 import { copyMaskedBlock, maskedBlocks, type MaskedBlockCopy } from './coalesce-masked.js';
-import { markRuns, maskedBitmap, mergeNearRuns, rangeMask, setRuns, zeroClearSectors } from './sector-runs.js';
+import { markRuns, maskedBitmap, mergeNearRuns, setRuns, zeroClearSectors } from './sector-runs.js';
 
 export interface CoalesceProgress {
   blocksDone: number;
@@ -209,10 +209,10 @@ class BlockCopier {
         pool.give(c);
         continue;
       }
-      let sectors = 0;
+      let sectors: number;
       if (!parent.hasBlock(i)) {
         // New parent block: the child's sectors, zeros elsewhere (clear bits must read as zero).
-        forEachSetRun(c.bitmap, 0, spb, (s, e) => (sectors += e - s));
+        sectors = countSet(c.bitmap, spb);
         if (sectors !== spb) zeroClearSectors(c.bitmap, c.data, spb);
         this.pending.push(c); // each read has its own buffer: no copy needed
         this.pendingBytes += c.data.length;
@@ -220,11 +220,9 @@ class BlockCopier {
       } else {
         const p = await parent.readBlock(i, pool.take());
         if (parent.isBlockFull(i)) p.bitmap.fill(0xff);
-        forEachSetRun(c.bitmap, 0, spb, (s, e) => {
-          c.data.copy(p.data, s * SECTOR, s * SECTOR, e * SECTOR);
-          for (let b = s >> 3; b <= (e - 1) >> 3; b++) p.bitmap[b] |= rangeMask(b, s, e);
-          sectors += e - s;
-        });
+        const runs = setRuns(c.bitmap, spb);
+        for (const [s, e] of runs) c.data.copy(p.data, s * SECTOR, s * SECTOR, e * SECTOR);
+        sectors = markRuns(p.bitmap, runs);
         await parent.writeBlock(p);
         if (allSet(p.bitmap, spb)) this.full.push(i);
         pool.give(c, p);

@@ -47,7 +47,7 @@ export function markRuns(bitmap: Uint8Array, runs: readonly [number, number][]):
 }
 
 /** Bits of byte `b` that fall within sector range [s, e). */
-export function rangeMask(b: number, s: number, e: number): number {
+function rangeMask(b: number, s: number, e: number): number {
   let mask = 0;
   for (let bit = Math.max(s, b * 8); bit < Math.min(e, b * 8 + 8); bit++) mask |= 0x80 >> (bit & 7);
   return mask;
