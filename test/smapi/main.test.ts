@@ -6,6 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { SM_ERRORS, callUnixSocket, encodeFault, encodeMethodCall, encodeResponse, parseMethodResponse } from '../../lib/smapi/index.js';
+import { acceptsConnections } from '../../lib/util/socket-probe.js';
 import { REQUEST_BASE, useTempSmRoot } from './helpers.js';
 
 useTempSmRoot();
@@ -111,7 +112,8 @@ test('--serve answers over the socket until SIGTERM', async (t) => {
   let stdout = '';
   child.stdout.on('data', (chunk) => (stdout += chunk));
   const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-  for (let i = 0; i < 100 && !fs.existsSync(socketPath); i++) await new Promise((r) => setTimeout(r, 50));
+  // Until it listens: the socket file appears at bind(), a moment before listen(), and a loaded host stretches both.
+  for (let i = 0; i < 400 && !(await acceptsConnections(socketPath)); i++) await new Promise((r) => setTimeout(r, 50));
   try {
     for (let i = 0; i < 5; i++) {
       const response = await callUnixSocket(socketPath, 'vdi_create', { ...REQUEST_BASE, args: ['1', `s${i}`] });
