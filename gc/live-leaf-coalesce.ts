@@ -72,7 +72,7 @@ export async function liveLeafCoalesce(ctx: GcContext, leaf: string, parent: str
     if (outcome === 'done' || !(await repo.backend.hasImage(parent))) return 'done';
     log.info(`Live leaf-coalesce of ${short(leaf)} given up: ${outcome}`);
     // P only gained copies of L's blocks, which L covers: the chain reads the same. The final step
-    // unhides P just before its copy; a failure there leaves it to hide again (the journal stays until it is).
+    // unhides P before its pause and hides it again if it does not swap; a failure there leaves it to hide here.
     await underSrLock(ctx, async () => {
       await setImageHidden(repo.imagePath(parent), true);
       await endJournal(repo.backend, j);
@@ -198,14 +198,21 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
     // flush asked for here keeps short (the rounds leave the leaf's writes to the page cache).
     pending.add(await writtenSince(record, true));
     await copyRound(ctx, j, 'before the pause', pending);
+    // P is unhidden now, not in the pause: hidden or not, it reads the same through L, the SR lock keeps
+    // every scan away, and a crash or a give-up from here hides it again (recoverLeaf, liveLeafCoalesce).
+    // Durable now, so a pause with nothing to copy syncs nothing; the final copy's barrier covers it otherwise.
+    await setImageHidden(repo.imagePath(j.parent), false, { sync: true });
+    faultPoint('leaf-unhidden');
     // The copy program started now, on L's and P's files: a process start on a loaded host can take
     // tens of ms, which the pause would otherwise wait for (the copy checks it holds the same files).
     const prepared = await PreparedInKernelCopy.start(repo.imagePath(j.vdi), repo.imagePath(j.parent));
-    let outcome: 'done' | string;
+    let outcome: 'done' | string = 'failed';
     try {
       outcome = await withServedPaused(repo, repo.uuid, [j.vdi], () => pausedSwap(ctx, j, record, pending, prepared), 'a live leaf-coalesce', [j.parent]); // P, written by the copy, becomes the leaf; what lies below it stays open
     } finally {
       await prepared?.close();
+      // Not swapped: P hides again before the SR lock goes, so no scan ever sees it visible with a child.
+      if (outcome !== 'done' && (await repo.backend.hasImage(j.parent))) await setImageHidden(repo.imagePath(j.parent), true);
     }
     if (outcome !== 'done') return outcome;
     faultPoint('live-leaf-unpaused');
@@ -214,7 +221,7 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
   });
 }
 
-/** The datapath paused: the rest copied, P unhidden and renamed to L's name. */
+/** The datapath paused: the rest copied into P (unhidden just before), P renamed to L's name. */
 async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors, prepared: PreparedInKernelCopy | undefined): Promise<'done' | string> {
   const { repo, log } = ctx;
   const started = Date.now();
@@ -226,10 +233,6 @@ async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, p
     return `${(pending.bytes / MiB).toFixed(1)} MiB were written just before the pause, more than a pause may copy; the next run tries again`;
   }
   const blocks = pending.blocks.size;
-  // Unhidden before the copy, whose barrier makes the footer durable with the blocks (a crash before the rename hides P again).
-  await setImageHidden(repo.imagePath(j.parent), false, { sync: blocks === 0 });
-  faultPoint('leaf-unhidden');
-  const unhidden = Date.now();
   // Every block named is in the leaf's on-disk BAT now (the pause flushed it); a block it lacks holds nothing to copy.
   const r = blocks > 0 ? await finalCopy(ctx, j, pending.take(() => true), prepared) : { bytesCopied: 0 };
   await prepared?.close(); // before the rename: no handle of ours left on L's file when P replaces it (NFS keeps open replaced files)
@@ -239,7 +242,7 @@ async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, p
   const ms = (a: number, b: number) => `${b - a} ms`;
   log.info(
     `Live leaf-coalesce of ${short(j.vdi)}: final step (${(r.bytesCopied / MiB).toFixed(1)} MiB in ${blocks} blocks) and swap took ${Date.now() - started} ms paused ` +
-      `(writes asked ${ms(started, asked)}, unhidden ${ms(asked, unhidden)}, copied ${ms(unhidden, copied)}, renamed ${ms(copied, Date.now())})`,
+      `(writes asked ${ms(started, asked)}, copied ${ms(asked, copied)}, renamed ${ms(copied, Date.now())})`,
   );
   return 'done';
 }

@@ -28,7 +28,7 @@ async function liveCandidate(w: World, name: string) {
 }
 
 /** Points where the datapath is paused when the collector dies. */
-const PAUSED = new Set(['live-leaf-paused', 'live-leaf-final-copied', 'leaf-unhidden', 'leaf-renamed']);
+const PAUSED = new Set(['live-leaf-paused', 'live-leaf-final-copied', 'leaf-renamed']);
 
 async function killAt(t: ExecutionContext, w: World, point: string, round: number): Promise<void> {
   const ctx = w.ctx;
@@ -67,7 +67,7 @@ test('live leaf-coalesce: the collector killed at each step (rounds, paused, mid
   const ctx = await makeSmEnv();
   const w = await World.open(ctx);
   try {
-    const points = ['leaf-journaled', 'live-leaf-round', 'live-leaf-round:2', 'live-leaf-paused', 'leaf-unhidden', 'live-leaf-final-copied', 'leaf-renamed', 'live-leaf-unpaused'];
+    const points = ['leaf-journaled', 'live-leaf-round', 'live-leaf-round:2', 'leaf-unhidden', 'live-leaf-paused', 'live-leaf-final-copied', 'leaf-renamed', 'live-leaf-unpaused'];
     for (const [round, point] of points.entries()) await killAt(t, w, point, round);
   } finally {
     await w.close();
