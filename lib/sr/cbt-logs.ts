@@ -141,17 +141,28 @@ export async function mergeOutLog(repo: Repository, uuid: string): Promise<void>
 }
 
 /**
+ * The VDI whose log `uuid`'s log merges into when it is deleted, and the
+ * other host whose datapath holds that log open (the child is active there);
+ * undefined when no such host holds it.
+ */
+export async function remoteMergeTarget(repo: Repository, uuid: string): Promise<{ child: string; host: string } | undefined> {
+  if (!(await hasCbtLog(repo, uuid))) return undefined;
+  const { child } = await readStored(repo, uuid);
+  if (child === NIL_UUID) return undefined;
+  const holder = (await poolActivations(repo.backend)).get(child);
+  return holder && holder.host !== hostId() ? { child, host: holder.host } : undefined;
+}
+
+/**
  * Before a delete: merging into a log that another host's datapath holds
  * open would be undone by its next close, so that is refused (VDIInUse)
- * while the child VDI is active there.
+ * while the child VDI is active there and not paused for it (the delete
+ * verb pauses it through the toolstack when it can).
  */
 export async function refuseMergeIntoRemote(repo: Repository, uuid: string): Promise<void> {
-  if (!(await hasCbtLog(repo, uuid))) return;
-  const { child } = await readStored(repo, uuid);
-  if (child === NIL_UUID) return;
-  const holder = (await poolActivations(repo.backend)).get(child);
-  if (holder && holder.host !== hostId()) {
-    throw new SMError('VDIInUse', `the changed-block log of ${uuid} merges into ${child}'s, which is active on host ${holder.host}: delete it once ${child} is inactive there or active here`);
+  const remote = await remoteMergeTarget(repo, uuid);
+  if (remote) {
+    throw new SMError('VDIInUse', `the changed-block log of ${uuid} merges into ${remote.child}'s, which is active on host ${remote.host}: delete it once ${remote.child} is inactive there or active here`);
   }
 }
 

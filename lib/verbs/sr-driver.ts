@@ -22,7 +22,7 @@ import {
 } from '../sr/attach-record.js';
 import { allocateParams, connectKernelNbd, paramsNbd, serveVdi, servedHere, settleServing, stopServing, unpauseLeftovers, withPausedServing } from '../sr/datapath.js';
 import { cbtVerbs } from './cbt-verbs.js';
-import { growLogToImage, trackedLog } from '../sr/cbt-logs.js';
+import { growLogToImage, remoteMergeTarget, trackedLog } from '../sr/cbt-logs.js';
 import { faultPoint } from '../sr/fault.js';
 import { hostId } from '../sr/host-id.js';
 import { abandonLeafCoalesce } from '../sr/journal.js';
@@ -322,7 +322,7 @@ export function srDriver(type: SrType): Driver {
         if (elsewhere) throw new SMError('VDIInUse', `${vdi} is active on host ${elsewhere.host}`);
         const db = await toolstackDbFor(req, sr);
         const size = db ? await repo.info(vdi).then((i) => i.virtualSize, () => 0) : 0;
-        await deleteVdi(repo, vdi);
+        await deleteMergingRemotely(repo, vdi, db);
         if (db) {
           await db.forget(vdi, req.vdi_ref);
           await db.updateSr(repo, { delta: -size });
@@ -656,17 +656,33 @@ async function checkSrMetadata(repo: Repository, sr: string) {
 async function refuseActiveElsewhere(repo: Repository, vdi: string, db?: ToolstackDb, vdiRef?: string): Promise<void> {
   const holder = (await poolActivations(repo.backend)).get(vdi);
   if (!holder || holder.host === hostId()) return;
-  const canReopen = repo.backend.reopensAcrossHosts;
-  if (db && canReopen && (await toolstackSeesServing(db, vdi, vdiRef, holder.host))) {
-    getLog().info(`VDI ${vdi} is active on host ${holder.host}: paused there through the toolstack`);
+  const why = await whyNotPausableThere(repo, vdi, holder.host, db, vdiRef);
+  if (why) throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}${why}`);
+  getLog().info(`VDI ${vdi} is active on host ${holder.host}: paused there through the toolstack`);
+}
+
+/** Why the datapath serving `vdi` on `host` cannot be paused from here around a change (see above), if it cannot. */
+async function whyNotPausableThere(repo: Repository, vdi: string, host: string, db?: ToolstackDb, vdiRef?: string): Promise<string | undefined> {
+  if (!repo.backend.reopensAcrossHosts) return ' (its datapath there cannot reopen a chain changed here: the SR is LVM)';
+  if (!db) return ' (no toolstack to pause it there)';
+  return (await toolstackSeesServing(db, vdi, vdiRef, host)) ? undefined : ', which the toolstack does not record as serving it';
+}
+
+/**
+ * Deleting a tracked snapshot merges its changed-block log into the next
+ * one's. When that one is a VDI active on another host, its datapath holds
+ * the log open: it is paused there through the toolstack for the merge (its
+ * log settled on disk, and read again as merged when it unpauses), as for a
+ * snapshot. Where it cannot be, the delete refuses (VDIInUse, deleteVdi).
+ */
+async function deleteMergingRemotely(repo: Repository, vdi: string, db?: ToolstackDb): Promise<void> {
+  const target = await remoteMergeTarget(repo, vdi);
+  if (!target || !db || (await whyNotPausableThere(repo, target.child, target.host, db))) {
+    await deleteVdi(repo, vdi);
     return;
   }
-  const why = !canReopen
-    ? ' (its datapath there cannot reopen a chain changed here: the SR is LVM)'
-    : db
-      ? ', which the toolstack does not record as serving it'
-      : ' (no toolstack to pause it there)';
-  throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}${why}`);
+  getLog().info(`VDI ${vdi}: its changed-block log merges into ${target.child}'s, active on host ${target.host}: ${target.child} paused there through the toolstack`);
+  await withPaused(db, target.child, undefined, () => deleteVdi(repo, vdi, { mergeTargetPaused: true }));
 }
 
 /** A check started ahead of the step that awaits it: its failure is that step's, never an unhandled rejection meanwhile. */

@@ -47,3 +47,34 @@ test('A enables CBT on a VDI B writes to: B paused and unpaused through the plug
     await p.onB('vdi_detach', vdiArgs(V));
   });
 });
+
+test('A deletes a tracked snapshot whose log merges into the log of a VDI B writes to: B paused through the plugin for the merge, no block B wrote goes unlisted', async (t) => {
+  await withPool(async (p) => {
+    const V = await createOnA(p, 32 * MiB);
+    t.is(await xml(p.a, 'vdi_enable_cbt', vdiArgs(V)), null);
+    await activeOnB(p, V);
+    const c = await openNbd(p.b, V);
+    const snapshot = async () => ((await xml(p.a, 'vdi_snapshot', vdiArgs(V))) as { uuid: string }).uuid;
+    const S1 = await snapshot();
+    await c.write(8 * MiB, pattern(1, 4096));
+    const S2 = await snapshot();
+    await c.write(20 * MiB + 5, pattern(2, 100));
+
+    // S2's log merges into V's, which B's datapath holds open: B pauses (its log settled on disk), A merges, B reads it again.
+    const before = p.pluginRuns.length;
+    t.is(await xml(p.a, 'vdi_delete', vdiArgs(S2)), null);
+    t.deepEqual(p.pluginRuns.slice(before), ['pause -> True', 'unpause -> True'], 'B was paused for the merge');
+    t.false(fs.existsSync(`${p.a.location}/${S2}.cbtlog`), "S2's log is gone");
+    t.false('paused' in (p.xapi.vdiByUuid(V)!.sm_config as Record<string, string>), 'paused is gone');
+    t.is(p.xapi.vdiByUuid(S2), undefined, 'S2 is forgotten');
+
+    await c.write(MiB, pattern(3, 4096));
+    const S3 = await snapshot();
+    const changed = setBlocks(fromXapiBase64((await xml(p.a, 'vdi_list_changed_blocks', vdiArgs(S1, [S3]))) as string));
+    t.deepEqual(changed, [MiB / CBT_BLOCK_SIZE, (8 * MiB) / CBT_BLOCK_SIZE, Math.floor((20 * MiB) / CBT_BLOCK_SIZE)], "S2's marks and B's later writes, all listed from S1");
+    t.true((await c.read(8 * MiB, 4096)).equals(pattern(1, 4096)), 'B serves on');
+    c.close();
+    await p.onB('vdi_deactivate', vdiArgs(V));
+    await p.onB('vdi_detach', vdiArgs(V));
+  });
+});
