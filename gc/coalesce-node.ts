@@ -75,7 +75,7 @@ async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> 
   const tagged = db ? await tagRelinking(db, readers.filter((u) => nodes.get(u)?.hidden === false)) : new Map<string, string>();
   await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], async () => {
     // The relinked children and P (written by the copy) are opened again; the rest stays open.
-    await withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkChildren(ctx, j), 'a relink', [...j.children, j.parent]);
+    await withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkChildren(ctx, j), { reason: 'a relink', changed: [...j.children, j.parent] });
     if (db && tagged.size > 0) {
       try {
         const refreshed = await relinked(db, tagged);

@@ -208,7 +208,12 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
     const prepared = await PreparedInKernelCopy.start(repo.imagePath(j.vdi), repo.imagePath(j.parent));
     let outcome: 'done' | string = 'failed';
     try {
-      outcome = await withServedPaused(repo, repo.uuid, [j.vdi], () => pausedSwap(ctx, j, record, pending, prepared), 'a live leaf-coalesce', [j.parent]); // P, written by the copy, becomes the leaf; what lies below it stays open
+      // P, written by the copy, becomes the leaf; what lies below it stays open. The pause's reply says what was written meanwhile.
+      outcome = await withServedPaused(repo, repo.uuid, [j.vdi], (written) => pausedSwap(ctx, j, record, written.get(j.vdi), pending, prepared), {
+        reason: 'a live leaf-coalesce',
+        changed: [j.parent],
+        writtenSince: new Map([[j.vdi, record.token]]),
+      });
     } finally {
       await prepared?.close();
       // Not swapped: P hides again before the SR lock goes, so no scan ever sees it visible with a child.
@@ -222,13 +227,13 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
 }
 
 /** The datapath paused: the rest copied into P (unhidden just before), P renamed to L's name. */
-async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors, prepared: PreparedInKernelCopy | undefined): Promise<'done' | string> {
+async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, written: [number, number][] | undefined, pending: WrittenSectors, prepared: PreparedInKernelCopy | undefined): Promise<'done' | string> {
   const { repo, log } = ctx;
   const started = Date.now();
   faultPoint('live-leaf-paused');
   // Paused: the datapath flushed and settled the leaf, so every write acknowledged is in the record or already copied.
-  pending.add(await writtenSince(record));
-  const asked = Date.now();
+  // A datapath started by an older version answers the pause alone: then it is asked.
+  pending.add(written ?? (await writtenSince(record)));
   if (pending.bytes > 2 * FINAL_BYTES) {
     return `${(pending.bytes / MiB).toFixed(1)} MiB were written just before the pause, more than a pause may copy; the next run tries again`;
   }
@@ -242,7 +247,7 @@ async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, p
   const ms = (a: number, b: number) => `${b - a} ms`;
   log.info(
     `Live leaf-coalesce of ${short(j.vdi)}: final step (${(r.bytesCopied / MiB).toFixed(1)} MiB in ${blocks} blocks) and swap took ${Date.now() - started} ms paused ` +
-      `(writes asked ${ms(started, asked)}, copied ${ms(asked, copied)}, renamed ${ms(copied, Date.now())})`,
+      `(copied ${ms(started, copied)}, renamed ${ms(copied, Date.now())})`,
   );
   return 'done';
 }

@@ -13,8 +13,9 @@ export type ControlRequest =
   /**
    * Flush, then hold new requests, drain the ones in flight, flush again and settle the image: its files
    * are then final on disk (as a close leaves them) and kept open, never written through again.
+   * `token` (of track-start): the reply also carries what dirty-since of it would answer once paused.
    */
-  | { op: 'pause'; vdi: string }
+  | { op: 'pause'; vdi: string; token?: string }
   /**
    * Open the chain ending at `path` (a snapshot's new leaf), with its CBT log `cbtlog` (absent: none),
    * switch to it, release the held requests.

@@ -106,8 +106,10 @@ async function main(argv: string[]): Promise<number> {
         }
         return { ...ok, wasServed };
       }
-      case 'pause':
-        return { ...ok, steps: await service.pause(req.vdi) };
+      case 'pause': {
+        const steps = await service.pause(req.vdi);
+        return { ...ok, steps, ...(req.token === undefined ? {} : { written: await service.writtenSince(req.vdi, req.token) }) };
+      }
       case 'unpause':
         return { ...ok, pausedMs: await service.unpause(req.vdi, req.path, req.scrubbed === true, req.cbtlog, req.reuse) };
       case 'track-start':

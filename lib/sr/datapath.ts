@@ -210,30 +210,36 @@ export async function withPausedServing<T>(
  * image that becomes the leaf beforehand), so the reopen skips the scrub.
  * `changed`: the images `fn` writes into (relinked children, the parent
  * coalesced into): opened again at the unpause; every other image still in
- * a chain is kept open.
+ * a chain is kept open. `writtenSince`: a write record's token per VDI; `fn`
+ * gets what each recorded once paused, with the pause's own reply.
+ * What the unpauses ask is worked out before the pause: `fn` keeps each
+ * VDI's leaf path and changed-block log, so nothing else waits paused.
  */
 export async function withServedPaused<T>(
   repo: Repository,
   sr: string,
   vdis: readonly string[],
-  fn: () => Promise<T>,
-  reason = 'a relink',
-  changed: readonly string[] = [],
+  fn: (written: ReadonlyMap<string, [number, number][]>) => Promise<T>,
+  opts: { reason: string; changed?: readonly string[]; writtenSince?: ReadonlyMap<string, string> },
 ): Promise<T> {
   const control = datapathControlPath(sr);
-  const paused: string[] = [];
+  const served = (await servedHere(sr)).filter((s) => vdis.includes(s.vdi));
+  const unpauses = await Promise.all(served.map(async (s) => ({ ...(await unpauseRequest(repo, s.vdi, { changed: opts.changed ?? [] })), scrubbed: true })));
+  const paused: typeof unpauses = [];
+  const written = new Map<string, [number, number][]>();
   try {
-    for (const s of await servedHere(sr)) {
-      if (!vdis.includes(s.vdi)) continue;
-      const { steps } = await controlCall(control, { op: 'pause', vdi: s.vdi });
-      paused.push(s.vdi);
-      getLog().info(`VDI ${s.vdi}: datapath paused for ${reason}${pauseSteps(steps)}`);
+    for (const [i, s] of served.entries()) {
+      const token = opts.writtenSince?.get(s.vdi);
+      const reply = await controlCall(control, { op: 'pause', vdi: s.vdi, ...(token === undefined ? {} : { token }) });
+      paused.push(unpauses[i]!);
+      if (reply.written) written.set(s.vdi, reply.written);
+      getLog().info(`VDI ${s.vdi}: datapath paused for ${opts.reason}${pauseSteps(reply.steps)}`);
     }
-    return await fn();
+    return await fn(written);
   } finally {
-    for (const vdi of paused) {
-      const { pausedMs } = await controlCall(control, { ...(await unpauseRequest(repo, vdi, { changed })), scrubbed: true });
-      getLog().info(`VDI ${vdi}: datapath unpaused on ${repo.imagePath(vdi)}; paused ${pausedMs} ms`);
+    for (const request of paused) {
+      const { pausedMs } = await controlCall(control, request);
+      getLog().info(`VDI ${request.vdi}: datapath unpaused on ${request.path}; paused ${pausedMs} ms`);
     }
   }
 }
