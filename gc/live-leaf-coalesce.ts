@@ -194,22 +194,26 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
   return underSrLock(ctx, async () => {
     const why = (await abandonedMark(ctx, j)) ?? (await whyNot(ctx, j, true, true));
     if (why) return why;
-    // The pause then copies only what is written during this copy and its own flush, which the
-    // flush asked for here keeps short (the rounds leave the leaf's writes to the page cache).
-    pending.add(await writtenSince(record, true));
-    await copyRound(ctx, j, 'before the pause', pending);
+    // Everything that need not wait for the last round goes before it: what clients write from
+    // that round's start to the pause is what the pause copies.
     // P is unhidden now, not in the pause: hidden or not, it reads the same through L, the SR lock keeps
-    // every scan away, and a crash or a give-up from here hides it again (recoverLeaf, liveLeafCoalesce).
+    // every scan away, and a crash or a give-up from here hides it again (recoverLeaf, below).
     // Durable now, so a pause with nothing to copy syncs nothing; the final copy's barrier covers it otherwise.
     await setImageHidden(repo.imagePath(j.parent), false, { sync: true });
     faultPoint('leaf-unhidden');
-    // The copy program started now, on L's and P's files: a process start on a loaded host can take
-    // tens of ms, which the pause would otherwise wait for (the copy checks it holds the same files).
-    const prepared = await PreparedInKernelCopy.start(repo.imagePath(j.vdi), repo.imagePath(j.parent));
     let outcome: 'done' | string = 'failed';
+    let prepared: PreparedInKernelCopy | undefined;
     try {
+      // The copy program started now, on L's and P's files: a process start on a loaded host can take
+      // tens of ms, which the pause would otherwise wait for (the copy checks it holds the same files).
+      prepared = await PreparedInKernelCopy.start(repo.imagePath(j.vdi), repo.imagePath(j.parent));
+      // The pause then copies only what is written during this copy and its own flush, which the
+      // flush asked for here keeps short (the rounds leave the leaf's writes to the page cache).
+      pending.add(await writtenSince(record, true));
+      await copyRound(ctx, j, 'before the pause', pending);
+      const ready = prepared;
       // P, written by the copy, becomes the leaf; what lies below it stays open. The pause's reply says what was written meanwhile.
-      outcome = await withServedPaused(repo, repo.uuid, [j.vdi], (written) => pausedSwap(ctx, j, record, written.get(j.vdi), pending, prepared), {
+      outcome = await withServedPaused(repo, repo.uuid, [j.vdi], (written) => pausedSwap(ctx, j, record, written.get(j.vdi), pending, ready), {
         reason: 'a live leaf-coalesce',
         changed: [j.parent],
         writtenSince: new Map([[j.vdi, record.token]]),
