@@ -35,16 +35,17 @@ type Outcome = 'removed' | 'hidden' | 'absent';
  * `dataOnly` (vdi_data_destroy): only the data goes; the record stays, as a
  * `cbt_metadata` VDI, and so does the changed-block log, which still answers
  * vdi_list_changed_blocks. Otherwise the log is merged into its neighbour's.
- * `mergeTargetPaused`: the VDI that log merges into is active on another
- * host whose datapath the caller holds paused (its log settled on disk, read
- * again when it unpauses), so the merge is not refused.
+ * `mergeChecked`: the caller, under the same SR lock, found where that log
+ * merges (remoteMergeTarget): no other host holds it, or the caller holds
+ * that host's datapath paused (its log settled on disk, read again when it
+ * unpauses); so it is neither looked up again nor refused.
  */
-export async function deleteVdi(repo: Repository, uuid: string, opts: { dataOnly?: boolean; mergeTargetPaused?: boolean } = {}): Promise<Outcome> {
+export async function deleteVdi(repo: Repository, uuid: string, opts: { dataOnly?: boolean; mergeChecked?: boolean } = {}): Promise<Outcome> {
   // One hold for the whole delete (LVM): what the plan activates stays active until the image is hidden or removed.
   return repo.backend.withImagesActive([], async () => {
     const plan = await planDelete(repo, uuid);
     if (typeof plan !== 'string') throw plan;
-    if (!opts.dataOnly && !opts.mergeTargetPaused) await refuseMergeIntoRemote(repo, uuid);
+    if (!opts.dataOnly && !opts.mergeChecked) await refuseMergeIntoRemote(repo, uuid);
     const journal: Journal = { kind: 'delete', vdi: uuid, ...(opts.dataOnly ? { dataOnly: true } : {}) };
     await beginJournal(repo.backend, journal);
     const outcome = await carryOut(repo, uuid, plan);

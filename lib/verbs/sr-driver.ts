@@ -677,12 +677,16 @@ async function whyNotPausableThere(repo: Repository, vdi: string, host: string, 
  */
 async function deleteMergingRemotely(repo: Repository, vdi: string, db?: ToolstackDb): Promise<void> {
   const target = await remoteMergeTarget(repo, vdi);
-  if (!target || !db || (await whyNotPausableThere(repo, target.child, target.host, db))) {
-    await deleteVdi(repo, vdi);
+  if (!target) {
+    await deleteVdi(repo, vdi, { mergeChecked: true });
+    return;
+  }
+  if (!db || (await whyNotPausableThere(repo, target.child, target.host, db))) {
+    await deleteVdi(repo, vdi); // refuses, saying where the log is held
     return;
   }
   getLog().info(`VDI ${vdi}: its changed-block log merges into ${target.child}'s, active on host ${target.host}: ${target.child} paused there through the toolstack`);
-  await withPaused(db, target.child, undefined, () => deleteVdi(repo, vdi, { mergeTargetPaused: true }));
+  await withPaused(db, target.child, undefined, () => deleteVdi(repo, vdi, { mergeChecked: true }));
 }
 
 /** A check started ahead of the step that awaits it: its failure is that step's, never an unhandled rejection meanwhile. */
