@@ -77,12 +77,13 @@ async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> 
     // The relinked children and P (written by the copy) are opened again; the rest stays open.
     await withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkChildren(ctx, j), { reason: 'a relink', changed: [...j.children, j.parent] });
     if (db && tagged.size > 0) {
-      try {
-        const refreshed = await relinked(db, tagged);
-        if (refreshed.length > 0) ctx.log.info(`Refreshed on the hosts serving them (VDI@host): ${refreshed.join(', ')}`);
-      } catch (err) {
-        ctx.log.warn(`XenAPI: relinking tags not cleared (${(err as Error).message})`);
-      }
+      // Until every other host serving a reader reopened it, a datapath there may read through X (on LVM, through
+      // its extents): X stays, and the journal with it; the next run asks those hosts again.
+      const refreshed = await relinked(db, tagged).catch((err: Error) => {
+        throw new Error(`${short(j.vdi)} kept: the hosts serving its readers were not all asked to refresh (${err.message}); the next run asks again`);
+      });
+      if (refreshed.done.length > 0) ctx.log.info(`Refreshed on the hosts serving them (VDI@host): ${refreshed.done.join(', ')}`);
+      if (refreshed.failed.length > 0) throw new Error(`${short(j.vdi)} kept: not refreshed on the hosts serving ${refreshed.failed.join(', ')} (VDI@host); the next run asks them again`);
     }
     await removeCoalesced(ctx, j);
   });

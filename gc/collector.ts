@@ -70,7 +70,7 @@ async function collectHeld(ctx: GcContext): Promise<void> {
     const alone = leftAloneFor(nodes);
     for (const why of alone.reasons) if (!told.has(why) && told.add(why)) log.warn(why);
     const skip = new Set([...skipped, ...alone.images]);
-    const activations = await poolActivations(repo.backend);
+    const activations = await poolActivations(repo.backend, ctx.toolstack);
     const active = new Set(activations.keys());
     trees.logTrees(repo, sr.name_label, nodes, active, records.size);
 
@@ -102,12 +102,12 @@ async function collectHeld(ctx: GcContext): Promise<void> {
         break;
       }
       // Active on another host: merged while that host holds it paused, when the toolstack can reach it there.
-      if (ctx.toolstack && repo.backend.reopensAcrossHosts && (await seesServing(ctx, l.uuid, holder.host))) {
+      if (ctx.toolstack && (await seesServing(ctx, l.uuid, holder.host))) {
         leaf = l;
         pausedOn = holder.host;
         break;
       }
-      const why = !ctx.toolstack ? '' : repo.backend.reopensAcrossHosts ? ', which the toolstack does not record as serving it' : ', whose datapath cannot reopen a chain changed here (LVM)';
+      const why = ctx.toolstack ? ', which the toolstack does not record as serving it' : '';
       log.info(`Leaf-coalesce of ${nodeLabel(l, true)} skipped: the VDI is active on host ${holder.host}${why}`);
       skipped.add(l.uuid);
     }

@@ -216,6 +216,15 @@ export class Lvm {
     await this.lvm('lvchange', [active ? '-ay' : '-an', ...lvs.map((lv) => this.lvRef(vg, lv))]);
   }
 
+  /**
+   * Reloads active LVs' device-mapper tables from the VG's metadata as it is
+   * now: another host may have resized them (one command for all).
+   */
+  async refresh(vg: string, lvs: readonly string[]): Promise<void> {
+    if (lvs.length === 0) return;
+    await this.lvm('lvchange', ['--refresh', ...lvs.map((lv) => this.lvRef(vg, lv))]);
+  }
+
   /** Adds and deletes tags in one metadata update. */
   async lvtags(vg: string, lv: string, change: { add?: readonly string[]; del?: readonly string[] }): Promise<void> {
     const args: string[] = [];

@@ -8,10 +8,19 @@ import { SMError } from '../errors/sm-error.js';
 import { readVdiState } from './attach-record.js';
 import type { Activation, StorageBackend } from './backend.js';
 import { hostId } from './host-id.js';
+import { activationsInToolstack } from './xapi-pause.js';
+import type { ToolstackDb } from './xapi-sync.js';
 
-/** Every active VDI of the SR and the host that holds it. */
-export function poolActivations(backend: StorageBackend): Promise<Map<string, Activation>> {
-  return backend.listActivations();
+/**
+ * Every active VDI of the SR and the host that holds it. Where the backend's
+ * records are host-local (LVM), other hosts' activations are the ones the
+ * toolstack `db` records; without one, this host sees only its own.
+ */
+export async function poolActivations(backend: StorageBackend, db?: ToolstackDb): Promise<Map<string, Activation>> {
+  const records = await backend.listActivations();
+  if (backend.activationsPoolWide || !db) return records;
+  for (const [vdi, a] of await activationsInToolstack(db, hostId())) if (!records.has(vdi)) records.set(vdi, a);
+  return records;
 }
 
 /** The active VDIs' uuids, for the plans and pictures that need only those. */

@@ -52,14 +52,6 @@ export interface StorageBackend {
    */
   readonly canRewriteImages: boolean;
   /**
-   * Whether another host that reopens an image by its path finds what this
-   * host renamed, replaced or removed (a shared file system: yes). LVM: no,
-   * each host's device nodes stay as that host activated them, so a chain
-   * changed here must not be reopened there (not yet done: the
-   * established on-slave LV refresh).
-   */
-  readonly reopensAcrossHosts: boolean;
-  /**
    * The image became a read-only parent (a snapshot's hidden base): gives back
    * the room it does not use. LVM: deflate the LV. Files: nothing to do.
    */
@@ -106,6 +98,24 @@ export interface StorageBackend {
   /** vdi_deactivate: lets go of holdVdi's images; those nobody else holds become unreachable (LVM: deactivated). */
   releaseVdi(vdi: string): Promise<void>;
   /**
+   * This host serves the VDI, and its datapath is paused so that the SR
+   * master may change the VDI's images (the pool's pause protocol): let go of
+   * what this host keeps of them beyond the open files. LVM: each host's
+   * device nodes map the LVs as that host activated them, so the VDI's LVs
+   * that no other holder here names are deactivated (the master may rename,
+   * resize or remove them). Files: nothing (every host sees the same files).
+   * Throws when it cannot: the master's change must not go on.
+   */
+  beforeRemoteChange(vdi: string): Promise<void>;
+  /**
+   * The master's change is done and `chainNow` reads the VDI's chain as it
+   * is now: hold it again, each image mapped as the storage holds it now, before the
+   * datapath reopens it. LVM: holdVdi(chain), then every LV of it reloaded
+   * from the VG's metadata (`lvchange --refresh`: a parent other VDIs here
+   * kept active may have grown). Files: nothing (the chain is not read).
+   */
+  afterRemoteChange(vdi: string, chainNow: () => Promise<readonly string[]>): Promise<void>;
+  /**
    * Drops holds nothing backs any more (a killed process's, a VDI no longer
    * active per `isVdiActive`) and deactivates what only they held; `all`
    * (sr_attach): every image nobody holds is deactivated.
@@ -115,9 +125,13 @@ export interface StorageBackend {
   forgetListing(): void;
 
   /**
-   * VDI activations, where every host of the pool sees them: one small record
-   * per VDI, written and removed only by the host that activated it.
+   * VDI activations: one small record per VDI, written and removed only by
+   * the host that activated it. Where `activationsPoolWide`, every host of the
+   * pool sees them; else (LVM, whose shared metadata only the master writes)
+   * only this host's, and the master learns of other hosts' from the
+   * toolstack (activation.ts).
    */
+  readonly activationsPoolWide: boolean;
   listActivations(): Promise<Map<string, Activation>>;
   writeActivation(vdi: string, activation: Activation): Promise<void>;
   removeActivation(vdi: string): Promise<void>;

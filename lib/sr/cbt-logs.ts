@@ -18,6 +18,7 @@ import { withPausedServing } from './datapath.js';
 import { faultPoint } from './fault.js';
 import { hostId } from './host-id.js';
 import type { Repository } from './repository.js';
+import type { ToolstackDb } from './xapi-sync.js';
 
 function requireStore(repo: Repository): CbtLogStore {
   const store = repo.backend.cbtLogs;
@@ -142,14 +143,14 @@ export async function mergeOutLog(repo: Repository, uuid: string): Promise<void>
 
 /**
  * The VDI whose log `uuid`'s log merges into when it is deleted, and the
- * other host whose datapath holds that log open (the child is active there);
- * undefined when no such host holds it.
+ * other host whose datapath holds that log open (the child is active there,
+ * as `db` records it on LVM: activation.ts); undefined when no such host holds it.
  */
-export async function remoteMergeTarget(repo: Repository, uuid: string): Promise<{ child: string; host: string } | undefined> {
+export async function remoteMergeTarget(repo: Repository, uuid: string, db?: ToolstackDb): Promise<{ child: string; host: string } | undefined> {
   if (!(await hasCbtLog(repo, uuid))) return undefined;
   const { child } = await readStored(repo, uuid);
   if (child === NIL_UUID) return undefined;
-  const holder = (await poolActivations(repo.backend)).get(child);
+  const holder = (await poolActivations(repo.backend, db)).get(child);
   return holder && holder.host !== hostId() ? { child, host: holder.host } : undefined;
 }
 

@@ -79,6 +79,10 @@ export class FileBackend implements StorageBackend {
 
   async releaseVdi(): Promise<void> {}
 
+  async beforeRemoteChange(): Promise<void> {}
+
+  async afterRemoteChange(): Promise<void> {}
+
   async settleHolds(): Promise<void> {}
 
   forgetListing(): void {}
@@ -148,7 +152,7 @@ export class FileBackend implements StorageBackend {
   async prepareWrite(): Promise<void> {}
 
   readonly canRewriteImages = true;
-  readonly reopensAcrossHosts = true;
+  readonly activationsPoolWide = true;
 
   /** A file holds only what was written. */
   async settleReadOnly(): Promise<void> {}

@@ -69,21 +69,32 @@ export async function hostPause(action: HostPauseAction, args: HostPauseArgs): P
         return true as const;
       }
       const control = datapathControlPath(sr);
+      const repo = new Repository(await attachedBackend(sr));
+      const resume = async () => {
+        // The chain as the SR has it now (the master may have renamed or relinked images), held and mapped as it is now.
+        const leaf = repo.imagePath(vdi);
+        // Inside a hold: finding an LVM SR's changed-block log activates its LV if need be (held by the VDI's activation beyond).
+        const { pausedMs } = await repo.backend.withImagesActive([], async () => {
+          await repo.backend.afterRemoteChange(vdi, () => repo.chainOf(vdi));
+          return controlCall(control, await unpauseRequest(repo, vdi));
+        });
+        await clearPoolPause(sr, vdi);
+        getLog().info(`tapdisk-pause ${action}: VDI ${vdi} unpaused on ${leaf} after ${pausedMs} ms paused`);
+      };
       if (action === 'pause' || action === 'refresh') {
         const started = Date.now();
         if (action === 'pause') await markPoolPause(sr, vdi);
         await controlCall(control, { op: 'pause', vdi });
+        try {
+          // The master changes the images next: what this host keeps of them goes (LVM: the VDI's LVs deactivated here).
+          await repo.backend.beforeRemoteChange(vdi);
+        } catch (err) {
+          await resume().catch((e: Error) => getLog().warn(`tapdisk-pause ${action}: VDI ${vdi} not unpaused: ${e.message}`));
+          throw err;
+        }
         getLog().info(`tapdisk-pause ${action}: VDI ${vdi} paused (drained and settled in ${Date.now() - started} ms)`);
       }
-      if (action === 'unpause' || action === 'refresh') {
-        // The leaf as the SR has it now: the master may have renamed or relinked images.
-        const repo = new Repository(await attachedBackend(sr));
-        const leaf = repo.imagePath(vdi);
-        // Inside a hold: finding an LVM SR's changed-block log activates its LV if need be (held by the VDI's activation beyond).
-        const { pausedMs } = await repo.backend.withImagesActive([], async () => controlCall(control, await unpauseRequest(repo, vdi)));
-        await clearPoolPause(sr, vdi);
-        getLog().info(`tapdisk-pause ${action}: VDI ${vdi} unpaused on ${leaf} after ${pausedMs} ms paused`);
-      }
+      if (action === 'unpause' || action === 'refresh') await resume();
       return true as const;
     },
     failfast,

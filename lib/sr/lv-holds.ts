@@ -137,6 +137,22 @@ export class LvHolds {
     });
   }
 
+  /**
+   * The VDI's LVs that no other holder names are deactivated, its holder kept
+   * as it is (the VDI stays active; holdVdi() activates its chain again).
+   * Unlike a release, a failure throws: the caller must not go on.
+   */
+  async idleVdi(vdi: string): Promise<void> {
+    await this.locked(async () => {
+      const holders = await this.holders();
+      const name = `vdi-${vdi}.json`;
+      const mine = holders.get(name);
+      if (!mine) return;
+      holders.delete(name);
+      await this.deactivateUnheld(mine.lvs, holders, true);
+    });
+  }
+
   /** Adds `keys` to the hold of VDI `vdi` when it is held here (an LV made for an active VDI: its log). */
   async joinVdi(vdi: string, keys: readonly string[]): Promise<void> {
     await this.locked(async () => {
@@ -231,13 +247,16 @@ export class LvHolds {
     if (missing.length > 0) await this.lvs.activate(missing);
   }
 
-  /** Of `uuids`, deactivates the active ones no holder in `others` names. A failure is logged: the LV only stays active. */
-  private async deactivateUnheld(uuids: readonly string[], others: Map<string, HolderRecord>): Promise<void> {
+  /** Of `uuids`, deactivates the active ones no holder in `others` names. A failure is logged (the LV only stays active), or thrown when `strict`. */
+  private async deactivateUnheld(uuids: readonly string[], others: Map<string, HolderRecord>, strict = false): Promise<void> {
     const held = new Set([...others.values()].flatMap((h) => h.lvs));
     const active = await this.lvs.active();
     const idle = [...new Set(uuids)].filter((u) => active.has(u) && !held.has(u));
     if (idle.length === 0) return;
-    await this.lvs.deactivate(idle).catch((e: Error) => getLog().warn(`SR ${this.sr}: could not deactivate ${idle.join(', ')}: ${e.message}`));
+    await this.lvs.deactivate(idle).catch((e: Error) => {
+      if (strict) throw e;
+      getLog().warn(`SR ${this.sr}: could not deactivate ${idle.join(', ')}: ${e.message}`);
+    });
   }
 
   private async write(name: string, h: HolderRecord): Promise<void> {

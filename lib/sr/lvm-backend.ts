@@ -96,12 +96,42 @@ export class LvmBackend implements StorageBackend {
 
   /** The VDI's chain, and its changed-block log when it has one: the datapath marks it while the VDI is active. */
   async holdVdi(vdi: string, chain: readonly string[]): Promise<void> {
-    const log = (await this.cbtLogs.has(vdi)) ? [cbtLogLvName(vdi)] : [];
-    await this.holds.holdVdi(vdi, [...chain, ...log]);
+    await this.holds.holdVdi(vdi, await this.withLog(vdi, chain));
+  }
+
+  /** What an active VDI holds: its chain, and its changed-block log's LV when it has one. */
+  private async withLog(vdi: string, chain: readonly string[]): Promise<string[]> {
+    return [...chain, ...((await this.cbtLogs.has(vdi)) ? [cbtLogLvName(vdi)] : [])];
   }
 
   async releaseVdi(vdi: string): Promise<void> {
     await this.holds.releaseVdi(vdi);
+  }
+
+  /**
+   * This host's device nodes map each LV as this host activated it; LVM here
+   * never hears of the master's lvrename, lvresize or lvremove. So while the
+   * master changes the VDI's images, its LVs are inactive here (a shared
+   * parent other VDIs here hold stays active: the master only grows one).
+   */
+  async beforeRemoteChange(vdi: string): Promise<void> {
+    await this.holds.idleVdi(vdi);
+  }
+
+  /**
+   * The chain as the VG's metadata has it now, active again. An LV of it that
+   * stayed active here (a parent other VDIs here hold) is reloaded, as it may
+   * have grown, and its page cache dropped, as this host may hold blocks of it
+   * from before the master wrote it; one activated now is fresh already.
+   */
+  async afterRemoteChange(vdi: string, chainNow: () => Promise<readonly string[]>): Promise<void> {
+    const before = await this.activeImages();
+    const held = await this.withLog(vdi, await chainNow());
+    await this.holds.holdVdi(vdi, held);
+    const stayed = held.filter((k) => before.has(k)).map(lvNameOf);
+    if (stayed.length === 0) return;
+    await this.lvm.refresh(this.vg, stayed);
+    await runTool('blockdev', ['--flushbufs', ...stayed.map((lv) => Lvm.lvPath(this.vg, lv))], { timeoutMs: 60_000 });
   }
 
   async settleHolds(isVdiActive: (vdi: string) => Promise<boolean>, all = false): Promise<void> {
@@ -312,7 +342,8 @@ export class LvmBackend implements StorageBackend {
 
   /** An LV cannot hold a second copy of itself to rename over it. */
   readonly canRewriteImages = false;
-  readonly reopensAcrossHosts = false;
+  /** Only the master writes the VG's metadata, MGT included: each host keeps its own (see activationDir). */
+  readonly activationsPoolWide = false;
 
   async settleReadOnly(uuid: string): Promise<void> {
     await this.deflate(uuid);

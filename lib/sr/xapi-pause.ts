@@ -8,6 +8,7 @@
 import { getLog } from '../log/index.js';
 import { SMError } from '../errors/sm-error.js';
 import { XapiFailure, XapiPluginFailure } from '../xapi/errors.js';
+import type { Activation } from './backend.js';
 import type { ToolstackDb } from './xapi-sync.js';
 
 /** The established activation retries 120 times, a second apart, while a VDI is paused or relinked. */
@@ -134,6 +135,26 @@ export async function toolstackSeesServing(db: ToolstackDb, uuid: string, vdiRef
   return host !== undefined && (await db.xapi.vdiSmConfig(ref))[`host_${host}`] !== undefined;
 }
 
+/**
+ * The SR's VDIs the toolstack records as served by other hosts (their
+ * `host_<ref>` keys), as activation records naming each host by its uuid.
+ * Where the SR's own records are host-local (LVM), this is how the master
+ * sees another host's activations (activation.ts).
+ */
+export async function activationsInToolstack(db: ToolstackDb, here: string): Promise<Map<string, Activation>> {
+  const out = new Map<string, Activation>();
+  const hostUuids = new Map<string, Promise<string>>();
+  const uuidOf = (ref: string) => hostUuids.get(ref) ?? hostUuids.set(ref, db.xapi.hostUuid(ref)).get(ref)!;
+  for (const rec of Object.values(await db.xapi.vdisOfSr(await db.srRef()))) {
+    for (const [key, mode] of Object.entries(rec.sm_config ?? {})) {
+      if (!key.startsWith('host_') || key === `host_${db.hostRef}`) continue;
+      const host = await uuidOf(key.slice('host_'.length));
+      if (host !== here) out.set(rec.uuid, { host, writable: mode === 'RW', since: '' });
+    }
+  }
+  return out;
+}
+
 /** A `paused` a killed verb left (seen by a scan, under the SR lock): the hosts serving the VDI are asked to unpause, and it goes. */
 export async function unpauseLeftBehind(db: ToolstackDb, uuid: string, ref: string, smConfig: Record<string, string>): Promise<void> {
   getLog().warn(`XenAPI: VDI ${uuid} was left paused by an interrupted verb: unpaused`);
@@ -232,20 +253,24 @@ export async function tagRelinking(db: ToolstackDb, uuids: readonly string[], at
 /**
  * After the relink (the established `_reload`): per VDI, `relinking` goes and
  * every other host serving it refreshes its datapath (pause, then reopen its
- * leaf, now on the new chain). A host that cannot is logged and left to the
- * next pause; the images are already right. `refresh` false: untag only.
- * Returns the hosts refreshed, as "vdi@host".
+ * leaf, now on the new chain). `refresh` false: untag only. Returns the hosts
+ * refreshed and those that could not be, as "vdi@host": one of these still
+ * reads through the coalesced image, which must stay until it reopens.
  */
-export async function relinked(db: ToolstackDb, tagged: Map<string, string>, refresh = true): Promise<string[]> {
+export async function relinked(db: ToolstackDb, tagged: Map<string, string>, refresh = true): Promise<{ done: string[]; failed: string[] }> {
   const done: string[] = [];
+  const failed: string[] = [];
   for (const [uuid, ref] of tagged) {
     await db.xapi.vdiRemoveFromSmConfig(ref, 'relinking');
     if (!refresh) continue;
     for (const host of otherHostsOf(db, await db.xapi.vdiSmConfig(ref))) {
       const answer = await db.xapi.callPlugin(host, 'tapdisk-pause', 'refresh', pluginArgs(db, uuid)).catch((err: Error) => err.message);
       if (answer === 'True') done.push(`${uuid}@${host}`);
-      else getLog().warn(`XenAPI: VDI ${uuid} not refreshed on host ${host} (${answer}): it reads its old chain until its next pause`);
+      else {
+        getLog().warn(`XenAPI: VDI ${uuid} not refreshed on host ${host} (${answer}): it still reads its old chain`);
+        failed.push(`${uuid}@${host}`);
+      }
     }
   }
-  return done;
+  return { done, failed };
 }

@@ -67,12 +67,12 @@ export function cbtVerbs(c: CbtVerbContext): Record<'vdi_enable_cbt' | 'vdi_disa
     }),
 
     vdi_data_destroy: async (req) => {
-      await c.onVdiOrLog(async (repo, vdi, sr) => {
+      await c.onVdiOrLog(async (repo, vdi, sr, req) => {
         const record = await repo.vdiRecord(vdi);
         if (!record?.is_a_snapshot) throw new SMError('VDIUnavailable', `${vdi} is not a snapshot: only a snapshot's data can be destroyed`);
         if (!(await hasCbtLog(repo, vdi))) throw new SMError('VDIUnavailable', `${vdi} has no changed-block log: destroying its data would leave nothing`);
         if (await readVdiState(sr, vdi)) throw new SMError('VDIInUse', `${vdi} is attached`);
-        const elsewhere = (await poolActivations(repo.backend)).get(vdi);
+        const elsewhere = (await poolActivations(repo.backend, await toolstackDbFor(req, sr))).get(vdi);
         if (elsewhere) throw new SMError('VDIInUse', `${vdi} is active on host ${elsewhere.host}`);
         await deleteVdi(repo, vdi, { dataOnly: true });
       })(req);

@@ -318,9 +318,9 @@ export function srDriver(type: SrType): Driver {
     vdi_delete: async (req) => {
       await onVdiOrLog(async (repo, vdi, sr, req) => {
         if (await readVdiState(sr, vdi)) throw new SMError('VDIInUse', `${vdi} is attached`);
-        const elsewhere = (await poolActivations(repo.backend)).get(vdi);
-        if (elsewhere) throw new SMError('VDIInUse', `${vdi} is active on host ${elsewhere.host}`);
         const db = await toolstackDbFor(req, sr);
+        const elsewhere = (await poolActivations(repo.backend, db)).get(vdi);
+        if (elsewhere) throw new SMError('VDIInUse', `${vdi} is active on host ${elsewhere.host}`);
         const size = db ? await repo.info(vdi).then((i) => i.virtualSize, () => 0) : 0;
         await deleteMergingRemotely(repo, vdi, db);
         if (db) {
@@ -648,22 +648,21 @@ async function checkSrMetadata(repo: Repository, sr: string) {
  * log) under its datapath. This
  * host pauses its own; another host's is paused through the toolstack (the
  * tapdisk-pause plugin, xapi-pause.ts), which reaches the hosts its
- * `host_<ref>` keys name. So a VDI active on another host is refused
- * (VDIInUse) standalone, with a toolstack that does not record that host as
- * serving the VDI, and on a backend whose images the other host cannot
- * reopen after a change made here (LVM: backend.reopensAcrossHosts).
+ * `host_<ref>` keys name (and on LVM maps the changed LVs there afresh:
+ * host-pause.ts). So a VDI active on another host is refused (VDIInUse)
+ * standalone and with a toolstack that does not record that host as serving
+ * the VDI.
  */
 async function refuseActiveElsewhere(repo: Repository, vdi: string, db?: ToolstackDb, vdiRef?: string): Promise<void> {
-  const holder = (await poolActivations(repo.backend)).get(vdi);
+  const holder = (await poolActivations(repo.backend, db)).get(vdi);
   if (!holder || holder.host === hostId()) return;
-  const why = await whyNotPausableThere(repo, vdi, holder.host, db, vdiRef);
+  const why = await whyNotPausableThere(vdi, holder.host, db, vdiRef);
   if (why) throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}${why}`);
   getLog().info(`VDI ${vdi} is active on host ${holder.host}: paused there through the toolstack`);
 }
 
 /** Why the datapath serving `vdi` on `host` cannot be paused from here around a change (see above), if it cannot. */
-async function whyNotPausableThere(repo: Repository, vdi: string, host: string, db?: ToolstackDb, vdiRef?: string): Promise<string | undefined> {
-  if (!repo.backend.reopensAcrossHosts) return ' (its datapath there cannot reopen a chain changed here: the SR is LVM)';
+async function whyNotPausableThere(vdi: string, host: string, db?: ToolstackDb, vdiRef?: string): Promise<string | undefined> {
   if (!db) return ' (no toolstack to pause it there)';
   return (await toolstackSeesServing(db, vdi, vdiRef, host)) ? undefined : ', which the toolstack does not record as serving it';
 }
@@ -676,12 +675,12 @@ async function whyNotPausableThere(repo: Repository, vdi: string, host: string, 
  * snapshot. Where it cannot be, the delete refuses (VDIInUse, deleteVdi).
  */
 async function deleteMergingRemotely(repo: Repository, vdi: string, db?: ToolstackDb): Promise<void> {
-  const target = await remoteMergeTarget(repo, vdi);
+  const target = await remoteMergeTarget(repo, vdi, db);
   if (!target) {
     await deleteVdi(repo, vdi, { mergeChecked: true });
     return;
   }
-  if (!db || (await whyNotPausableThere(repo, target.child, target.host, db))) {
+  if (!db || (await whyNotPausableThere(target.child, target.host, db))) {
     await deleteVdi(repo, vdi); // refuses, saying where the log is held
     return;
   }

@@ -136,6 +136,7 @@ export class XapiSession {
 
   // ----------------------------------------------------------- host, message
   hostByUuid = (uuid: string) => this.ref('host.get_by_uuid', uuid);
+  hostUuid = async (host: string) => String(await this.call('host.get_uuid', host));
   callPlugin = async (host: string, plugin: string, fn: string, args: Record<string, string>) => String(await this.call('host.call_plugin', host, plugin, fn, args));
   /** `message.create(name, priority, class, obj_uuid, body)`: what an operator sees in the toolstack. */
   messageCreate = (name: string, priority: number, cls: string, objUuid: string, body: string) => this.ref('message.create', name, str(priority), cls, objUuid, body);

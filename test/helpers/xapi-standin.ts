@@ -355,6 +355,7 @@ export class XapiStandin {
       return this.opts.plugin ? this.opts.plugin(ref, plugin, fn, args, this) : 'True';
     }
     if (name === 'get_record') return host;
+    if (name === 'get_uuid') return host.uuid;
     if (name === 'get_other_config') return host.other_config;
     throw new Failure(['MESSAGE_METHOD_UNKNOWN', method]);
   }

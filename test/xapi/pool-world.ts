@@ -28,6 +28,8 @@ export interface Pool {
   onB(verb: string, extra?: Record<string, unknown>): Promise<unknown>;
   /** The plugin calls B's executable answered: "fn -> answer". */
   pluginRuns: string[];
+  /** Plugin functions B answers with a failure, without running (a host that cannot do it now). */
+  refusing: Set<string>;
 }
 
 /** xapi's host.call_plugin on host B: B's plugin executable, params [session, args], its `Value` returned. */
@@ -44,6 +46,7 @@ export async function withPool(fn: (p: Pool) => Promise<void>): Promise<void> {
   const a = await makeSmEnv();
   const b = poolHost(a, 'hostB', false);
   const runs: string[] = [];
+  const refusing = new Set<string>();
   const xapi = await XapiStandin.start(xapiSocket(a), {
     smSessions: [{ ref: SESSION_SECRET, sr: SR_REF }],
     srs: [{ ref: SR_REF, uuid: a.sr }],
@@ -53,6 +56,10 @@ export async function withPool(fn: (p: Pool) => Promise<void>): Promise<void> {
     ],
     plugin: (host, plugin, pfn, args) => {
       if (host !== OTHER_HOST_REF || plugin !== 'tapdisk-pause') return `no such host or plugin: ${host} ${plugin}`;
+      if (refusing.has(pfn)) {
+        runs.push(`${pfn} -> refused`);
+        return `failed: host B cannot ${pfn} now`;
+      }
       return runPluginOn(b, pfn, args, runs);
     },
   });
@@ -64,7 +71,7 @@ export async function withPool(fn: (p: Pool) => Promise<void>): Promise<void> {
     await xml(a, 'sr_create', { args: ['0'] });
     await xml(a, 'sr_attach');
     await onB('sr_attach');
-    await fn({ a, b, xapi, onB, pluginRuns: runs });
+    await fn({ a, b, xapi, onB, pluginRuns: runs, refusing });
   } finally {
     await xapi.close();
     await a.cleanup();
