@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { byPathLink, parseDiscovery } from '../../lib/os/iscsi.js';
 import { OUT, requireGuest, sparseFile, until } from './support/guest.js';
-import { Peer, PeerError, peerConfigured, serveTcpToUnix } from './support/peer.js';
+import { httpPostOverUnix, Peer, PeerError, peerConfigured, serveTcpToUnix } from './support/peer.js';
 import { Tgt } from './support/tgt.js';
 
 requireGuest();
@@ -80,7 +80,7 @@ describe('peer', { timeout: 600_000 }, () => {
       const there = await peer.relayToHere('/run/peer-test/relay/a.sock', tcp.port); // folders made there
       assert.equal(there, '/run/peer-test/relay/a.sock');
       for (const n of [1, 2]) {
-        const r = await peer.runOk(['curl', '-sS', '--max-time', '30', '--unix-socket', there, '--data-binary', `sent from the peer #${n}`, `http://a/req${n}`]);
+        const r = await peer.runOk(httpPostOverUnix(there, `/req${n}`, `sent from the peer #${n}`), { timeoutMs: 60_000 });
         assert.deepEqual(JSON.parse(r.stdout), { bootId: bootId(), url: `/req${n}`, body: `sent from the peer #${n}` });
       }
     });
@@ -92,6 +92,7 @@ describe('peer', { timeout: 600_000 }, () => {
     after(async () => {
       if (SKIP) return;
       await peer.run(['iscsiadm', '-m', 'node', '-T', IQN, '-p', portal(), '--logout']).catch(() => {});
+      await peer.run(['iscsiadm', '-k', '0']).catch(() => {}); // iscsid ends: a later suite starts its own
       await tgt?.stop();
     });
 

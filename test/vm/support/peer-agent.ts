@@ -12,13 +12,13 @@
  *   POST /stop   -> {stopping: true}, then closes everything and exits 0.
  * Errors answer 4xx/5xx with {error}.
  *
- * Usage: node peer-agent.js ADDRESS:PORT
+ * Usage: node peer-agent.js ADDRESS:PORT (PORT 0: any; the first log line names it)
  */
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { connect, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { pipeBothWays } from './peer-protocol.js';
@@ -149,7 +149,7 @@ function stop(server: ReturnType<typeof createServer>): void {
 function main(): void {
   const [host, portText] = (process.argv[2] ?? '').split(':');
   const port = Number(portText);
-  if (!host || !Number.isInteger(port) || port <= 0) {
+  if (!host || portText === '' || !Number.isInteger(port) || port < 0) {
     process.stderr.write('usage: peer-agent ADDRESS:PORT\n');
     process.exit(2);
   }
@@ -185,7 +185,8 @@ function main(): void {
       if (!res.headersSent) answer(res, e instanceof BadRequest ? 400 : 500, { error: e.message });
     });
   });
-  server.listen(port, host, () => log(`listening on ${host}:${port}, boot ${bootId}`));
+  // port 0: the system picks one; the log line says which
+  server.listen(port, host, () => log(`listening on ${host}:${(server.address() as AddressInfo).port}, boot ${bootId}`));
 }
 
 main();

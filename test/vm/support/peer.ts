@@ -174,3 +174,16 @@ function call(host: string, port: number, method: string, path: string, body: un
     req.end(payload);
   });
 }
+
+/**
+ * argv of a node one-off that POSTs `body` to `path` of an HTTP server on the
+ * unix socket `socketPath` and prints the answer (node is in every VM; curl
+ * need not be). Exit 1 with the error on stderr when it cannot connect.
+ */
+export function httpPostOverUnix(socketPath: string, path: string, body: string, node = 'node'): string[] {
+  const script = `const [socketPath, path, body] = process.argv.slice(1);
+const req = require('node:http').request({ socketPath, path, method: 'POST' }, (res) => res.pipe(process.stdout));
+req.on('error', (e) => { console.error(e.message); process.exit(1); });
+req.end(body);`;
+  return [node, '-e', script, socketPath, path, body];
+}
