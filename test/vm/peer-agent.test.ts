@@ -14,11 +14,11 @@ import { httpPostOverUnix, Peer, PeerError, serveTcpToUnix } from './support/pee
 const agentJs = fileURLToPath(new URL('./support/peer-agent.js', import.meta.url));
 
 /** Starts the agent on a free loopback port; resolves once its log names the port. */
-async function startAgent(): Promise<{ child: ChildProcess; address: string; exited: Promise<number | null> }> {
+async function startAgent(): Promise<{ child: ChildProcess; address: string; exited: Promise<number | null>; log: () => string }> {
   const child = spawn(process.execPath, [agentJs, '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  let out = '';
   const address = await new Promise<string>((resolve, reject) => {
-    let out = '';
     child.stdout!.on('data', (c: Buffer) => {
       out += c.toString();
       const m = /listening on (127\.0\.0\.1:\d+)/.exec(out);
@@ -26,7 +26,7 @@ async function startAgent(): Promise<{ child: ChildProcess; address: string; exi
     });
     child.on('exit', () => reject(new Error(`the agent exited: ${out}`)));
   });
-  return { child, address, exited };
+  return { child, address, exited, log: () => out };
 }
 
 /** A raw request, for what the client never sends. */
@@ -71,8 +71,14 @@ test('run, relay and stop through the real agent', async (t) => {
   t.is((await t.throwsAsync(peer.run([]), { instanceOf: PeerError })).status, 400);
   const notJson = await raw(agent.address, 'POST', '/run', '{argv');
   t.deepEqual([notJson.status, JSON.parse(notJson.body)], [400, { error: 'body is not JSON' }]);
-  t.is((await raw(agent.address, 'POST', '/nowhere', '{}')).status, 400);
+  t.is((await raw(agent.address, 'POST', '/nowhere', '{}')).status, 404);
   t.is((await raw(agent.address, 'POST', '/relay', '{"unixPath":"relative","host":"h","port":1}')).status, 400);
+
+  // a secret given as such is in neither the agent's log nor runOk's error
+  const SECRET = 'Peer-Secret-42';
+  const leaked = await t.throwsAsync(peer.runOk(['ls', `/no/${SECRET}`], { secrets: [SECRET] }));
+  t.false(leaked.message.includes(SECRET));
+  t.regex(leaked.message, /ls "\/no\/\*{6}" exited with code 2/);
 
   // relay: a unix socket "there" reaches a unix-socket server "here", both ways
   const dir = mkdtempSync(join(tmpdir(), 'peer-agent-'));
@@ -93,4 +99,6 @@ test('run, relay and stop through the real agent', async (t) => {
 
   await peer.stop();
   t.is(await agent.exited, 0);
+  t.regex(agent.log(), /run ls "\/no\/\*{6}" -> code 2/);
+  t.false(agent.log().includes(SECRET));
 });

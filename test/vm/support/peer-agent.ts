@@ -5,8 +5,9 @@
  * any command it is sent, which is the point, and is safe only on that link.
  *
  *   GET  /ping   -> {bootId, hostname}
- *   POST /run    {argv, env?, cwd?, input?, timeoutMs?} -> {code, signal, stdout, stderr, ms}
- *                argv is spawned as given (no shell); env is merged over the agent's.
+ *   POST /run    {argv, env?, cwd?, input?, timeoutMs?, secrets?} -> {code, signal, stdout, stderr, ms}
+ *                argv is spawned as given (no shell); env is merged over the agent's;
+ *                secrets are masked in the log.
  *   POST /relay  {unixPath, host, port} -> {unixPath}: listens on unixPath here
  *                and pipes each connection to TCP host:port (the first VM), both ways.
  *   POST /stop   -> {stopping: true}, then closes everything and exits 0.
@@ -21,11 +22,18 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
-import { pipeBothWays } from './peer-protocol.js';
+import { pipeBothWays, showArgv } from './peer-protocol.js';
 import type { PeerRunRequest, PeerRunResult, RelayRequest } from './peer-protocol.js';
 
-/** A request the agent refuses (HTTP 400) rather than a failure while doing it (500). */
-class BadRequest extends Error {}
+/** A request the agent refuses (HTTP 400, or 404 for no such route) rather than a failure while doing it (500). */
+class BadRequest extends Error {
+  constructor(
+    message: string,
+    readonly status = 400,
+  ) {
+    super(message);
+  }
+}
 
 const MAX_BODY = 16 * 1024 * 1024;
 /** After the child exits, how long its output may still arrive: a daemon it left behind may hold the pipes forever. */
@@ -55,7 +63,7 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
 }
 
 function checkRun(b: Record<string, unknown>): PeerRunRequest {
-  const { argv, env, cwd, input, timeoutMs } = b;
+  const { argv, env, cwd, input, timeoutMs, secrets } = b;
   if (!Array.isArray(argv) || argv.length === 0 || !argv.every((a) => typeof a === 'string')) throw new BadRequest('argv must be a non-empty array of strings');
   if (env !== undefined && (env === null || typeof env !== 'object' || !Object.values(env).every((v) => typeof v === 'string'))) {
     throw new BadRequest('env must map names to strings');
@@ -63,7 +71,8 @@ function checkRun(b: Record<string, unknown>): PeerRunRequest {
   if (cwd !== undefined && typeof cwd !== 'string') throw new BadRequest('cwd must be a string');
   if (input !== undefined && typeof input !== 'string') throw new BadRequest('input must be a string');
   if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs > 0)) throw new BadRequest('timeoutMs must be a positive number');
-  return { argv, env: env as Record<string, string> | undefined, cwd, input, timeoutMs };
+  if (secrets !== undefined && !(Array.isArray(secrets) && secrets.every((x) => typeof x === 'string'))) throw new BadRequest('secrets must be an array of strings');
+  return { argv, env: env as Record<string, string> | undefined, cwd, input, timeoutMs, secrets };
 }
 
 /** Runs argv to its end; a program that cannot start rejects (the caller answers 500). */
@@ -91,7 +100,7 @@ function run(r: PeerRunRequest): Promise<PeerRunResult> {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      reject(new Error(`${r.argv[0]}: ${e.message}`));
+      reject(new Error(`${showArgv(r.argv, r.secrets)}: ${e.message}`));
     });
     child.on('close', finish);
     child.on('exit', (code, signal) => setTimeout(() => finish(code, signal), OUTPUT_GRACE_MS).unref());
@@ -158,13 +167,13 @@ function main(): void {
     const route = `${req.method} ${req.url}`;
     (async () => {
       if (route === 'GET /ping') return answer(res, 200, { bootId, hostname: hostname() });
-      if (req.method !== 'POST') throw new BadRequest(`no route ${route}`);
+      if (req.method !== 'POST') throw new BadRequest(`no route ${route}`, 404);
       const body = await readJson(req);
       switch (req.url) {
         case '/run': {
           const r = checkRun(body);
           const result = await run(r);
-          log(`run ${JSON.stringify(r.argv)} -> code ${result.code} signal ${result.signal} (${result.ms} ms)`);
+          log(`run ${showArgv(r.argv, r.secrets)} -> ${result.signal ?? `code ${result.code}`} (${result.ms} ms)`);
           return answer(res, 200, result);
         }
         case '/relay': {
@@ -178,11 +187,11 @@ function main(): void {
           res.on('finish', () => stop(server));
           return answer(res, 200, { stopping: true });
         default:
-          throw new BadRequest(`no route ${route}`);
+          throw new BadRequest(`no route ${route}`, 404);
       }
     })().catch((e: Error) => {
       log(`${route}: ${e.message}`);
-      if (!res.headersSent) answer(res, e instanceof BadRequest ? 400 : 500, { error: e.message });
+      if (!res.headersSent) answer(res, e instanceof BadRequest ? e.status : 500, { error: e.message });
     });
   });
   // port 0: the system picks one; the log line says which

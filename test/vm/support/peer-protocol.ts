@@ -1,5 +1,6 @@
 /** What the first VM and the peer agent (peer-agent.ts) say to each other, and the pipe both ends of a relay use. */
 import type { Socket } from 'node:net';
+import { formatCommand, maskArgv, maskText } from '../../../lib/os/run.js';
 
 export interface PeerRunRequest {
   argv: string[];
@@ -10,8 +11,11 @@ export interface PeerRunRequest {
   input?: string;
   /** SIGKILL after this long (then `signal` is 'SIGKILL' and `code` null). */
   timeoutMs?: number;
+  /** Masked in the agent's log and in errors (the tool's known secret flags are masked anyway). */
+  secrets?: string[];
 }
 
+/** What the program did; its output as UTF-8 text. */
 export interface PeerRunResult {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -32,4 +36,9 @@ export function pipeBothWays(a: Socket, b: Socket): void {
   b.pipe(a);
   a.on('error', () => b.destroy());
   b.on('error', () => a.destroy());
+}
+
+/** argv as one line for logs and errors, secrets masked. */
+export function showArgv(argv: readonly string[], secrets: readonly string[] = []): string {
+  return maskText(formatCommand(argv[0] ?? '', maskArgv(argv.slice(1), secrets)), secrets);
 }

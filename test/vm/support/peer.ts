@@ -7,7 +7,8 @@
 import { request } from 'node:http';
 import { connect, createServer } from 'node:net';
 import type { Socket } from 'node:net';
-import { pipeBothWays } from './peer-protocol.js';
+import { maskText } from '../../../lib/os/run.js';
+import { pipeBothWays, showArgv } from './peer-protocol.js';
 import type { PeerRunRequest, PeerRunResult } from './peer-protocol.js';
 
 /** Whether this run has a second VM (run-tier.sh sets PEER for the suites that need one). */
@@ -81,7 +82,8 @@ export class Peer {
   async runOk(argv: string[], opts: RunOptions = {}): Promise<PeerRunResult> {
     const r = await this.run(argv, opts);
     if (r.code !== 0) {
-      throw new Error(`on the peer, ${JSON.stringify(argv)} ${r.signal ? `was killed by ${r.signal}` : `exited with code ${r.code}`}: ${r.stderr.trim()}`);
+      const what = r.signal ? `was killed by ${r.signal}` : `exited with code ${r.code}`;
+      throw new Error(`on the peer, ${showArgv(argv, opts.secrets)} ${what}: ${maskText(r.stderr.trim(), opts.secrets)}`);
     }
     return r;
   }
