@@ -11,6 +11,12 @@
 #       SMVM_TIMEOUT  hard limit in seconds for the whole VM run (default 2700)
 #       SMVM_OUT      host folder shared as /mnt/out (default: new folder in WORKDIR/runs/)
 #       SMVM_MEM      guest memory in MiB (default 2048); SMVM_CPUS (default 2)
+#       SMVM_NET      unset (default): no network but loopback. listen:PORT:IP/PREFIX or
+#                     connect:PORT:IP/PREFIX: a virtio NIC joined to one other guest by
+#                     qemu's socket netdev on host TCP 127.0.0.1:PORT (start the listen
+#                     side first: the connect side's qemu fails if nobody listens), up
+#                     with IP/PREFIX before the script runs. MAC 52:54:00:5a:00:01
+#                     (listen) or :02 (connect), so the two sides never share one.
 # Exit: the guest script's code; 124 hard timeout; 125 the VM ended without the
 #       script finishing (boot failure, panic); 2 usage or VM not built.
 set -u
@@ -29,6 +35,34 @@ if [ -n "${SMVM_OUT:-}" ]; then RUN=$(mkdir -p "$SMVM_OUT" && realpath "$SMVM_OU
   mkdir -p "$W/runs"; RUN=$(mktemp -d "$W/runs/$(date +%Y%m%d-%H%M%S).XXXX"); fi
 C=$RUN/.smvm          # control files shared with the guest
 rm -rf "$C"; mkdir -p "$C" || exit 2
+
+# Optional link to a second guest: qemu arguments here, the guest's set-up in
+# $C/net.sh, which stage 2 sources when it exists.
+NET_ARGS=()
+if [ -n "${SMVM_NET:-}" ]; then
+  if ! [[ $SMVM_NET =~ ^(listen|connect):([0-9]+):([0-9.]+/[0-9]+)$ ]]; then
+    echo "runvm: SMVM_NET=$SMVM_NET is not listen:PORT:IP/PREFIX or connect:PORT:IP/PREFIX" >&2; exit 2
+  fi
+  side=${BASH_REMATCH[1]} port=${BASH_REMATCH[2]} cidr=${BASH_REMATCH[3]}
+  mac=52:54:00:5a:00:01; [ "$side" = connect ] && mac=52:54:00:5a:00:02
+  NET_ARGS=(-netdev "socket,id=n0,$side=127.0.0.1:$port" -device "virtio-net-pci,netdev=n0,mac=$mac")
+  { printf 'SMVM_NET_MAC=%q\nSMVM_NET_CIDR=%q\n' "$mac" "$cidr"; cat <<'NET'
+# virtio_net is a module in Debian's kernel; the NIC is the one with our MAC
+# (no udev yet, so it keeps the kernel's name).
+modprobe virtio_net 2>/dev/null; ip link set lo up
+nic=
+for i in $(seq 50); do
+  for d in /sys/class/net/*; do [ "$(cat "$d/address" 2>/dev/null)" = "$SMVM_NET_MAC" ] && nic=${d##*/}; done
+  [ -n "$nic" ] && break; sleep 0.1
+done
+if [ -n "$nic" ] && ip addr add "$SMVM_NET_CIDR" dev "$nic" && ip link set "$nic" up; then
+  echo "smvm: network $nic $SMVM_NET_CIDR up"
+else
+  echo "smvm: network FAILED: no NIC with MAC $SMVM_NET_MAC up as $SMVM_NET_CIDR"
+fi
+NET
+  } > "$C/net.sh"
+fi
 
 # What stage 2 needs, bash-quoted and sourced in the guest.
 {
@@ -52,6 +86,7 @@ ln -sfn /proc/self/fd /dev/fd; ln -sf fd/0 /dev/stdin; ln -sf fd/1 /dev/stdout; 
 # the extracted kernel's modules, so modprobe works as usual
 mkdir -p "/lib/modules/$(uname -r)" && mount --bind "$SMVM_KMODS" "/lib/modules/$(uname -r)"
 echo "smvm: guest root ready at $(cut -d' ' -f1 /proc/uptime)s uptime, kernel $(uname -r)"
+[ -f /mnt/out/.smvm/net.sh ] && . /mnt/out/.smvm/net.sh    # SMVM_NET
 cd "$SMVM_CWD" 2>/dev/null || cd /
 bash "$SMVM_SCRIPT" "${SMVM_ARGS[@]}" </dev/null
 rc=$?
@@ -72,6 +107,7 @@ timeout -k 10 "$TMO" qemu-system-x86_64 -accel tcg,thread=multi -cpu max \
   -kernel "$KERNEL" -initrd "$W/initramfs.cpio.gz" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs "local,path=$RUN,mount_tag=out,security_model=none,multidevs=remap" \
+  "${NET_ARGS[@]}" \
   -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null
 qrc=$?
 us=$(( ${EPOCHREALTIME//[.,]/} - T0 )); wall=$(printf '%d.%d' $((us / 1000000)) $((us / 100000 % 10)))
