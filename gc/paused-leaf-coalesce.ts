@@ -11,6 +11,7 @@
  * Standalone, such a leaf is skipped (collector.ts).
  */
 import { faultPoint } from '../lib/sr/fault.js';
+import { VhdImage } from '../lib/vhd/index.js';
 import { beginJournal, type Journal } from '../lib/sr/journal.js';
 import { withPaused } from '../lib/sr/xapi-pause.js';
 import { underSrLock, type GcContext } from './context.js';
@@ -19,6 +20,16 @@ import { swapIntoParent, whyNot } from './leaf-coalesce.js';
 import { short } from './gc-log.js';
 
 type LeafJournal = Extract<Journal, { kind: 'leaf' }>;
+
+/** What the image holds (its metadata and allocated blocks): on LVM its LV is as large as its virtual size. */
+async function usedBytesOf(path: string): Promise<number> {
+  const image = await VhdImage.open(path);
+  try {
+    return image.usedBytes;
+  } finally {
+    await image.close();
+  }
+}
 
 /** The most a leaf may hold to be merged while its host waits (the established LIVE_LEAF_COALESCE_MAX_SIZE: 20 MiB). */
 export const PAUSED_LEAF_MAX_BYTES = Number(process.env.SM_GC_PAUSED_LEAF_MAX_MIB ?? 20) * 1048576;
@@ -29,7 +40,7 @@ export async function pausedLeafCoalesce(ctx: GcContext, leaf: string, parent: s
   if (!db) throw new Error('a paused leaf-coalesce needs the toolstack');
   const j: LeafJournal = { kind: 'leaf', vdi: leaf, parent };
   return underSrLock(ctx, async () => {
-    const bytes = (await repo.tree()).nodes.get(leaf)?.physicalSize ?? 0;
+    const bytes = await repo.backend.withImagesActive([leaf], () => usedBytesOf(repo.imagePath(leaf)));
     const why = (await whyNot(ctx, j, false, false, host)) ?? (bytes > PAUSED_LEAF_MAX_BYTES ? `it holds ${bytes} bytes, more than host ${host} may wait for (${PAUSED_LEAF_MAX_BYTES})` : undefined);
     if (why) {
       log.info(`Leaf-coalesce of ${short(leaf)} skipped: ${why}`);

@@ -381,7 +381,7 @@ export class LvmBackend implements StorageBackend {
 
   readonly recordMedium: RecordMedium = new MgtRecordMedium(
     () => this.mgt(),
-    () => new MgtRecordArea(Lvm.lvPath(this.vg, MGT_LV), this.srUuid, { ensureBytes: (bytes) => this.growMgt(bytes) }),
+    () => new MgtRecordArea(Lvm.lvPath(this.vg, MGT_LV), this.srUuid, { ensureBytes: (bytes) => this.growMgt(bytes), remap: () => this.lvm.refresh(this.vg, [MGT_LV]) }),
     () => this.hasMgt(),
     () => this.ensureMgt(),
   );

@@ -79,6 +79,12 @@ interface Place {
 export interface MgtGrowth {
   /** Makes the volume at least this long; true if the new bytes read as zeros already (a plain file). */
   ensureBytes(bytes: number): Promise<boolean>;
+  /**
+   * The volume's device maps less than its header names: another host grew
+   * it (LVM: a pool host's device node keeps the size it was activated with).
+   * Maps it as it is now.
+   */
+  remap?(): Promise<void>;
 }
 
 export class MgtRecordArea {
@@ -98,8 +104,22 @@ export class MgtRecordArea {
     return h.digest();
   }
 
-  private withHandle<T>(write: boolean, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+  private checkedMapping = false;
+
+  private async withHandle<T>(write: boolean, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    if (!this.checkedMapping && this.growth.remap) {
+      this.checkedMapping = true;
+      if (!(await withFile(this.path, false, (fh) => this.mapsArea(fh)))) await this.growth.remap();
+    }
     return withFile(this.path, write, fn);
+  }
+
+  /** Whether the volume reaches as far as the header, and as far as the levels it names. */
+  private async mapsArea(fh: FileHandle): Promise<boolean> {
+    const reaches = async (bytes: number) => (await fh.read(Buffer.alloc(1), 0, 1, bytes - 1).catch(() => ({ bytesRead: 0 }))).bytesRead === 1;
+    if (!(await reaches(RECORD_AREA + 2 * HEADER_COPY))) return false;
+    const header = await this.readHeader(fh);
+    return header === undefined || (await reaches(bytesForLevels(header.levels)));
   }
 
   private static async readAt(fh: FileHandle, length: number, position: number): Promise<Buffer> {

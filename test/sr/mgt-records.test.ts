@@ -166,3 +166,36 @@ test('a layout-1 MGT (every record in the metadata slot) is converted exactly; a
     m.cleanup();
   }
 });
+
+test("another host's view: a device that maps less than the area's header names is remapped once, then its records read (a pool host's MGT node after the master grew the LV)", async (t) => {
+  const master = mgtFile();
+  try {
+    const r = record(1);
+    await master.records.putVdis([r]); // grows the volume past MGT_BYTES: the first level
+    t.true(fs.statSync(master.file).size > MGT_BYTES);
+    // The other host's node: the volume as it was mapped before the growth.
+    const stale = `${master.file}.other-host`;
+    fs.copyFileSync(master.file, stale);
+    fs.truncateSync(stale, MGT_BYTES);
+    let remaps = 0;
+    const growth: MgtGrowth = {
+      ensureBytes: async () => t.fail('the other host never grows the volume') as never,
+      remap: async () => {
+        remaps++;
+        fs.copyFileSync(master.file, stale); // the volume as it is now
+      },
+    };
+    const other = new SrRecords(new MgtRecordMedium(() => new MgtVolume(stale), () => new MgtRecordArea(stale, SR, growth), () => true, async () => {}));
+    t.deepEqual(await other.getVdi(r.uuid), r, 'the record reads once remapped');
+    t.is(remaps, 1, 'remapped once');
+    t.deepEqual(await other.getVdi(r.uuid), r);
+    t.is(remaps, 1, 'a volume mapped whole is not remapped again');
+    // The master's own node maps what it grew: never remapped.
+    let masterRemaps = 0;
+    const mine = new MgtRecordArea(master.file, SR, { ensureBytes: async () => false, remap: async () => void masterRemaps++ });
+    t.is(await mine.levels(), 1);
+    t.is(masterRemaps, 0, "the master's node maps the whole area");
+  } finally {
+    master.cleanup();
+  }
+});

@@ -45,7 +45,7 @@ ls -dt "$W"/runs/tier-* 2>/dev/null | tail -n +10 | while read -r old; do rm -rf
 OUT=$(mktemp -d "$W/runs/tier-$(date +%Y%m%d-%H%M%S).XXXX")
 
 # The second VM (a second host of a pool) for the suites that need one.
-PEER_SUITES="peer"
+PEER_SUITES="lvm-pool peer"
 PEER_IP=10.99.0.2 SELF_IP=10.99.0.1 AGENT_PORT=7000
 PEER_PID=
 needs_peer() { # TEST...: all suites (none named), or one of them in PEER_SUITES

@@ -10,17 +10,11 @@ import { MiB, pattern } from '../helpers/model.js';
 import { openNbd } from '../helpers/nbd-vdi.js';
 import { datapathPids, gc, readSmlog, smGc } from '../helpers/sm.js';
 import { journals, readTree } from '../helpers/sr-state.js';
-import { activeOnB, createOnA, openImages, twoDeletedSnapshots, withPool } from './pool-world.js';
+import { chainOnB, openImages, withPool } from './pool-world.js';
 
 test('B cannot refresh after a relink: the coalesced image stays for its datapath, the journal waits; the next run refreshes B and finishes', async (t) => {
   await withPool(async (p) => {
-    const V = await createOnA(p, 16 * MiB);
-    await activeOnB(p, V);
-    const c = await openNbd(p.b, V);
-    await twoDeletedSnapshots(p, c, V);
-    const before = await readTree(p.a);
-    const b2 = before.get(V)!.parent!;
-    const b1 = before.get(b2)!.parent!;
+    const { V, c, b1, b2 } = await chainOnB(p, 16 * MiB);
 
     p.refusing.add('refresh');
     p.pluginRuns.length = 0;

@@ -9,20 +9,14 @@ import { MiB, pattern } from '../helpers/model.js';
 import { openNbd } from '../helpers/nbd-vdi.js';
 import { datapathPids, gc, readSmlog, waitFor, xml } from '../helpers/sm.js';
 import { readTree } from '../helpers/sr-state.js';
-import { activeOnB, createOnA, openImages, twoDeletedSnapshots, OTHER_HOST_REF, vdiArgs, withPool } from './pool-world.js';
+import { chainOnB, createOnA, openImages, OTHER_HOST_REF, vdiArgs, withPool } from './pool-world.js';
 
 const BLOCK = 64 * 1024;
 
 test("A's GC relinks and leaf-coalesces a chain B writes to: B refreshed, then paused for the merge, through the plugin; no write lost", async (t) => {
   await withPool(async (p) => {
-    const V = await createOnA(p, 32 * MiB);
-    await activeOnB(p, V);
-    const c = await openNbd(p.b, V);
     // V over b2 over b1, each holding some of the data: b2 is coalesced into b1 (V relinked), then V into b1.
-    await twoDeletedSnapshots(p, c, V);
-    const before = await readTree(p.a);
-    const b2 = before.get(V)!.parent!;
-    const b1 = before.get(b2)!.parent!;
+    const { V, c, b1 } = await chainOnB(p, 32 * MiB);
     t.truthy(b1, 'a chain of three: V, b2, b1');
     p.pluginRuns.length = 0;
     p.xapi.calls.length = 0;

@@ -11,7 +11,8 @@ import { encodeMethodCall, parseMethodResponse } from '../../lib/smapi/index.js'
 import { createArgs, makeSmEnv, poolHost, REPO, run, SESSION_SECRET, smVhd, xml, type SmEnv } from '../helpers/sm.js';
 import { imagePath } from '../helpers/sr-state.js';
 import { MiB, pattern } from '../helpers/model.js';
-import type { NbdVdiClient } from '../helpers/nbd-vdi.js';
+import { openNbd, type NbdVdiClient } from '../helpers/nbd-vdi.js';
+import { readTree } from '../helpers/sr-state.js';
 import { XapiStandin } from '../helpers/xapi-standin.js';
 import { HOST_REF, OTHER_HOST_REF, SR_REF, xapiSocket } from './standin-world.js';
 
@@ -117,6 +118,17 @@ export async function twoDeletedSnapshots(p: Pool, c: NbdVdiClient, V: string): 
   }
   await c.write(4 * MiB, pattern(3, MiB));
   for (const S of snapshots) await xml(p.a, 'vdi_delete', vdiArgs(S));
+}
+
+/** A VDI B writes, over the chain twoDeletedSnapshots leaves: V over b2 over b1, with B's connection to it. */
+export async function chainOnB(p: Pool, size: number): Promise<{ V: string; c: NbdVdiClient; b1: string; b2: string }> {
+  const V = await createOnA(p, size);
+  await activeOnB(p, V);
+  const c = await openNbd(p.b, V);
+  await twoDeletedSnapshots(p, c, V);
+  const tree = await readTree(p.a);
+  const b2 = tree.get(V)!.parent!;
+  return { V, c, b2, b1: tree.get(b2)!.parent! };
 }
 
 /** The image files a process holds open in `dir`, as /proc shows them (" (deleted)" when removed). */
