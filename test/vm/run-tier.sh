@@ -9,7 +9,7 @@
 # runs, a second VM (guest-peer.sh) boots first, linked to the first by a qemu
 # socket netdev (10.99.0.2 and 10.99.0.1), and is stopped when the first ends.
 # Exit status 0 only when every test passed.
-# Env: SMVM_WORKDIR (default /var/tmp/smvm), SMVM_TIMEOUT (default 2700 s: the whole tier takes ~15-25 min under TCG).
+# Env: SMVM_WORKDIR (default /var/tmp/smvm), SMVM_TIMEOUT (default 3600 s: the whole tier takes ~35-40 min under TCG).
 set -u
 cd "$(dirname "$0")/../.."
 T0=${EPOCHREALTIME//[.,]/}
@@ -17,6 +17,7 @@ elapsed() { local us=$(( ${EPOCHREALTIME//[.,]/} - T0 )); printf '%d.%d' $((us /
 fail() { echo "vm-tier: $*"; echo "VM: 0 passed, 1 failed"; exit 1; }
 
 W=${SMVM_WORKDIR:-/var/tmp/smvm}
+export SMVM_TIMEOUT=${SMVM_TIMEOUT:-3600}   # for each VM (runvm.sh)
 mkdir -p "$W" || fail "cannot create $W"
 if ! bash test/vm/build-vm.sh "$W" > "$W/build.log" 2>&1; then
   cat "$W/build.log"; fail "building the VM failed"
