@@ -100,7 +100,7 @@ export class CbtDevice extends PassthroughDevice {
       this.log.consistent = true;
       await writeLog(this.logPath, this.log);
       // A log on an LV is closed with the chain (VhdDevice.settle): another host may deactivate or the master rewrite it meanwhile.
-      if (this.chain.images.some((i) => i.io.isDevice) && !this.closed) {
+      if (this.chain.onDevices && !this.closed) {
         this.closed = true;
         await this.fh.close();
       }

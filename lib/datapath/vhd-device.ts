@@ -71,6 +71,11 @@ export class VhdDevice implements BlockDevice {
   }
 
   /** The open images, leaf first: what a chain opened after a pause may take over (see release). */
+  /** A chain of block devices (LVs): closed when it settles, never taken over (see settle()). */
+  get onDevices(): boolean {
+    return this.chain.images.some((i) => i.io.isDevice);
+  }
+
   get images(): readonly VhdImage[] {
     return this.chain.images;
   }
@@ -98,7 +103,7 @@ export class VhdDevice implements BlockDevice {
       }
       // LVM renames, resizes and removes logical volumes while a VDI is paused (lvremove refuses an open
       // one), and they are never taken over (chain-reuse.ts): a chain on devices is closed here, as before.
-      if (this.chain.images.some((i) => i.io.isDevice)) await (this.released = this.chain.close());
+      if (this.onDevices) await (this.released = this.chain.close());
     })();
     return this.settling;
   }

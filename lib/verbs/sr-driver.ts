@@ -654,7 +654,8 @@ async function checkSrMetadata(repo: Repository, sr: string) {
  * the VDI.
  */
 async function refuseActiveElsewhere(repo: Repository, vdi: string, db?: ToolstackDb, vdiRef?: string): Promise<void> {
-  const holder = (await poolActivations(repo.backend, db)).get(vdi);
+  // The SR's own records only: a host the toolstack alone records (LVM) is one whose `host_<ref>` key the pause follows anyway.
+  const holder = (await poolActivations(repo.backend)).get(vdi);
   if (!holder || holder.host === hostId()) return;
   const why = await whyNotPausableThere(vdi, holder.host, db, vdiRef);
   if (why) throw new SMError('VDIInUse', `${vdi} is active on host ${holder.host}${why}`);

@@ -19,7 +19,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
-import { encodeResponse, parseMethodCall } from '../../lib/smapi/xmlrpc-codec.js';
+import { encodeResponse, parseMethodCall, parseMethodResponse } from '../../lib/smapi/xmlrpc-codec.js';
 import { XmlRpcDateTime, type XmlRpcValue } from '../../lib/smapi/xmlrpc-value.js';
 
 export const NULL_REF = 'OpaqueRef:NULL';
@@ -42,6 +42,13 @@ export interface StandinOptions {
   hosts?: Array<{ ref: string; uuid: string }>;
   /** Answers host.call_plugin (default "True"). */
   plugin?: (host: string, plugin: string, fn: string, args: Map_, standin: XapiStandin) => string | Promise<string>;
+}
+
+/** What xapi's host.call_plugin returns for a plugin's output: its `Value`, or "failed: ..." with what it said instead. */
+export function pluginAnswer(stdout: string, stderr = ''): string {
+  const response = parseMethodResponse(stdout);
+  const value = response.kind === 'result' ? (response.value as { Status: string; Value?: string; ErrorDescription?: string[] }) : undefined;
+  return value?.Status === 'Success' ? String(value.Value) : `failed: ${JSON.stringify(value ?? response)}${stderr ? ` ${stderr}` : ''}`;
 }
 
 class Failure extends Error {

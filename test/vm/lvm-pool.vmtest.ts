@@ -26,7 +26,7 @@ import { fromXapiBase64, isSet } from '../../lib/cbt/index.js';
 import * as iscsi from '../../lib/os/iscsi.js';
 import { encodeMethodCall, parseMethodResponse } from '../../lib/smapi/index.js';
 import { run, SESSION_SECRET } from '../helpers/sm.js';
-import { XapiStandin } from '../helpers/xapi-standin.js';
+import { pluginAnswer, XapiStandin } from '../helpers/xapi-standin.js';
 import { OUT, requireGuest, sparseFile, startDaemon, until, type Daemon } from './support/guest.js';
 import { Peer, peerConfigured, serveTcpToUnix } from './support/peer.js';
 import { Tgt } from './support/tgt.js';
@@ -87,9 +87,7 @@ async function onB(verb: string, extra: Record<string, unknown> = {}): Promise<u
 /** xapi's host.call_plugin on host B: B's plugin executable, params [session, args], its `Value` returned. */
 async function pluginOnB(fn: string, args: Record<string, string>): Promise<string> {
   const r = await peer.run([PLUGIN, encodeMethodCall(fn, [SESSION_SECRET, args])], { env: envB, timeoutMs: 300_000 });
-  const response = parseMethodResponse(r.stdout);
-  const v = response.kind === 'result' ? (response.value as { Status: string; Value?: string; ErrorDescription?: string[] }) : undefined;
-  const answer = v?.Status === 'Success' ? String(v.Value) : `failed: ${JSON.stringify(v ?? response)} ${r.stderr}`;
+  const answer = pluginAnswer(r.stdout, r.stderr);
   pluginRuns.push(`${fn} -> ${answer}`);
   return answer;
 }

@@ -7,13 +7,13 @@
 // runs /etc/xapi.d/plugins/tapdisk-pause on that host.
 import fs from 'node:fs';
 import path from 'node:path';
-import { encodeMethodCall, parseMethodResponse } from '../../lib/smapi/index.js';
+import { encodeMethodCall } from '../../lib/smapi/index.js';
 import { createArgs, makeSmEnv, poolHost, REPO, run, SESSION_SECRET, smVhd, xml, type SmEnv } from '../helpers/sm.js';
 import { imagePath } from '../helpers/sr-state.js';
 import { MiB, pattern } from '../helpers/model.js';
 import { openNbd, type NbdVdiClient } from '../helpers/nbd-vdi.js';
 import { readTree } from '../helpers/sr-state.js';
-import { XapiStandin } from '../helpers/xapi-standin.js';
+import { pluginAnswer, XapiStandin } from '../helpers/xapi-standin.js';
 import { HOST_REF, OTHER_HOST_REF, SR_REF, xapiSocket } from './standin-world.js';
 
 export { OTHER_HOST_REF };
@@ -36,9 +36,7 @@ export interface Pool {
 /** xapi's host.call_plugin on host B: B's plugin executable, params [session, args], its `Value` returned. */
 async function runPluginOn(b: SmEnv, fn: string, args: Record<string, string>, runs: string[]): Promise<string> {
   const r = await run(PLUGIN, [encodeMethodCall(fn, [SESSION_SECRET, args])], { env: b.env, timeoutMs: 120_000 });
-  const response = parseMethodResponse(r.stdout);
-  const value = response.kind === 'result' ? (response.value as { Status: string; Value?: string; ErrorDescription?: string[] }) : undefined;
-  const answer = value?.Status === 'Success' ? String(value.Value) : `failed: ${JSON.stringify(value ?? response)}`;
+  const answer = pluginAnswer(r.stdout);
   runs.push(`${fn} -> ${answer}`);
   return answer;
 }
