@@ -6,7 +6,7 @@
  * metadata write, however long the run. Journaled (`coalesce`, then `relink`):
  * each step is idempotent, so recovery simply runs the rest again.
  */
-import { setParent } from '../lib/vhd/index.js';
+import { setParent, syncRelinked } from '../lib/vhd/index.js';
 import { withServedPaused } from '../lib/sr/datapath.js';
 import { faultPoint } from '../lib/sr/fault.js';
 import { beginJournal, endJournal, type Journal } from '../lib/sr/journal.js';
@@ -75,7 +75,14 @@ async function relinkAndRemove(ctx: GcContext, j: RelinkJournal): Promise<void> 
   const tagged = db ? await tagRelinking(db, readers.filter((u) => nodes.get(u)?.hidden === false)) : new Map<string, string>();
   await ctx.repo.backend.withImagesActive([j.vdi, j.parent, ...j.children, ...(j.removes ?? [])], async () => {
     // The relinked children and P (written by the copy) are opened again; the rest stays open.
-    await withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkChildren(ctx, j), { reason: 'a relink', changed: [...j.children, j.parent] });
+    // Nothing waits on the disk while paused: the pause syncs only what the leaves' files lack, and the
+    // new headers are made durable after it, before X goes (until then X still holds what they read).
+    await withServedPaused(ctx.repo, ctx.repo.uuid, readers, () => relinkChildren(ctx, j), {
+      reason: 'a relink',
+      changed: [...j.children, j.parent],
+      durable: false,
+    });
+    await syncChildren(ctx, j);
     if (db && tagged.size > 0) {
       // Until every other host serving a reader reopened it, a datapath there may read through X (on LVM, through
       // its extents): X stays, and the journal with it; the next run asks those hosts again.
@@ -109,12 +116,20 @@ async function relinkChildren(ctx: GcContext, j: RelinkJournal): Promise<void> {
   for (const child of j.children) {
     if (!(await repo.backend.hasImage(child))) continue;
     if ((await parentNameOf(repo, child)) === j.parent) continue; // done before a crash
-    await setParent(repo.imagePath(child), repo.imagePath(j.parent));
+    await setParent(repo.imagePath(child), repo.imagePath(j.parent), { sync: false });
     log.info(`  relinked ${short(child)}: parent ${short(j.vdi)} -> ${short(j.parent)}`);
     faultPoint('relink-child');
   }
   faultPoint('relink-done');
   log.info(`Relinked onto ${short(j.parent)} in ${Date.now() - started} ms (readers paused)`);
+}
+
+/** The children's new headers durable (a crash may have come between a relink and this: all of them). */
+async function syncChildren(ctx: GcContext, j: RelinkJournal): Promise<void> {
+  const started = Date.now();
+  for (const child of j.children) if (await ctx.repo.backend.hasImage(child)) await syncRelinked(ctx.repo.imagePath(child));
+  faultPoint('relink-synced');
+  ctx.log.info(`Relinked headers synced in ${Date.now() - started} ms (readers running)`);
 }
 
 /** After the unpause (other hosts reading through X reopened first): X and the rest of its run go, then the journal. */

@@ -213,10 +213,13 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
       await copyRound(ctx, j, 'before the pause', pending);
       const ready = prepared;
       // P, written by the copy, becomes the leaf; what lies below it stays open. The pause's reply says what was written meanwhile.
+      // L is read through the page cache and its last writes land in P, whose copy ends with P's fdatasync: the pause
+      // syncs L only where its file would lack something (a block allocated since the flush before).
       outcome = await withServedPaused(repo, repo.uuid, [j.vdi], (written) => pausedSwap(ctx, j, record, written.get(j.vdi), pending, ready), {
         reason: 'a live leaf-coalesce',
         changed: [j.parent],
         writtenSince: new Map([[j.vdi, record.token]]),
+        durable: false,
       });
     } finally {
       await prepared?.close();
@@ -235,14 +238,14 @@ async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, w
   const { repo, log } = ctx;
   const started = Date.now();
   faultPoint('live-leaf-paused');
-  // Paused: the datapath flushed and settled the leaf, so every write acknowledged is in the record or already copied.
+  // Paused: the datapath settled the leaf, so every write acknowledged is in the record or already copied.
   // A datapath started by an older version answers the pause alone: then it is asked.
   pending.add(written ?? (await writtenSince(record)));
   if (pending.bytes > 2 * FINAL_BYTES) {
     return `${(pending.bytes / MiB).toFixed(1)} MiB were written just before the pause, more than a pause may copy; the next run tries again`;
   }
   const blocks = pending.blocks.size;
-  // Every block named is in the leaf's on-disk BAT now (the pause flushed it); a block it lacks holds nothing to copy.
+  // Every block named is in the leaf's BAT in the file now (the pause wrote the entries it lacked); a block it lacks holds nothing to copy.
   const r = blocks > 0 ? await finalCopy(ctx, j, pending.take(() => true), prepared) : { bytesCopied: 0 };
   await prepared?.close(); // before the rename: no handle of ours left on L's file when P replaces it (NFS keeps open replaced files)
   faultPoint('live-leaf-final-copied');

@@ -90,11 +90,11 @@ export class CbtDevice extends PassthroughDevice {
    * For a pause: the chain settled (VhdDevice.settle), the marks durable, then
    * the log marked consistent, as a close leaves it (a snapshot's rotation
    * reads it next). Nothing writes the log again: close() and release() only
-   * close handles.
+   * close handles. `durable`: as VhdDevice.settle (the marks are durable before each write anyway).
    */
-  settle(): Promise<void> {
+  settle(opts: { durable?: boolean } = {}): Promise<void> {
     this.settling ??= (async () => {
-      await this.chain.settle();
+      await this.chain.settle(opts);
       await this.queued;
       await this.running;
       this.log.consistent = true;

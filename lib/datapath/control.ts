@@ -14,8 +14,11 @@ export type ControlRequest =
    * Flush, then hold new requests, drain the ones in flight, flush again and settle the image: its files
    * are then final on disk (as a close leaves them) and kept open, never written through again.
    * `token` (of track-start): the reply also carries what dirty-since of it would answer once paused.
+   * `durable` false: the caller reads the chain through this host's page cache and syncs what it changes
+   * itself (the GC's relink and final step), so while clients wait nothing is synced but what the file
+   * would lack otherwise: the BAT entries of blocks allocated since the flush before (DatapathService.pause).
    */
-  | { op: 'pause'; vdi: string; token?: string }
+  | { op: 'pause'; vdi: string; token?: string; durable?: boolean }
   /**
    * Open the chain ending at `path` (a snapshot's new leaf), with its CBT log `cbtlog` (absent: none),
    * switch to it, release the held requests.
@@ -73,10 +76,18 @@ export type ControlReply =
 export interface PauseSteps {
   /** The flush before anything is held (clients still run meanwhile). */
   flushedBeforeMs: number;
-  /** Requests held, those in flight drained, flushed again: from here on clients wait. */
+  /** Requests held, those in flight drained, flushed again (not with `durable` false): from here on clients wait. */
   drainedMs: number;
+  /** False: a pause with `durable` false, which synced only what the file lacked (see the pause request). */
+  durable?: boolean;
   /** The leaf's batmap (and CBT log) made final. */
   settledMs: number;
+}
+
+/** A pause's steps as SMlog says them (both sides of the control socket). */
+export function describePause(steps: PauseSteps): string {
+  const held = steps.durable === false ? 'drained in' : 'drained and flushed in';
+  return `flushed beforehand in ${steps.flushedBeforeMs} ms; held: ${held} ${steps.drainedMs} ms, settled in ${steps.settledMs} ms${steps.durable === false ? ', synced only what the file lacked' : ''}`;
 }
 
 /** Nobody answers on the control socket (never started, or the process died). */

@@ -206,8 +206,18 @@ export class LeafWriter {
     for (const b of blocks) this.unpersisted.delete(b);
   }
 
-  /** After the last write: flush, then the batmap bits of blocks that became full, durable. */
-  async finish(): Promise<void> {
+  /**
+   * After the last write: flush, then the batmap bits of blocks that became full, durable.
+   * `durable` false (a pause whose caller reads the leaf through this host's page cache and syncs
+   * what it changes): only what the file would lack is written, the BAT entries of blocks allocated
+   * since the last flush (with the fsyncs they need); the batmap bits are left unset (a reader then
+   * reads the block's bitmap, which is all they save).
+   */
+  async finish(durable = true): Promise<void> {
+    if (!durable) {
+      if (this.unpersisted.size > 0) await this.flush();
+      return;
+    }
     await this.flush();
     faultPoint('datapath-close-flushed');
     if (this.becameFull.size > 0) {

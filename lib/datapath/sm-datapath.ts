@@ -107,7 +107,7 @@ async function main(argv: string[]): Promise<number> {
         return { ...ok, wasServed };
       }
       case 'pause': {
-        const steps = await service.pause(req.vdi);
+        const steps = await service.pause(req.vdi, req.durable !== false);
         return { ...ok, steps, ...(req.token === undefined ? {} : { written: await service.writtenSince(req.vdi, req.token) }) };
       }
       case 'unpause':

@@ -88,8 +88,10 @@ export class VhdDevice implements BlockDevice {
    * snapshot renames the leaf and sets its hidden flag) finds it as a close
    * leaves it; nothing here writes to it again: close() and release() only
    * close handles. (A chain of block devices is closed here: see below.)
+   * `durable` false: final in this host's page cache, not synced, but for
+   * what the file would lack (LeafWriter.finish).
    */
-  settle(): Promise<void> {
+  settle(opts: { durable?: boolean } = {}): Promise<void> {
     if (this.settling) return this.settling;
     if (this.closing) return this.closing; // closed already: nothing is left to write
     let refused!: () => void;
@@ -97,7 +99,7 @@ export class VhdDevice implements BlockDevice {
     this.settling = (async () => {
       try {
         if (this.inFlight > 0) await new Promise<void>((r) => (this.drained = r));
-        await this.finish();
+        await this.finish(opts.durable !== false);
       } finally {
         refused();
       }
@@ -155,7 +157,7 @@ export class VhdDevice implements BlockDevice {
     return this.closing;
   }
 
-  protected async finish(): Promise<void> {}
+  protected async finish(_durable = true): Promise<void> {}
 
   /** Runs one call: refused once closing, counted so close can wait for it, errors typed. */
   protected async track<T>(fn: () => Promise<T>): Promise<T> {
@@ -251,8 +253,8 @@ export class WritableVhdDevice extends VhdDevice {
     return runs;
   }
 
-  protected override async finish(): Promise<void> {
-    await this.writer.finish();
+  protected override async finish(durable = true): Promise<void> {
+    await this.writer.finish(durable);
   }
 }
 

@@ -33,15 +33,16 @@ export class PausableDevice extends PassthroughDevice {
 
   /**
    * Holds new requests; resolves once those already running have finished and
-   * the inner device is flushed. Calling it again while paused returns the same
+   * the inner device is flushed (`flush` false: not flushed, the caller makes
+   * the inner device final itself). Calling it again while paused returns the same
    * promise. If the flush fails the device stays paused and the error is thrown.
    */
-  pause(): Promise<void> {
+  pause(opts: { flush?: boolean } = {}): Promise<void> {
     if (this.pausing) return this.pausing;
     this.isPaused = true;
     this.pausing = (async () => {
       if (this.inFlight > 0) await new Promise<void>((resolve) => this.drained.push(resolve));
-      if (this.inner.flush) await this.inner.flush();
+      if (opts.flush !== false && this.inner.flush) await this.inner.flush();
       if (this.isPaused) this.quiesced = true;
     })();
     return this.pausing;

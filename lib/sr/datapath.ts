@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readlink, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { controlCall, DatapathUnreachable, type PauseSteps, type ServedVdi } from '../datapath/control.js';
+import { controlCall, DatapathUnreachable, describePause, type PauseSteps, type ServedVdi } from '../datapath/control.js';
 import { openVhdDevice } from '../datapath/vhd-device.js';
 import { getLog } from '../log/index.js';
 import { connectNbd, disconnectNbd, freeNbdDevice, kernelNbdMissing, nbdConnected, waitNbdReleased } from '../os/nbd-client.js';
@@ -44,7 +44,7 @@ export async function unpauseRequest(repo: Repository, vdi: string, reuse?: { ch
 /** The SMlog words for a pause reply's steps. */
 function pauseSteps(steps: PauseSteps | undefined): string {
   if (!steps) return '';
-  return ` (flushed beforehand in ${steps.flushedBeforeMs} ms; held: drained and flushed in ${steps.drainedMs} ms, settled in ${steps.settledMs} ms)`;
+  return ` (${describePause(steps)})`;
 }
 
 /** How long a new datapath may take to answer: a loaded host (or an emulated one) can take many seconds to start Node. */
@@ -212,6 +212,9 @@ export async function withPausedServing<T>(
  * coalesced into): opened again at the unpause; every other image still in
  * a chain is kept open. `writtenSince`: a write record's token per VDI; `fn`
  * gets what each recorded once paused, with the pause's own reply.
+ * `durable` false: `fn` reads the leaves through this host's page cache and
+ * syncs what it writes itself, so the pause syncs only what the files would
+ * lack (the control request's `durable`).
  * What the unpauses ask is worked out before the pause: `fn` keeps each
  * VDI's leaf path and changed-block log, so nothing else waits paused.
  */
@@ -220,7 +223,7 @@ export async function withServedPaused<T>(
   sr: string,
   vdis: readonly string[],
   fn: (written: ReadonlyMap<string, [number, number][]>) => Promise<T>,
-  opts: { reason: string; changed?: readonly string[]; writtenSince?: ReadonlyMap<string, string> },
+  opts: { reason: string; changed?: readonly string[]; writtenSince?: ReadonlyMap<string, string>; durable?: boolean },
 ): Promise<T> {
   const control = datapathControlPath(sr);
   const served = (await servedHere(sr)).filter((s) => vdis.includes(s.vdi));
@@ -230,7 +233,7 @@ export async function withServedPaused<T>(
   try {
     for (const [i, s] of served.entries()) {
       const token = opts.writtenSince?.get(s.vdi);
-      const reply = await controlCall(control, { op: 'pause', vdi: s.vdi, ...(token === undefined ? {} : { token }) });
+      const reply = await controlCall(control, { op: 'pause', vdi: s.vdi, ...(token === undefined ? {} : { token }), ...(opts.durable === false ? { durable: false } : {}) });
       paused.push(unpauses[i]!);
       if (reply.written) written.set(s.vdi, reply.written);
       getLog().info(`VDI ${s.vdi}: datapath paused for ${opts.reason}${pauseSteps(reply.steps)}`);

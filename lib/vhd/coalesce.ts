@@ -414,10 +414,14 @@ class BlockCopier {
     this.committed.catch(() => undefined);
   }
 
-  /** The parent's fsync, timed: the part of a short copy (a live leaf-coalesce's final step) the disk decides. */
+  /**
+   * The parent's fdatasync, timed: the part of a short copy (a live leaf-coalesce's final step) the disk decides.
+   * Data and what reading it needs (size, allocation), not timestamps: an in-place copy then commits no
+   * filesystem journal, which would first write out other files' data (ext4's ordered mode).
+   */
   private async barrier(): Promise<void> {
     const t0 = performance.now();
-    await this.parent.sync();
+    await this.parent.syncData();
     this.result.barrierMs += Math.round(performance.now() - t0);
   }
 

@@ -7,7 +7,7 @@ export { createDynamic, createDifferencing, validVirtualSize, type CreateOptions
 export { coalesceIntoParent, coalesceChainInto, coalesceImages, type CoalesceOptions, type CoalesceProgress, type CoalesceResult } from './coalesce.js';
 export { PreparedInKernelCopy } from './coalesce-in-kernel.js';
 export { resizeImage, setVirtualSize } from './resize.js';
-export { setParent } from './relink.js';
+export { setParent, syncRelinked } from './relink.js';
 export { checkChain, type CheckReport, type CheckOptions } from './check.js';
 export { imageInfo, parentPath, chainDepth, scanImages, globFiles, type ImageInfo, type ScanEntry } from './info.js';
 export { exportRaw, writeAt } from './export.js';

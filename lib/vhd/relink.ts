@@ -1,5 +1,5 @@
 /** Pointing a differencing image at a new parent (after its old parent was coalesced). */
-import { stat } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { LOCATOR_SPACE, vhdTimestamp } from './format/constants.js';
 import { encodeLocator } from './format/locator.js';
@@ -8,7 +8,13 @@ import { VhdImage } from './image.js';
 import { isPlainName, parentNameFor } from './parent.js';
 import { readImageSummary, type ImageSummary } from './summary.js';
 
-export async function setParent(childPath: string, newParentPath: string): Promise<void> {
+/**
+ * `sync` false: the locators and header are left in the page cache, for a
+ * caller that must not wait on the disk now (the GC, with the child's readers
+ * paused) and calls syncRelinked before anything depends on them (removing
+ * the old parent).
+ */
+export async function setParent(childPath: string, newParentPath: string, opts: { sync?: boolean } = {}): Promise<void> {
   const name = parentNameFor(childPath, newParentPath);
   const parent = await VhdImage.open(newParentPath, false);
   let child: VhdImage;
@@ -40,11 +46,21 @@ export async function setParent(childPath: string, newParentPath: string): Promi
     child.header.parentUnicodeName = name;
     await child.writeHeader();
     // The locators and the header are overwritten in place: fdatasync makes them durable without a
-    // journal commit for the timestamps (the GC does this with the child's VDI paused).
-    await child.syncData();
+    // journal commit for the timestamps.
+    if (opts.sync !== false) await child.syncData();
   } finally {
     await child.close();
     await parent.close();
+  }
+}
+
+/** Makes what setParent wrote without `sync` durable (fdatasync: they were overwritten in place). */
+export async function syncRelinked(childPath: string): Promise<void> {
+  const fh = await open(childPath, 'r');
+  try {
+    await fh.datasync();
+  } finally {
+    await fh.close();
   }
 }
 

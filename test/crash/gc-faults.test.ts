@@ -124,7 +124,7 @@ async function runGcFaults(t: ExecutionContext, scenario: GcScenario, points: st
 }
 
 test('coalesce killed at each fault point, then recovered', async (t) => {
-  await runGcFaults(t, coalesceTrees, ['coalesce-journaled', 'coalesce-copied', 'relink-journaled', 'relink-child', 'relink-child:2', 'relink-done', 'coalesced-discarded']);
+  await runGcFaults(t, coalesceTrees, ['coalesce-journaled', 'coalesce-copied', 'relink-journaled', 'relink-child', 'relink-child:2', 'relink-done', 'relink-synced', 'coalesced-discarded']);
 });
 
 test('leaf-coalesce killed at each fault point, then recovered', async (t) => {

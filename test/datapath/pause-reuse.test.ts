@@ -180,7 +180,10 @@ test('a relink under a served VDI: the parent written by the coalesce is opened 
     const before = readSmlog(ctx).length;
     await gc(ctx);
     const log = readSmlog(ctx).slice(before);
-    t.regex(log, new RegExp(`VDI ${V}: datapath paused for a relink`));
+    t.regex(log, new RegExp(`VDI ${V}: datapath paused for a relink \\(.*held: drained in \\d+ ms, settled in \\d+ ms, synced only what the file lacked\\)`));
+    // The new header is made durable with the readers running, and before the image they read through before goes.
+    const synced = log.indexOf('Relinked headers synced in');
+    t.true(synced > log.indexOf(`VDI ${V}: datapath unpaused`) && synced < log.indexOf('Deleted coalesced image'), log);
     t.true((await c.read(0, SIZE)).equals(w.models.get(V)!.read(0, SIZE)), 'the same connection reads the coalesced data after the GC');
     // The relink's unpause: V's leaf opened, and B0 (the parent coalesced into) opened again rather than kept.
     const relinked = /datapath: VDI \S+ unpaused on .* ms paused \((\d+) of (\d+) images opened in \d+ ms, the rest kept open\)/.exec(log);
