@@ -28,7 +28,7 @@ import { openVhdDevice, type VhdDevice } from './vhd-device.js';
  * the chain opened after the pause may take its images over, and release()
  * closes the rest.
  */
-export type ServedDevice = BlockDevice & Pick<VhdDevice, 'settle' | 'release' | 'abandon' | 'images' | 'awaitsBat'>;
+export type ServedDevice = BlockDevice & Pick<VhdDevice, 'settle' | 'release' | 'abandon' | 'images' | 'awaitsBat' | 'batPending' | 'allocationsDone'>;
 
 export class CbtDevice extends PassthroughDevice {
   /** Bytes of the bitmap changed since the last write to the file, [lo, hi). */
@@ -84,6 +84,14 @@ export class CbtDevice extends PassthroughDevice {
 
   awaitsBat(blocks: Iterable<number>): boolean {
     return this.chain.awaitsBat(blocks);
+  }
+
+  get batPending(): boolean {
+    return this.chain.batPending;
+  }
+
+  allocationsDone(ms: number): Promise<void> {
+    return this.chain.allocationsDone(ms);
   }
 
   /**

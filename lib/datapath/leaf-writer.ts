@@ -34,6 +34,8 @@ export class LeafWriter {
   private readonly becameFull = new Set<number>();
   /** Read-only zeros around a new block's data (never written into). */
   private readonly zeros: Buffer;
+  /** Called once no block is being allocated (see allocationsDone). */
+  private allocationWaiters: (() => void)[] = [];
   private flushTail: Promise<void> = Promise.resolve();
   private queuedFlush: Promise<void> | undefined;
 
@@ -53,6 +55,23 @@ export class LeafWriter {
   /** Whether block `block` was allocated since the last flush: its BAT entry is in memory only. */
   awaitsBat(block: number): boolean {
     return this.unpersisted.has(block);
+  }
+
+  /** Whether some block allocated since the last flush still lacks its on-disk BAT entry. */
+  get batPending(): boolean {
+    return this.unpersisted.size > 0;
+  }
+
+  /** Resolves once no block is being allocated (at once when none is), or after `ms` at most. */
+  allocationsDone(ms: number): Promise<void> {
+    if (this.allocating.size === 0 || ms <= 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.allocationWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 
   /** Writes `data` at virtual byte `offset` (any alignment; the caller checked the range). */
@@ -86,6 +105,7 @@ export class LeafWriter {
           await allocation;
         } finally {
           this.allocating.delete(block);
+          if (this.allocating.size === 0) for (const done of this.allocationWaiters.splice(0)) done();
         }
         return;
       }

@@ -70,6 +70,17 @@ export class VhdDevice implements BlockDevice {
     return false;
   }
 
+  /** Whether any block allocated since the last flush lacks its on-disk BAT entry. Never, read-only. */
+  get batPending(): boolean {
+    return false;
+  }
+
+  /** Resolves once no new block of the leaf is being written, or after `ms` at most. At once, read-only. */
+  allocationsDone(ms: number): Promise<void> {
+    void ms;
+    return Promise.resolve();
+  }
+
   /** The open images, leaf first: what a chain opened after a pause may take over (see release). */
   /** A chain of block devices (LVs): closed when it settles, never taken over (see settle()). */
   get onDevices(): boolean {
@@ -180,6 +191,14 @@ export class WritableVhdDevice extends VhdDevice {
   override awaitsBat(blocks: Iterable<number>): boolean {
     for (const b of blocks) if (this.writer.awaitsBat(b)) return true;
     return false;
+  }
+
+  override get batPending(): boolean {
+    return this.writer.batPending;
+  }
+
+  override allocationsDone(ms: number): Promise<void> {
+    return this.writer.allocationsDone(ms);
   }
 
   private constructor(chain: VhdChain) {

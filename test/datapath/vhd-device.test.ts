@@ -329,3 +329,31 @@ test('a settle that need not be durable (the GC reads through this page cache): 
     await assertChainValid(t, p);
   });
 });
+
+test('allocationsDone: resolves once the new blocks being written are in (a GC pause holds the clients then), at once when none is, and at its bound otherwise', async (t) => {
+  await withTempDir(async (dir) => {
+    const p = join(dir, 'a.vhd');
+    await createDynamic(p, 16 * MiB);
+    const dev = (await openVhdDevice(p, { writable: true })) as WritableVhdDevice;
+    const start = performance.now();
+    await dev.allocationsDone(10_000);
+    t.true(performance.now() - start < 1000, 'nothing allocating: at once');
+    const blocks = [0, 1, 2, 5];
+    const writes = blocks.map((b) => dev.write(Buffer.alloc(4096, b + 1), b * BLOCK + 8192));
+    t.false(dev.batPending, 'nothing allocated yet when the writes start');
+    await new Promise((r) => setImmediate(r)); // each write has reached its block's allocation (one at a time: the first is writing)
+    await dev.allocationsDone(10_000);
+    t.deepEqual(blocks.filter((b) => !dev.awaitsBat([b])), [], 'every block being allocated is in (in memory: its BAT entry waits for a flush)');
+    await Promise.all(writes);
+    const bound = performance.now();
+    const slow = dev.write(Buffer.alloc(4096, 9), 7 * BLOCK);
+    await new Promise((r) => setImmediate(r));
+    await dev.allocationsDone(1);
+    t.true(performance.now() - bound < 1000, 'the bound holds whatever is being allocated');
+    await slow;
+    await dev.flush();
+    t.false(dev.batPending, 'the flush wrote them');
+    await dev.close();
+    await assertChainValid(t, p);
+  });
+});
