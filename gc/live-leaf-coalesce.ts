@@ -37,8 +37,16 @@ const MiB = 1024 * 1024;
 const MAX_ROUNDS = Number(process.env.SM_GC_LIVE_ROUNDS ?? 8);
 /** The most the final copy (datapath paused) may have to copy. */
 const FINAL_BYTES = Number(process.env.SM_GC_LIVE_FINAL_MIB ?? 4) * MiB;
+/** Pauses a run may try: one that finds more than that written just before it unpauses at once, and the rounds go on. */
+const MAX_PAUSES = Number(process.env.SM_GC_LIVE_PAUSES ?? 3);
+
 /** Rounds go on until this little is left (a shorter pause), as long as there are rounds left. */
 const TARGET_BYTES = FINAL_BYTES / 8;
+
+/** A pause found more written just before it than it may copy: it copied nothing (what was written stays pending). */
+class WrittenTooMuch {
+  constructor(readonly bytes: number) {}
+}
 
 /** Whether the VDI is served by this host's datapath (a live leaf-coalesce needs its write record). */
 export async function servedOnThisHost(ctx: GcContext, vdi: string): Promise<boolean> {
@@ -127,7 +135,14 @@ async function copyLive(ctx: GcContext, j: LeafJournal, record: WriteRecord): Pr
     await copyRound(ctx, j, round, pending);
     faultPoint('live-leaf-round');
   }
-  return finalStep(ctx, j, record, pending);
+  for (let pause = 1; ; pause++) {
+    const outcome = await finalStep(ctx, j, record, pending);
+    if (!(outcome instanceof WrittenTooMuch)) return outcome;
+    const why = `${(outcome.bytes / MiB).toFixed(1)} MiB were written just before pause ${pause}, more than the ${(FINAL_BYTES / MiB).toFixed(1)} MiB a pause may copy`;
+    if (pause >= MAX_PAUSES) return `${why}; the next run tries again`;
+    // Unpaused at once: the next final step's own round copies what was written, then it pauses again.
+    log.info(`Live leaf-coalesce of ${short(j.vdi)}: ${why}: unpaused, one more round, then pause ${pause + 1} of at most ${MAX_PAUSES}`);
+  }
 }
 
 /** One round: the pending sectors in blocks the leaf's on-disk BAT has are copied and leave `pending` (the whole leaf when absent). */
@@ -189,7 +204,7 @@ async function openLive<T>(path: string, fn: (image: VhdImage) => T): Promise<T>
  * journal go after the unpause: nothing reads them meanwhile (the SR lock is
  * held), and recovery finishes them after a crash.
  */
-async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors): Promise<'done' | string> {
+async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pending: WrittenSectors): Promise<'done' | string | WrittenTooMuch> {
   const { repo } = ctx;
   return underSrLock(ctx, async () => {
     const why = (await abandonedMark(ctx, j)) ?? (await whyNot(ctx, j, true, true));
@@ -201,7 +216,7 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
     // Durable now, so a pause with nothing to copy syncs nothing; the final copy's barrier covers it otherwise.
     await setImageHidden(repo.imagePath(j.parent), false, { sync: true });
     faultPoint('leaf-unhidden');
-    let outcome: 'done' | string = 'failed';
+    let outcome: 'done' | string | WrittenTooMuch = 'failed';
     let prepared: PreparedInKernelCopy | undefined;
     try {
       // The copy program started now, on L's and P's files: a process start on a loaded host can take
@@ -234,16 +249,14 @@ async function finalStep(ctx: GcContext, j: LeafJournal, record: WriteRecord, pe
 }
 
 /** The datapath paused: the rest copied into P (unhidden just before), P renamed to L's name. */
-async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, written: [number, number][] | undefined, pending: WrittenSectors, prepared: PreparedInKernelCopy | undefined): Promise<'done' | string> {
+async function pausedSwap(ctx: GcContext, j: LeafJournal, record: WriteRecord, written: [number, number][] | undefined, pending: WrittenSectors, prepared: PreparedInKernelCopy | undefined): Promise<'done' | WrittenTooMuch> {
   const { repo, log } = ctx;
   const started = Date.now();
   faultPoint('live-leaf-paused');
   // Paused: the datapath settled the leaf, so every write acknowledged is in the record or already copied.
   // A datapath started by an older version answers the pause alone: then it is asked.
   pending.add(written ?? (await writtenSince(record)));
-  if (pending.bytes > 2 * FINAL_BYTES) {
-    return `${(pending.bytes / MiB).toFixed(1)} MiB were written just before the pause, more than a pause may copy; the next run tries again`;
-  }
+  if (pending.bytes > FINAL_BYTES) return new WrittenTooMuch(pending.bytes);
   const blocks = pending.blocks.size;
   // Every block named is in the leaf's BAT in the file now (the pause wrote the entries it lacked); a block it lacks holds nothing to copy.
   const r = blocks > 0 ? await finalCopy(ctx, j, pending.take(() => true), prepared) : { bytesCopied: 0 };

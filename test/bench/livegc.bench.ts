@@ -158,7 +158,7 @@ async function leafCoalesceSpeed(ctx: Awaited<ReturnType<typeof makeSmEnv>>, w: 
   const log = readFileSync(ctx.smlog, 'utf8');
   if (process.env.BENCH_LIVEGC_LOG === '1') console.log(log.split('\n').filter((x) => x.includes('SMGC') && (x.includes(vdi.slice(0, 8)) || x.includes('PROF'))).join('\n'));
   const rounds = log.split('\n').filter((x) => x.includes(`Live leaf-coalesce of ${vdi.slice(0, 8)}, round`) && x.includes('MiB/s)'));
-  const leafPause = pausesFromLog(log, vdi).leaf;
+  const leafPauses = pausesFromLog(log, vdi);
   const round0 = /round 0: .*\(([\d.]+) MiB\/s\)/.exec(rounds[0] ?? '');
   const cpRate = mibps(LEAF_MIB * MiB, cp);
   const how = loaded ? `under QD${QD} 4 KiB random writes` : 'idle (no writer)';
@@ -169,7 +169,7 @@ async function leafCoalesceSpeed(ctx: Awaited<ReturnType<typeof makeSmEnv>>, w: 
     ['speed ratio sm-gc / copy (goal >= 0.7)', (cp / ms).toFixed(2)],
     ['speed ratio round 0 (the whole leaf) / copy', round0 ? (Number(round0[1]) / cpRate).toFixed(2) : 'no round 0'],
     ['rounds', rounds.map((x) => x.replace(/^.*round (\d+): /, 'r$1: ')).join(' | ')],
-    ['final step pause', leafPause.length ? `${leafPause[0]} ms` : 'none (given up?)'],
+    ['final step pause (swapped; pauses that found too much written and let go)', `${leafPauses.leafDone.map((ms) => `${ms} ms`).join(', ') || 'none'}; ${leafPauses.leafGivenUp.map((ms) => `${ms} ms`).join(', ') || 'none'}`],
   ]);
   await deactivate(w, vdi);
 }
