@@ -168,7 +168,7 @@ async function leafCoalesceSpeed(ctx: Awaited<ReturnType<typeof makeSmEnv>>, w: 
     ['dd bs=2M conv=fsync (read + write, as our copy)', `${(dd / 1000).toFixed(2)} s  ${mibps(LEAF_MIB * MiB, dd).toFixed(0)} MiB/s  (cp / dd ${(cp / dd).toFixed(2)})`],
     ['speed ratio sm-gc / copy (goal >= 0.7)', (cp / ms).toFixed(2)],
     ['speed ratio round 0 (the whole leaf) / copy', round0 ? (Number(round0[1]) / cpRate).toFixed(2) : 'no round 0'],
-    ['rounds', rounds.map((x) => x.replace(/^.*round (\d+): /, 'r$1: ')).join(' | ')],
+    ['rounds', rounds.map((x) => x.replace(/^.*, round ([^:]+): /, 'r$1: ')).join(' | ')],
     ['final step pause (swapped; pauses that found too much written and let go)', `${leafPauses.leafDone.map((ms) => `${ms} ms`).join(', ') || 'none'}; ${leafPauses.leafGivenUp.map((ms) => `${ms} ms`).join(', ') || 'none'}`],
   ]);
   await deactivate(w, vdi);
