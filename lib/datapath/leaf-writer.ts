@@ -235,7 +235,7 @@ export class LeafWriter {
    */
   async finish(durable = true): Promise<void> {
     if (!durable) {
-      if (this.unpersisted.size > 0) await this.flush();
+      if (this.batPending) await this.flush();
       return;
     }
     await this.flush();

@@ -134,7 +134,7 @@ export class DatapathService {
    * The flush before a GC pause, once no new block is being written and with
    * none written during it, if that comes before `deadline`. Held, the pause
    * would wait for every write queued behind an allocation (a leaf a snapshot
-   * just made takes a new block at most first writes: 70-100 ms held seen),
+   * just made allocates a block at the first write to each: 70-100 ms held seen),
    * then sync each new block's BAT entry; clients still run meanwhile.
    */
   private async flushBetweenAllocations(s: Served, deadline: number): Promise<void> {
@@ -276,4 +276,3 @@ async function removeLinkTo(link: string, target: string): Promise<void> {
   const now = await readlink(link).catch(() => undefined);
   if (now === target) await rm(link, { force: true });
 }
-

@@ -81,12 +81,12 @@ export class VhdDevice implements BlockDevice {
     return Promise.resolve();
   }
 
-  /** The open images, leaf first: what a chain opened after a pause may take over (see release). */
   /** A chain of block devices (LVs): closed when it settles, never taken over (see settle()). */
   get onDevices(): boolean {
     return this.chain.images.some((i) => i.io.isDevice);
   }
 
+  /** The open images, leaf first: what a chain opened after a pause may take over (see release). */
   get images(): readonly VhdImage[] {
     return this.chain.images;
   }
