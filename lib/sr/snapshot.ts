@@ -23,12 +23,18 @@ export const MAX_CHAIN_DEPTH = 30;
 
 export type SnapshotMode = 'double' | 'single' | 'clone';
 
+/** What a snapshot made: the new VDI, and the base copy its chain now reads through (the new VDI itself for `single`). */
+export interface SnapshotMade {
+  snap: string;
+  base: string;
+}
+
 /**
  * `checked`: the record snapshotAllowed() returned, when the caller ran it
  * beforehand (before pausing the VDI's datapath: reading a long chain takes
  * a while, and nothing it reads changes under the SR lock the verb holds).
  */
-export async function snapshotVdi(repo: Repository, uuid: string, mode: SnapshotMode, checked?: VdiRecord): Promise<string> {
+export async function snapshotVdi(repo: Repository, uuid: string, mode: SnapshotMode, checked?: VdiRecord): Promise<SnapshotMade> {
   const record = checked ?? (await snapshotAllowed(repo, uuid, mode));
   // The images it makes are released with this hold unless the VDI's activation holds them.
   return repo.backend.withImagesActive([uuid], () => snapshotActive(repo, uuid, mode, record));
@@ -51,7 +57,7 @@ export async function snapshotAllowed(repo: Repository, uuid: string, mode: Snap
   return record;
 }
 
-async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode, record: VdiRecord): Promise<string> {
+async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode, record: VdiRecord): Promise<SnapshotMade> {
   const steps = stepTimer();
 
   // A damaged footer or header fails here, before anything is journaled (a failing
@@ -117,7 +123,7 @@ async function snapshotActive(repo: Repository, uuid: string, mode: SnapshotMode
   steps.lap('journal ended');
   // Names every image involved, so `sm log --vdi` finds the new VDI and its base copy.
   getLog().info(`VDI ${uuid}: ${mode} snapshot made ${snap}${snap === base ? ' (the old image itself)' : `, base copy ${base}`} (${steps.summary()})`);
-  return snap;
+  return { snap, base };
 }
 
 /**

@@ -15,6 +15,7 @@ import { isGone, NULL_REF, XapiFailure, type VdiIntroduce, type XapiSession, typ
 import type { VdiRecord } from './metadata.js';
 import { newVdiRecord } from './metadata.js';
 import { uuidOfImageName, type ImageNode, type Repository } from './repository.js';
+import type { SnapshotMade } from './snapshot.js';
 import { unpauseLeftBehind } from './xapi-pause.js';
 
 /** sm_config keys a VDI's record carries over from the toolstack's vdi_sm_config (the established pass-through fields). */
@@ -266,21 +267,21 @@ export class ToolstackDb {
    * established SM does for a snapshot not mirrored elsewhere.
    * `unpauseWith`: the VDI's `paused` goes out with these calls (xapi-pause.ts UnpauseWith).
    */
-  async snapshotTaken(repo: Repository, vdi: string, snap: string, vdiRef?: string, unpauseWith?: () => Promise<void>): Promise<void> {
+  async snapshotTaken(repo: Repository, vdi: string, made: SnapshotMade, vdiRef?: string, unpauseWith?: () => Promise<void>): Promise<void> {
     // `paused` goes first, before anything is read: activations elsewhere wait for its removal.
     const unpaused = unpauseWith?.();
     // The new records do not depend on each other, nor on the VDI's own record or the SR's: each call goes
     // out as soon as what it says has been read from disk, none waits for the others.
     const ref = this.refOf(vdi, vdiRef);
     const leaf = this.viewOfWritten(repo, vdi);
-    const snapView = this.viewOfWritten(repo, snap);
-    const base = leaf.then((l) => (l.parent && l.parent !== snap ? this.viewOfWritten(repo, l.parent) : undefined));
-    const introduced = (view: Promise<VdiView | undefined>) =>
-      Promise.all([view, ref]).then(([v, r]) => (v ? this.introduce(v, v.record.snapshot_of === vdi ? r : undefined) : undefined));
+    const snapView = this.viewOfWritten(repo, made.snap);
+    const introduced = (view: Promise<VdiView>) =>
+      Promise.all([view, ref]).then(([v, r]) => this.introduce(v, v.record.snapshot_of === vdi ? r : undefined));
     await allSettledOrThrow([
       ...(unpaused ? [unpaused] : []),
       introduced(snapView),
-      introduced(base),
+      // A `single` snapshot's base is the snapshot itself.
+      made.base !== made.snap && introduced(this.viewOfWritten(repo, made.base)),
       Promise.all([ref, leaf]).then(([r, l]) => {
         if (!r) return undefined;
         const clearLeafCoalesce = this.mayHoldOtherConfig(r, 'leaf-coalesce'); // asked before the update drops the record read while paused

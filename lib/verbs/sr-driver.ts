@@ -418,11 +418,11 @@ export function srDriver(type: SrType): Driver {
         await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
           // The SR's allocation is read while the images are made: the pause's own calls, which the images wait for, go first.
           db?.prefetch({ allocation: true });
-          const snap = await checked
+          const made = await checked
             .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, record), () => recoverSrJournals(repo)))
             .catch(wrap('VDISnapshot'));
-          await db?.snapshotTaken(repo, vdi, snap, req.vdi_ref, unpauseWith);
-          return snap;
+          await db?.snapshotTaken(repo, vdi, made, req.vdi_ref, unpauseWith);
+          return made.snap;
         }),
       );
     }),
@@ -436,11 +436,11 @@ export function srDriver(type: SrType): Driver {
         await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
           // The SR's allocation is read while the images are made: the pause's own calls, which the images wait for, go first.
           db?.prefetch({ allocation: true });
-          const clone = await checked
+          const made = await checked
             .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', record), () => recoverSrJournals(repo)))
             .catch(wrap('VDIClone'));
-          await db?.snapshotTaken(repo, vdi, clone, req.vdi_ref, unpauseWith);
-          return clone;
+          await db?.snapshotTaken(repo, vdi, made, req.vdi_ref, unpauseWith);
+          return made.snap;
         }),
       );
     }),

@@ -38,7 +38,7 @@ export async function runGcBenchmarks(): Promise<void> {
     for (let layer = 0; layer < 10; layer++) {
       delta.fill(layer + 1);
       await writeAt(repo.imagePath(vdi), delta, layer * 100 * MiB);
-      if (layer < 9) await deleteVdi(repo, await snapshotVdi(repo, vdi, 'double'));
+      if (layer < 9) await deleteVdi(repo, (await snapshotVdi(repo, vdi, 'double')).snap);
     }
     const { nodes } = await repo.tree();
     const depth = repo.chainDepth(nodes, vdi);

@@ -39,7 +39,7 @@ export async function runLockWaitBenchmarks(): Promise<void> {
     await writeAttachRecord(SR, 'FileSR', { kind: 'file', dir: location }, 'master');
     // A 1 GiB leaf alone under its base copy: the leaf-coalesce copies 1 GiB.
     const vdi = await createVdi(repo, 1024 * MiB, { name_label: 'leaf' });
-    await deleteVdi(repo, await snapshotVdi(repo, vdi, 'double'));
+    await deleteVdi(repo, (await snapshotVdi(repo, vdi, 'double')).snap);
     const chunk = Buffer.alloc(64 * MiB, 9);
     for (let at = 0; at < 1024 * MiB; at += chunk.length) await writeAt(repo.imagePath(vdi), chunk, at);
 

@@ -4,13 +4,22 @@
  * runs it, on an SR with the stand-in xapi listening at its socket
  * (test/helpers/xapi-standin.ts: xapi itself cannot run here) and on an SR
  * without one (standalone), alternating call by call in the same run.
+ *
+ * Twice: with no resident server (the process answers the call, its XenAPI
+ * calls made by code run for the first time), and with the driver's resident
+ * server running on each side (each process hands its call over, and the
+ * server, long warm, makes the XenAPI calls): the difference between the two
+ * is what a fresh process adds to the same calls.
  */
-import { createArgs, makeSmEnv, SESSION_SECRET, xml, type SmEnv } from '../helpers/sm.js';
+import { readFileSync } from 'node:fs';
+import { createArgs, makeSmEnv, residentSocket, SESSION_SECRET, startServer, xml, type Server, type SmEnv } from '../helpers/sm.js';
 import { XapiStandin } from '../helpers/xapi-standin.js';
 import { HOST_REF, SR_REF, xapiSocket } from '../xapi/standin-world.js';
 import { percentile, report, timed } from './measure.js';
 
 const ROUNDS = Number(process.env.BENCH_XAPI_ROUNDS ?? 12);
+
+type Verb = 'create' | 'snapshot';
 
 /** This process's CPU time since `from`, in ms. */
 function cpuMs(from: NodeJS.CpuUsage): number {
@@ -18,19 +27,23 @@ function cpuMs(from: NodeJS.CpuUsage): number {
   return (d.user + d.system) / 1000;
 }
 
-interface Side {
-  name: string;
-  ctx: SmEnv;
-  create: number[];
-  snapshot: number[];
+interface Figures {
+  ms: Record<Verb, number[]>;
   /** CPU time of this process during each call: the spawn and pipes, and with the endpoint the stand-in serving the calls. */
-  cpu: { create: number[]; snapshot: number[] };
+  cpu: Record<Verb, number[]>;
   /** XenAPI calls the stand-in received during each verb (with the endpoint only). */
-  calls: { create: number[]; snapshot: number[] };
-  xapi?: XapiStandin;
+  calls: Record<Verb, number[]>;
 }
 
-async function side(name: string, withEndpoint: boolean): Promise<{ s: Side; close: () => Promise<void> }> {
+interface Side {
+  ctx: SmEnv;
+  xapi?: XapiStandin;
+  resident?: Server;
+}
+
+const noFigures = (): Figures => ({ ms: { create: [], snapshot: [] }, cpu: { create: [], snapshot: [] }, calls: { create: [], snapshot: [] } });
+
+async function side(withEndpoint: boolean): Promise<Side> {
   const ctx = await makeSmEnv();
   const xapi = withEndpoint
     ? await XapiStandin.start(xapiSocket(ctx), {
@@ -41,69 +54,88 @@ async function side(name: string, withEndpoint: boolean): Promise<{ s: Side; clo
     : undefined;
   await xml(ctx, 'sr_create', { args: ['0'] });
   await xml(ctx, 'sr_attach');
-  return {
-    s: { name, ctx, create: [], snapshot: [], cpu: { create: [], snapshot: [] }, calls: { create: [], snapshot: [] }, ...(xapi ? { xapi } : {}) },
-    close: async () => {
-      await xapi?.close();
-      await ctx.cleanup();
-    },
-  };
+  return { ctx, ...(xapi ? { xapi } : {}) };
+}
+
+/** One vdi_create, then a vdi_snapshot of the new VDI, through the executable; their figures go to `f`. */
+async function round(s: Side, f: Figures, label: string): Promise<void> {
+  const seen = () => s.xapi?.calls.length ?? 0;
+  let before = seen();
+  let cpu = process.cpuUsage();
+  const { value, ms } = await timed(() => xml(s.ctx, 'vdi_create', { args: createArgs(64 * 1024 * 1024, label), vdi_type: 'user' }));
+  f.cpu.create.push(cpuMs(cpu));
+  f.ms.create.push(ms);
+  f.calls.create.push(seen() - before);
+  const vdi = (value as { uuid: string }).uuid;
+  before = seen();
+  // xapi sends the VDI's ref with every VDI verb (none standalone: there is no database).
+  const ref = s.xapi ? [...s.xapi.vdis.entries()].find(([, v]) => v.uuid === vdi)?.[0] : undefined;
+  cpu = process.cpuUsage();
+  f.ms.snapshot.push((await timed(() => xml(s.ctx, 'vdi_snapshot', { vdi_uuid: vdi, vdi_location: vdi, ...(ref ? { vdi_ref: ref } : {}) }))).ms);
+  f.cpu.snapshot.push(cpuMs(cpu));
+  f.calls.snapshot.push(seen() - before);
+}
+
+/** The verbs the resident server answered (SMlog names its pid on each). */
+function answeredBy(s: Side): number {
+  const pid = s.resident?.pid;
+  if (pid === undefined) return 0;
+  return readFileSync(s.ctx.smlog, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(`[${pid}] vdi_create done`) || l.includes(`[${pid}] vdi_snapshot done`)).length;
+}
+
+function rows(mode: string, standalone: Figures, inStep: Figures): Array<[string, string]> {
+  const p50 = (xs: number[]) => percentile(xs, 50);
+  const out: Array<[string, string]> = [];
+  for (const verb of ['create', 'snapshot'] as const) {
+    const a = p50(standalone.ms[verb]);
+    const b = p50(inStep.ms[verb]);
+    out.push([`${mode}: vdi_${verb} p50: standalone / with the endpoint / added`, `${a.toFixed(1)} / ${b.toFixed(1)} ms / ${(b - a).toFixed(1)} ms (ratio ${(b / a).toFixed(2)}; goal added <= 20 ms)`]);
+  }
+  // Each round's two calls ran back to back: the median of their differences moves less with the machine's load than the difference of the medians.
+  for (const verb of ['create', 'snapshot'] as const) {
+    out.push([`${mode}: vdi_${verb}: median of the rounds' added time`, `${p50(inStep.ms[verb].map((ms, i) => ms - standalone.ms[verb][i]!)).toFixed(1)} ms`]);
+  }
+  // The stand-in runs in this process, so the added time above includes its serving: this is its share in CPU time, which the machine's load does not stretch.
+  for (const verb of ['create', 'snapshot'] as const) {
+    const a = p50(standalone.cpu[verb]);
+    const b = p50(inStep.cpu[verb]);
+    out.push([`${mode}: vdi_${verb}: CPU of the bench process (spawn, pipes; the stand-in)`, `${a.toFixed(1)} / ${b.toFixed(1)} ms: the stand-in's ${(b - a).toFixed(1)} ms is in the added time`]);
+  }
+  return out;
 }
 
 export async function runXapiBenchmarks(): Promise<void> {
-  const standalone = await side('standalone', false);
-  const inStep = await side('stand-in xapi', true);
+  const standalone = await side(false);
+  const inStep = await side(true);
+  const sides = [standalone, inStep];
+  const figures = new Map<string, [Figures, Figures]>();
   try {
-    const sides = [standalone.s, inStep.s];
-    for (let i = 0; i < ROUNDS; i++) {
-      for (const s of i % 2 === 0 ? sides : [...sides].reverse()) {
-        const seen = () => s.xapi?.calls.length ?? 0;
-        let before = seen();
-        let cpu = process.cpuUsage();
-        const { value, ms } = await timed(() => xml(s.ctx, 'vdi_create', { args: createArgs(64 * 1024 * 1024, `disk${i}`), vdi_type: 'user' }));
-        s.cpu.create.push(cpuMs(cpu));
-        s.create.push(ms);
-        s.calls.create.push(seen() - before);
-        const vdi = (value as { uuid: string }).uuid;
-        before = seen();
-        // xapi sends the VDI's ref with every VDI verb (none standalone: there is no database).
-        const ref = s.xapi ? [...s.xapi.vdis.entries()].find(([, v]) => v.uuid === vdi)?.[0] : undefined;
-        cpu = process.cpuUsage();
-        s.snapshot.push((await timed(() => xml(s.ctx, 'vdi_snapshot', { vdi_uuid: vdi, vdi_location: vdi, ...(ref ? { vdi_ref: ref } : {}) }))).ms);
-        s.cpu.snapshot.push(cpuMs(cpu));
-        s.calls.snapshot.push(seen() - before);
+    for (const mode of ['one process per call', 'resident server running']) {
+      if (mode === 'resident server running') {
+        for (const s of sides) s.resident = await startServer(s.ctx, s.ctx.env, residentSocket(s.ctx));
+      }
+      const f: [Figures, Figures] = [noFigures(), noFigures()];
+      figures.set(mode, f);
+      for (let i = 0; i < ROUNDS; i++) {
+        const order = i % 2 === 0 ? [0, 1] : [1, 0];
+        for (const k of order) await round(sides[k]!, f[k]!, `${mode === 'one process per call' ? 'p' : 'r'}${i}`);
       }
     }
-    const p50 = (xs: number[]) => percentile(xs, 50);
-    const row = (verb: 'create' | 'snapshot'): [string, string] => {
-      const a = p50(standalone.s[verb]);
-      const b = p50(inStep.s[verb]);
-      return [`vdi_${verb} p50: standalone / with the endpoint / added`, `${a.toFixed(1)} / ${b.toFixed(1)} ms / ${(b - a).toFixed(1)} ms (ratio ${(b / a).toFixed(2)}; goal added <= 20 ms)`];
-    };
-    // Each round's two calls ran back to back: the median of their differences moves less with the machine's load than the difference of the medians.
-    const paired = (verb: 'create' | 'snapshot'): [string, string] => [
-      `vdi_${verb}: median of the rounds' added time`,
-      `${p50(inStep.s[verb].map((ms, i) => ms - standalone.s[verb][i]!)).toFixed(1)} ms`,
-    ];
-    const calls = (verb: 'create' | 'snapshot'): [string, string] => [`XenAPI calls per vdi_${verb}`, String(p50(inStep.s.calls[verb]))];
-    // The stand-in runs in this process, so the added time above includes its serving: this is its share in CPU time, which the machine's load does not stretch.
-    const standinCpu = (verb: 'create' | 'snapshot'): [string, string] => {
-      const a = p50(standalone.s.cpu[verb]);
-      const b = p50(inStep.s.cpu[verb]);
-      return [`vdi_${verb}: CPU of the bench process (spawn, pipes; the stand-in)`, `${a.toFixed(1)} / ${b.toFixed(1)} ms: the stand-in's ${(b - a).toFixed(1)} ms is in the added time`];
-    };
-    report(`XenAPI callbacks, one process per call, ${ROUNDS} alternating rounds (the stand-in xapi serves from this process)`, [
-      row('create'),
-      row('snapshot'),
-      paired('create'),
-      paired('snapshot'),
-      standinCpu('create'),
-      standinCpu('snapshot'),
-      calls('create'),
-      calls('snapshot'),
+    const [pa, pb] = figures.get('one process per call')!;
+    const [ra, rb] = figures.get('resident server running')!;
+    report(`XenAPI callbacks, one process per call, ${ROUNDS} alternating rounds per mode (the stand-in xapi serves from this process)`, [
+      ...rows('no resident server', pa, pb),
+      ...rows('resident server running', ra, rb),
+      ['resident server running: verbs the resident servers answered', `${answeredBy(standalone) + answeredBy(inStep)} of ${4 * ROUNDS}`],
+      ['XenAPI calls per vdi_create / vdi_snapshot', `${percentile(pb.calls.create, 50)} / ${percentile(pb.calls.snapshot, 50)} (resident: ${percentile(rb.calls.create, 50)} / ${percentile(rb.calls.snapshot, 50)})`],
     ]);
   } finally {
-    await standalone.close();
-    await inStep.close();
+    for (const s of sides) {
+      await s.resident?.stop();
+      await s.xapi?.close();
+      await s.ctx.cleanup();
+    }
   }
 }

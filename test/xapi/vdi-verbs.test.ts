@@ -95,6 +95,24 @@ test('vdi_snapshot of a VDI without leaf-coalesce: no removal call (the record r
   });
 });
 
+test('a single snapshot introduces the snapshot alone, the old image itself, read-only; the VDI names it as its parent', async (t) => {
+  await withXapiSr(async (ctx, xapi) => {
+    const { uuid: vdi } = (await xml(ctx, 'vdi_create', { args: createArgs(16 * MiB) })) as VdiReply;
+    const vdiRef = [...xapi.vdis.entries()].find(([, v]) => v.uuid === vdi)![0];
+    const { uuid: snap } = (await xml(ctx, 'vdi_snapshot', { vdi_uuid: vdi, vdi_ref: vdiRef, driver_params: { type: 'single' } })) as VdiReply;
+    t.is((await readTree(ctx)).get(vdi)!.parent, snap, 'the snapshot is the base itself');
+    t.is(xapi.callsOf('VDI.db_introduce').length, 2, 'the VDI at its creation, then the snapshot: no base copy');
+    const snapRec = xapi.vdiByUuid(snap)!;
+    t.is(snapRec.managed, true);
+    t.is(snapRec.read_only, true);
+    t.is(snapRec.is_a_snapshot, true);
+    t.is(snapRec.snapshot_of, vdiRef);
+    t.deepEqual(snapRec.sm_config, {});
+    t.deepEqual(xapi.vdis.get(vdiRef)!.sm_config, { 'vhd-parent': snap });
+    t.is(xapi.vdis.size, 2);
+  });
+});
+
 test('vdi_clone introduces the clone and the base copy; the VDI is found by uuid without a vdi_ref', async (t) => {
   await withXapiSr(async (ctx, xapi) => {
     const { uuid: vdi } = (await xml(ctx, 'vdi_create', { args: createArgs(16 * MiB) })) as VdiReply;
