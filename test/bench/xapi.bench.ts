@@ -29,6 +29,8 @@ function cpuMs(from: NodeJS.CpuUsage): number {
 
 interface Figures {
   ms: Record<Verb, number[]>;
+  /** Each verb's own time as SMlog gives it (`<verb> done in N ms`): without the process's start, whose spread is larger than what is measured here. */
+  inVerb: Record<Verb, number[]>;
   /** CPU time of this process during each call: the spawn and pipes, and with the endpoint the stand-in serving the calls. */
   cpu: Record<Verb, number[]>;
   /** XenAPI calls the stand-in received during each verb (with the endpoint only). */
@@ -41,7 +43,7 @@ interface Side {
   resident?: Server;
 }
 
-const noFigures = (): Figures => ({ ms: { create: [], snapshot: [] }, cpu: { create: [], snapshot: [] }, calls: { create: [], snapshot: [] } });
+const noFigures = (): Figures => ({ ms: { create: [], snapshot: [] }, inVerb: { create: [], snapshot: [] }, cpu: { create: [], snapshot: [] }, calls: { create: [], snapshot: [] } });
 
 async function side(withEndpoint: boolean): Promise<Side> {
   const ctx = await makeSmEnv();
@@ -76,6 +78,14 @@ async function round(s: Side, f: Figures, label: string): Promise<void> {
   f.calls.snapshot.push(seen() - before);
 }
 
+/** SMlog's `done in` times of the verbs logged since `from` (a byte offset), in their order. */
+function verbTimes(s: Side, from: number, f: Figures): void {
+  const text = readFileSync(s.ctx.smlog).subarray(from).toString('utf8');
+  for (const [, verb, ms] of text.matchAll(/\] vdi_(create|snapshot) done in (\d+) ms/g)) f.inVerb[verb as Verb].push(Number(ms));
+}
+
+const smlogSize = (s: Side) => readFileSync(s.ctx.smlog).length;
+
 /** The verbs the resident server answered (SMlog names its pid on each). */
 function answeredBy(s: Side): number {
   const pid = s.resident?.pid;
@@ -96,6 +106,11 @@ function rows(mode: string, standalone: Figures, inStep: Figures): Array<[string
   // Each round's two calls ran back to back: the median of their differences moves less with the machine's load than the difference of the medians.
   for (const verb of ['create', 'snapshot'] as const) {
     out.push([`${mode}: vdi_${verb}: median of the rounds' added time`, `${p50(inStep.ms[verb].map((ms, i) => ms - standalone.ms[verb][i]!)).toFixed(1)} ms`]);
+  }
+  for (const verb of ['create', 'snapshot'] as const) {
+    const a = p50(standalone.inVerb[verb]);
+    const b = p50(inStep.inVerb[verb]);
+    out.push([`${mode}: vdi_${verb} in the verb (SMlog's "done in", ${inStep.inVerb[verb].length} calls) p50: standalone / endpoint / added`, `${a} / ${b} ms / ${b - a} ms`]);
   }
   // The stand-in runs in this process, so the added time above includes its serving: this is its share in CPU time, which the machine's load does not stretch.
   for (const verb of ['create', 'snapshot'] as const) {
@@ -118,10 +133,12 @@ export async function runXapiBenchmarks(): Promise<void> {
       }
       const f: [Figures, Figures] = [noFigures(), noFigures()];
       figures.set(mode, f);
+      const logged = sides.map(smlogSize);
       for (let i = 0; i < ROUNDS; i++) {
         const order = i % 2 === 0 ? [0, 1] : [1, 0];
         for (const k of order) await round(sides[k]!, f[k]!, `${mode === 'one process per call' ? 'p' : 'r'}${i}`);
       }
+      sides.forEach((s, k) => verbTimes(s, logged[k]!, f[k]!));
     }
     const [pa, pb] = figures.get('one process per call')!;
     const [ra, rb] = figures.get('resident server running')!;
