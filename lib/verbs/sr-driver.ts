@@ -166,6 +166,27 @@ export function srDriver(type: SrType): Driver {
     });
     return vdiReply(vdi);
   });
+  // Snapshot and clone: one verb, the mode apart.
+  const snapshotVerb = (modeOf: (req: Request) => SnapshotMode) =>
+    onVdi(async (repo, vdi, sr, req) => {
+      const mode = modeOf(req);
+      const db = await toolstackDbFor(req, sr);
+      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref } });
+      await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
+      // Checked before the datapath's pause (a refused snapshot never stalls the VDI, an allowed one stalls it less), while the database pauses it.
+      const checked = quietly(snapshotAllowed(repo, vdi, mode));
+      return vdiReply(
+        await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
+          // The SR's allocation is read while the images are made: the pause's own calls, which the images wait for, go first.
+          db?.prefetch({ allocation: true });
+          const made = await checked
+            .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, record), () => recoverSrJournals(repo)))
+            .catch(wrap(mode === 'clone' ? 'VDIClone' : 'VDISnapshot'));
+          await db?.snapshotTaken(repo, vdi, made, req.vdi_ref, unpauseWith);
+          return made.snap;
+        }),
+      );
+    });
   const verbs: Driver['verbs'] = {
     async sr_create(req) {
       const sr = srUuidOf(req);
@@ -407,43 +428,8 @@ export function srDriver(type: SrType): Driver {
       return null;
     })),
 
-    vdi_snapshot: onVdi(async (repo, vdi, sr, req) => {
-      const mode: SnapshotMode = req.driver_params?.type === 'single' ? 'single' : 'double';
-      const db = await toolstackDbFor(req, sr);
-      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref } });
-      await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
-      // Checked before the datapath's pause (a refused snapshot never stalls the VDI, an allowed one stalls it less), while the database pauses it.
-      const checked = quietly(snapshotAllowed(repo, vdi, mode));
-      return vdiReply(
-        await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
-          // The SR's allocation is read while the images are made: the pause's own calls, which the images wait for, go first.
-          db?.prefetch({ allocation: true });
-          const made = await checked
-            .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, mode, record), () => recoverSrJournals(repo)))
-            .catch(wrap('VDISnapshot'));
-          await db?.snapshotTaken(repo, vdi, made, req.vdi_ref, unpauseWith);
-          return made.snap;
-        }),
-      );
-    }),
-
-    vdi_clone: onVdi(async (repo, vdi, sr, req) => {
-      const db = await toolstackDbFor(req, sr);
-      db?.prefetch({ vdi: { uuid: vdi, ref: req.vdi_ref } });
-      await refuseActiveElsewhere(repo, vdi, db, req.vdi_ref);
-      const checked = quietly(snapshotAllowed(repo, vdi, 'clone'));
-      return vdiReply(
-        await pausedEverywhere(db, vdi, req, async (unpauseWith) => {
-          // The SR's allocation is read while the images are made: the pause's own calls, which the images wait for, go first.
-          db?.prefetch({ allocation: true });
-          const made = await checked
-            .then((record) => withPausedServing(repo, sr, vdi, () => snapshotVdi(repo, vdi, 'clone', record), () => recoverSrJournals(repo)))
-            .catch(wrap('VDIClone'));
-          await db?.snapshotTaken(repo, vdi, made, req.vdi_ref, unpauseWith);
-          return made.snap;
-        }),
-      );
-    }),
+    vdi_snapshot: snapshotVerb((req) => (req.driver_params?.type === 'single' ? 'single' : 'double')),
+    vdi_clone: snapshotVerb(() => 'clone'),
 
     // One resize: an active VDI's datapath is paused around it, so the online form is the same verb.
     vdi_resize: resize,

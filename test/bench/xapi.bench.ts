@@ -11,7 +11,7 @@
  * server, long warm, makes the XenAPI calls): the difference between the two
  * is what a fresh process adds to the same calls.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { createArgs, makeSmEnv, residentSocket, SESSION_SECRET, startServer, xml, type Server, type SmEnv } from '../helpers/sm.js';
 import { XapiStandin } from '../helpers/xapi-standin.js';
 import { HOST_REF, SR_REF, xapiSocket } from '../xapi/standin-world.js';
@@ -84,15 +84,22 @@ function verbTimes(s: Side, from: number, f: Figures): void {
   for (const [, verb, ms] of text.matchAll(/\] vdi_(create|snapshot) done in (\d+) ms/g)) f.inVerb[verb as Verb].push(Number(ms));
 }
 
-const smlogSize = (s: Side) => readFileSync(s.ctx.smlog).length;
-
 /** The verbs the resident server answered (SMlog names its pid on each). */
 function answeredBy(s: Side): number {
   const pid = s.resident?.pid;
   if (pid === undefined) return 0;
-  return readFileSync(s.ctx.smlog, 'utf8')
-    .split('\n')
-    .filter((l) => l.includes(`[${pid}] vdi_create done`) || l.includes(`[${pid}] vdi_snapshot done`)).length;
+  return [...readFileSync(s.ctx.smlog, 'utf8').matchAll(new RegExp(`\\[${pid}\\] vdi_(create|snapshot) done`, 'g'))].length;
+}
+
+/** ROUNDS rounds alternating the two sides (which goes first alternates too); their figures, side by side. */
+async function measure(sides: readonly [Side, Side], label: string): Promise<[Figures, Figures]> {
+  const f: [Figures, Figures] = [noFigures(), noFigures()];
+  const logged = sides.map((s) => statSync(s.ctx.smlog).size);
+  for (let i = 0; i < ROUNDS; i++) {
+    for (const k of i % 2 === 0 ? [0, 1] : [1, 0]) await round(sides[k]!, f[k]!, `${label}${i}`);
+  }
+  sides.forEach((s, k) => verbTimes(s, logged[k]!, f[k]!));
+  return f;
 }
 
 function rows(mode: string, standalone: Figures, inStep: Figures): Array<[string, string]> {
@@ -122,30 +129,15 @@ function rows(mode: string, standalone: Figures, inStep: Figures): Array<[string
 }
 
 export async function runXapiBenchmarks(): Promise<void> {
-  const standalone = await side(false);
-  const inStep = await side(true);
-  const sides = [standalone, inStep];
-  const figures = new Map<string, [Figures, Figures]>();
+  const sides: [Side, Side] = [await side(false), await side(true)];
   try {
-    for (const mode of ['one process per call', 'resident server running']) {
-      if (mode === 'resident server running') {
-        for (const s of sides) s.resident = await startServer(s.ctx, s.ctx.env, residentSocket(s.ctx));
-      }
-      const f: [Figures, Figures] = [noFigures(), noFigures()];
-      figures.set(mode, f);
-      const logged = sides.map(smlogSize);
-      for (let i = 0; i < ROUNDS; i++) {
-        const order = i % 2 === 0 ? [0, 1] : [1, 0];
-        for (const k of order) await round(sides[k]!, f[k]!, `${mode === 'one process per call' ? 'p' : 'r'}${i}`);
-      }
-      sides.forEach((s, k) => verbTimes(s, logged[k]!, f[k]!));
-    }
-    const [pa, pb] = figures.get('one process per call')!;
-    const [ra, rb] = figures.get('resident server running')!;
+    const [pa, pb] = await measure(sides, 'p');
+    for (const s of sides) s.resident = await startServer(s.ctx, s.ctx.env, residentSocket(s.ctx));
+    const [ra, rb] = await measure(sides, 'r');
     report(`XenAPI callbacks, one process per call, ${ROUNDS} alternating rounds per mode (the stand-in xapi serves from this process)`, [
       ...rows('no resident server', pa, pb),
       ...rows('resident server running', ra, rb),
-      ['resident server running: verbs the resident servers answered', `${answeredBy(standalone) + answeredBy(inStep)} of ${4 * ROUNDS}`],
+      ['resident server running: verbs the resident servers answered', `${answeredBy(sides[0]) + answeredBy(sides[1])} of ${4 * ROUNDS}`],
       ['XenAPI calls per vdi_create / vdi_snapshot', `${percentile(pb.calls.create, 50)} / ${percentile(pb.calls.snapshot, 50)} (resident: ${percentile(rb.calls.create, 50)} / ${percentile(rb.calls.snapshot, 50)})`],
     ]);
   } finally {
