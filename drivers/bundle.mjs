@@ -38,7 +38,8 @@ for (const [name, entry] of Object.entries(entries)) {
     target: 'node20',
     logLevel: 'warning',
     plugins: [quietDiagnostics],
-    // CommonJS dependencies (winston, xml2js) call require(); give the ESM bundle one.
-    banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
+    // CommonJS dependencies (winston, xml2js) call require(); give the ESM bundle one,
+    // under a name no bundled module's own import of createRequire collides with.
+    banner: { js: "import { createRequire as bundleRequireFrom } from 'node:module'; const require = bundleRequireFrom(import.meta.url);" },
   });
 }

@@ -8,7 +8,8 @@
 // Python driver gives when its XML-RPC parser throws, so the toolstack sees
 // the same thing. Problems with the SM request inside a well-formed call are
 // BadRequest (143), raised by request.ts.
-import xml2js from 'xml2js';
+import { createRequire } from 'node:module';
+import type xml2js from 'xml2js';
 import { MAX_ELEMENT_DEPTH, MAX_REQUEST_BYTES } from './limits.js';
 import { plainXmlRpcTree } from './xml-tree-plain.js';
 import {
@@ -82,6 +83,14 @@ const PARSER_OPTIONS: xml2js.ParserOptions = {
   async: false,
 };
 
+/**
+ * The general parser, loaded on the first document outside the plain subset:
+ * a driver process nearly never reads one, and loading xml2js (with sax and
+ * xmlbuilder) at every start cost each call about 7 ms.
+ */
+let generalParser: typeof xml2js | undefined;
+const loadGeneralParser = (): typeof xml2js => (generalParser ??= createRequire(import.meta.url)('xml2js') as typeof xml2js);
+
 interface SaxHandlers {
   onopentag(node: unknown): void;
   onclosetag(name: string): void;
@@ -106,7 +115,7 @@ function parseXmlTree(xml: string): Record<string, XmlNode> {
   const plain = plainXmlRpcTree(xml, MAX_ELEMENT_DEPTH);
   if (plain) return plain;
 
-  const parser = new xml2js.Parser(PARSER_OPTIONS);
+  const parser = new (loadGeneralParser().Parser)(PARSER_OPTIONS);
   const sax = (parser as unknown as { saxParser?: SaxHandlers }).saxParser;
   if (!sax || typeof sax.onopentag !== 'function' || typeof sax.onclosetag !== 'function') {
     throw new Error('xml2js internals changed: cannot bound XML depth'); // fail closed
