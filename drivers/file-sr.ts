@@ -4,7 +4,8 @@
  */
 import { mkdir, readdir, realpath, stat, unlink } from 'node:fs/promises';
 import { isAbsolute, normalize } from 'node:path';
-import { SMError, type Request } from '../lib/smapi/index.js';
+import { SMError } from '../lib/errors/sm-error.js';
+import type { Request } from '../lib/smapi/request.js';
 import { clearInterruptedCreate, FileBackend } from '../lib/sr/file-backend.js';
 import { SrRecords } from '../lib/sr/records.js';
 import { linkSrMount } from '../lib/sr/mount-link.js';

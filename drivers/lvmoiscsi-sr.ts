@@ -11,7 +11,8 @@
  * activated or while the SR's own work reads them (lib/sr/lv-holds).
  */
 import { unlink } from 'node:fs/promises';
-import { SMError, type Request } from '../lib/smapi/index.js';
+import { SMError } from '../lib/errors/sm-error.js';
+import type { Request } from '../lib/smapi/request.js';
 import * as iscsi from '../lib/os/iscsi.js';
 import { isNotFound, Lvm, MGT_LV, vgNameForSr } from '../lib/os/lvm.js';
 import { runTool } from '../lib/os/run.js';

@@ -6,7 +6,8 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { SMError, type Request } from '../lib/smapi/index.js';
+import { SMError } from '../lib/errors/sm-error.js';
+import type { Request } from '../lib/smapi/request.js';
 import { nfs, InvalidArgumentError } from '../lib/os/index.js';
 import type { BackendSpec } from '../lib/sr/attach-record.js';
 import { clearInterruptedCreate, FileBackend } from '../lib/sr/file-backend.js';

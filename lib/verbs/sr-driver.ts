@@ -4,7 +4,10 @@
  * to the SR type and the backend.
  */
 import { getLog } from '../log/index.js';
-import { encodeMethodCall, type Driver, type Request, type Verb } from '../smapi/index.js';
+// The modules themselves, not smapi/index.js: that would load the JSON-RPC side into every XML-RPC call.
+import type { Driver, Verb } from '../smapi/driver.js';
+import type { Request } from '../smapi/request.js';
+import { encodeMethodCall } from '../smapi/xmlrpc-codec.js';
 import { SMError, type SMErrorName } from '../errors/sm-error.js';
 import { askHolder, isLockHeld, lockOrFail } from '../sr/lock.js';
 import { activeHere, clearStaleActivations, dropActivation, poolActivations, recordActivation } from '../sr/activation.js';
